@@ -1,0 +1,174 @@
+"""Read the checkpoints people actually have and load them into our models, with errors that say what is wrong.
+
+Accepted: a bare state_dict or one wrapped under `state_dict`, `state_dict_ema`, `model`, `model_ema`, `ema`
+(`use_ema` picks the EMA copy); `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes; thop's
+`total_ops`/`total_params` buffers; the official v3's `bn.` naming where timm (and we) use `bn1.`;
+`.pth`, `.pth.tar`, `.pt` and `.safetensors`. Files are read as data only (`weights_only=True`, safetensors).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+
+PathLike = Union[str, os.PathLike]
+
+RAW_KEYS = ("state_dict", "model", "module", "net", "weights")
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
+IGNORED_KEY_SUFFIXES = ("total_ops", "total_params")
+MAX_LISTED_KEYS = 10
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or whose keys do not fit the model."""
+
+
+def looks_like_location(value: str) -> bool:
+    """True for a URL or something that looks like a checkpoint path (not a weight tag)."""
+    return "://" in value or os.sep in value or "/" in value or Path(value).suffix in (
+        ".pth", ".pt", ".tar", ".bin", ".safetensors", ".ckpt") or Path(value).exists()
+
+
+def download_checkpoint(url: str, progress: bool = True) -> Path:
+    """Download `url` into torch.hub's checkpoint cache (once) and return the local path."""
+    from urllib.parse import urlparse
+
+    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / os.path.basename(urlparse(url).path)
+    if not target.exists():
+        torch.hub.download_url_to_file(url, str(target), progress=progress)
+    return target
+
+
+def read_checkpoint(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read a checkpoint file as data: (the stored object as a dict, safetensors metadata or {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}, metadata
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch/safetensors raise many types for a bad file; all mean the same to a user
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {reason[:200]})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+    return dict(obj), {}
+
+
+def extract_state_dict(obj: Mapping[str, Any], use_ema: bool = False, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Unwrap a training checkpoint to a flat state_dict and normalise foreign key names."""
+    wrappers = EMA_KEYS if use_ema else RAW_KEYS
+    state = None
+    for key in wrappers:
+        if isinstance(obj.get(key), Mapping):
+            state = obj[key]
+            break
+    if state is None:
+        if use_ema:
+            raise CheckpointError(f"{source}: use_ema=True but there is no EMA copy (looked for {', '.join(EMA_KEYS)}; "
+                                  f"top-level keys: {', '.join(list(obj)[:8])})")
+        state = obj
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{source}: holds no tensors (top-level keys: {', '.join(list(obj)[:8])})")
+    return {_strip_prefixes(k): v for k, v in tensors.items() if not k.endswith(IGNORED_KEY_SUFFIXES)}
+
+
+def _strip_prefixes(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key.replace("._orig_mod.", ".")
+
+
+_OFFICIAL_V3_BN = re.compile(r"\.bn\.")
+
+
+def adapt_keys(state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename keys the official v3 code spells `...rpr_conv.N.bn.` where we (and timm) have `bn1.`."""
+    out = {}
+    for key, value in state.items():
+        if key not in expected and (".ghost" in key or ".dw_rpr_" in key):
+            renamed = _OFFICIAL_V3_BN.sub(".bn1.", key)
+            if renamed in expected:
+                key = renamed
+        out[key] = value
+    return out
+
+
+def _listing(keys: list[str]) -> str:
+    head = ", ".join(keys[:MAX_LISTED_KEYS])
+    return head + (f", ... ({len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")
+
+
+def check_fit(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str,
+              ignore_missing: tuple[str, ...] = (), ignore_unexpected: tuple[str, ...] = ()) -> None:
+    """Raise a CheckpointError listing missing keys, unexpected keys and shape mismatches."""
+    missing = [k for k in expected if k not in state and not k.startswith(ignore_missing)]
+    unexpected = [k for k in state if k not in expected and not k.startswith(ignore_unexpected)]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {_listing(mismatched)}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+
+
+def load_checkpoint(model: nn.Module, path_or_url: PathLike, use_ema: bool = False, strict: bool = True,
+                    progress: bool = True) -> nn.Module:
+    """Load a checkpoint file (or URL, downloaded into torch.hub's cache) into `model` and return it.
+
+    With `strict=False`, keys the model lacks or has extra (e.g. another classifier size) are skipped instead of
+    raising; shape mismatches of shared keys still raise. A `features_only` model ignores the checkpoint's head.
+    """
+    location = str(path_or_url)
+    path = download_checkpoint(location, progress) if "://" in location else Path(location)
+    obj, _ = read_checkpoint(path)
+    state = extract_state_dict(obj, use_ema=use_ema, source=str(path))
+    expected = model.state_dict()
+    state = adapt_keys(state, expected)
+    ignore_unexpected: tuple[str, ...] = ()
+    if getattr(model, "features_only", False):
+        # The head, and the stages after the last requested tap, are not built in a features_only model.
+        kept = len(getattr(model, "blocks", ()))
+        ignore_unexpected = ("conv_head.", "classifier.") + tuple(f"blocks.{i}." for i in range(kept, 64))
+    if strict:
+        check_fit(state, expected, str(path), ignore_unexpected=ignore_unexpected)
+    else:
+        shared = {k for k in state if k in expected}
+        check_fit({k: state[k] for k in shared}, {k: expected[k] for k in shared}, str(path))
+    state = {k: v for k, v in state.items() if k in expected}
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def save_checkpoint(state: Mapping[str, torch.Tensor], path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write a state_dict atomically, as safetensors (with string metadata) or torch's format by suffix."""
+    from ..utils import atomic_write
+
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_write(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+        else:
+            torch.save(tensors, tmp)
+    return path

@@ -1,0 +1,156 @@
+"""The Ghost module: a few intrinsic maps from an ordinary convolution, ghost maps from cheap linear operations.
+
+Key names follow the official code and timm (`primary_conv.{0,1}`, `cheap_operation.{0,1}`, `short_conv.{0..5}`),
+so their checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .helpers import LayerFactory, make_act, same_padding
+
+#: A cheap operation is built from (intrinsic channels, ghost channels, cheap kernel size d, dilation).
+CheapOpFactory = Callable[[int, int, int, int], nn.Module]
+
+
+def depthwise_cheap_op(in_chs: int, out_chs: int, kernel_size: int, dilation: int = 1) -> nn.Module:
+    """The paper's default: each intrinsic map feeds out/in maps through its own d x d filter."""
+    return nn.Conv2d(in_chs, out_chs, kernel_size, 1, same_padding(kernel_size, dilation),
+                     dilation=dilation, groups=in_chs, bias=False)
+
+
+def pointwise_cheap_op(in_chs: int, out_chs: int, kernel_size: int, dilation: int = 1) -> nn.Module:
+    """A 1x1 convolution mixing all intrinsic maps (the d argument is ignored)."""
+    return nn.Conv2d(in_chs, out_chs, 1, bias=False)
+
+
+def group_cheap_op(in_chs: int, out_chs: int, kernel_size: int, dilation: int = 1, group_size: int = 4) -> nn.Module:
+    """A d x d group convolution with about `group_size` intrinsic maps per group."""
+    groups = math.gcd(in_chs, out_chs)
+    while groups > 1 and in_chs // groups < group_size and groups % 2 == 0:
+        groups //= 2
+    return nn.Conv2d(in_chs, out_chs, kernel_size, 1, same_padding(kernel_size, dilation),
+                     dilation=dilation, groups=groups, bias=False)
+
+
+CHEAP_OPS: dict[str, CheapOpFactory] = {
+    "depthwise": depthwise_cheap_op,
+    "pointwise": pointwise_cheap_op,
+    "group": group_cheap_op,
+}
+
+
+def resolve_cheap_op(cheap_op: Union[str, CheapOpFactory]) -> CheapOpFactory:
+    """Look a cheap operation up by name, or pass a user's factory through."""
+    if callable(cheap_op):
+        return cheap_op
+    if cheap_op not in CHEAP_OPS:
+        raise ValueError(f"unknown cheap_op {cheap_op!r}; expected one of {sorted(CHEAP_OPS)} or a callable "
+                         "(in_chs, out_chs, kernel_size, dilation) -> nn.Module")
+    return CHEAP_OPS[cheap_op]
+
+
+def ghost_channels(out_chs: int, ratio: int) -> tuple[int, int]:
+    """(intrinsic, ghost) channel counts: ceil(out/s) intrinsic maps, each feeding s-1 ghost maps."""
+    init_chs = math.ceil(out_chs / ratio)
+    return init_chs, init_chs * (ratio - 1)
+
+
+def _check_ghost_args(in_chs: int, out_chs: int, ratio: int, dw_size: int, kernel_size: int, stride: int,
+                      dilation: int) -> None:
+    if in_chs < 1 or out_chs < 1:
+        raise ValueError(f"channel counts must be positive, got in_chs={in_chs}, out_chs={out_chs}")
+    if int(ratio) != ratio or ratio < 2:
+        raise ValueError(f"ratio s must be an integer >= 2, got {ratio}")
+    if dw_size < 1 or dw_size % 2 == 0:
+        raise ValueError(f"cheap kernel size d must be a positive odd integer, got {dw_size}")
+    if kernel_size < 1 or stride < 1 or dilation < 1:
+        raise ValueError(f"kernel_size, stride and dilation must be >= 1, got {kernel_size}, {stride}, {dilation}")
+
+
+def dfc_attention(short_conv: nn.Module, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """GhostNetV2's DFC gate: pool 2x, horizontal and vertical FC (depthwise 1x5 / 5x1), sigmoid, nearest upsample.
+
+    The official code pools with floor semantics, which gives an empty map for a 1-pixel side. Pooling with
+    ceil_mode and cutting back to max(side // 2, 1) equals the official result for every side >= 2 and keeps
+    1-pixel maps working.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    pooled = F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+    pooled = pooled[:, :, : max(h // 2, 1), : max(w // 2, 1)]
+    return F.interpolate(torch.sigmoid(short_conv(pooled)), size=out_size, mode="nearest")
+
+
+def make_short_conv(in_chs: int, out_chs: int, kernel_size: int, stride: int) -> nn.Sequential:
+    """The DFC branch's convolutions: 1x1 (or k x k) conv + BN, depthwise 1x5 + BN, depthwise 5x1 + BN."""
+    return nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.Conv2d(out_chs, out_chs, (1, 5), 1, (0, 2), groups=out_chs, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.Conv2d(out_chs, out_chs, (5, 1), 1, (2, 0), groups=out_chs, bias=False),
+        nn.BatchNorm2d(out_chs),
+    )
+
+
+class GhostModule(nn.Module):
+    """Ghost module: `primary_conv` makes ceil(out/s) intrinsic maps, `cheap_operation` makes s-1 ghosts of each.
+
+    Args:
+        in_chs, out_chs: channels in and out (any positive count; the concat is cut to `out_chs`).
+        kernel_size, stride, dilation, padding: geometry of the primary convolution (padding defaults to "same").
+        ratio: s >= 2.  dw_size: the cheap kernel d (odd).
+        act_layer: activation class after both halves, or None for a linear module (the bottleneck's ghost2).
+        cheap_op: "depthwise" (default), "pointwise", "group" or a factory (in, out, d, dilation) -> nn.Module.
+        dfc: add GhostNetV2's DFC attention (`short_conv`) that gates the output.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        ratio: int = 2,
+        dw_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        padding: Optional[int] = None,
+        act_layer: LayerFactory = nn.ReLU,
+        cheap_op: Union[str, CheapOpFactory] = "depthwise",
+        dfc: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_ghost_args(in_chs, out_chs, ratio, dw_size, kernel_size, stride, dilation)
+        self.in_chs, self.out_chs = in_chs, out_chs
+        self.ratio, self.dw_size = int(ratio), dw_size
+        self.init_chs, self.new_chs = ghost_channels(out_chs, self.ratio)
+        padding = same_padding(kernel_size, dilation) if padding is None else padding
+        self.primary_conv = nn.Sequential(
+            nn.Conv2d(in_chs, self.init_chs, kernel_size, stride, padding, dilation=dilation, bias=False),
+            nn.BatchNorm2d(self.init_chs),
+            make_act(act_layer),
+        )
+        self.cheap_operation = nn.Sequential(
+            resolve_cheap_op(cheap_op)(self.init_chs, self.new_chs, dw_size, dilation),
+            nn.BatchNorm2d(self.new_chs),
+            make_act(act_layer),
+        )
+        self.short_conv = make_short_conv(in_chs, out_chs, kernel_size, stride) if dfc else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary_conv(x)
+        x2 = self.cheap_operation(x1)
+        out = torch.cat([x1, x2], dim=1)
+        if self.init_chs + self.new_chs != self.out_chs:
+            out = out[:, : self.out_chs]
+        if self.short_conv is not None:
+            out = out * dfc_attention(self.short_conv, x, (out.shape[-2], out.shape[-1]))
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_chs}, out={self.out_chs}, s={self.ratio}, d={self.dw_size}, dfc={self.short_conv is not None}"

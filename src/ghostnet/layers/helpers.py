@@ -1,0 +1,108 @@
+"""Small building blocks shared by every GhostNet variant."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LayerFactory = Optional[Type[nn.Module]]
+
+
+def make_divisible(v: float, divisor: int = 4, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
+    """Round a channel count to a multiple of `divisor`, never dropping more than 10% (official `_make_divisible`)."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+def same_padding(kernel_size: int, dilation: int = 1) -> int:
+    """Padding that keeps the spatial size of an odd kernel at stride 1."""
+    return dilation * (kernel_size - 1) // 2
+
+
+def make_act(act_layer: LayerFactory) -> nn.Module:
+    """Instantiate an activation class (in place where it accepts `inplace`); None gives Identity."""
+    if act_layer is None or act_layer is nn.Identity:
+        return nn.Identity()
+    try:
+        return act_layer(inplace=True)
+    except TypeError:
+        return act_layer()
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """relu6(x + 3) / 6, the gate of the official SE block."""
+    return F.relu6(x + 3.0) / 6.0
+
+
+class HardSigmoid(nn.Module):
+    """Module form of `hard_sigmoid` (identical to torch's Hardsigmoid, kept for clarity of the official code)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return hard_sigmoid(x)
+
+
+class ConvBnAct(nn.Module):
+    """Conv + BatchNorm + activation with timm's key names (`conv`, `bn1`)."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        act_layer: LayerFactory = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_chs, out_chs, kernel_size, stride, same_padding(kernel_size, dilation),
+            dilation=dilation, groups=groups, bias=False,
+        )
+        self.bn1 = nn.BatchNorm2d(out_chs)
+        self.act1 = make_act(act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(self.bn1(self.conv(x)))
+
+
+@torch.no_grad()
+def fuse_conv_bn_weights(conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor], bn: nn.BatchNorm2d):
+    """Return (weight, bias) of one conv equal to conv followed by `bn` in eval mode."""
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std if bn.affine else 1.0 / std
+    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    bias = conv_bias if conv_bias is not None else torch.zeros_like(bn.running_mean)
+    weight = conv_weight * scale.reshape(-1, 1, 1, 1)
+    return weight, (bias - bn.running_mean) * scale + shift
+
+
+def conv_from(template: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
+    """A new Conv2d with `template`'s geometry and the given weight and bias."""
+    conv = nn.Conv2d(
+        template.in_channels, template.out_channels, template.kernel_size, template.stride,
+        template.padding, template.dilation, template.groups, bias=bias is not None,
+        padding_mode=template.padding_mode, device=weight.device, dtype=weight.dtype,
+    )
+    conv.weight.data.copy_(weight)
+    if bias is not None:
+        conv.bias.data.copy_(bias)
+    return conv
+
+
+def identity_kernel(channels: int, groups: int, kernel_size: int, like: torch.Tensor) -> torch.Tensor:
+    """Conv weight that maps each channel to itself (grouped conv with `groups` groups)."""
+    in_per_group = channels // groups
+    kernel = torch.zeros(channels, in_per_group, kernel_size, kernel_size, dtype=like.dtype, device=like.device)
+    centre = kernel_size // 2
+    for c in range(channels):
+        kernel[c, c % in_per_group, centre, centre] = 1.0
+    return kernel
+
+
+ActFactory = Callable[..., nn.Module]

@@ -1,0 +1,101 @@
+"""Model registry: `create_model(name, pretrained=..., **kwargs)` and `list_models(pattern)`, named as in timm."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import torch.nn as nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_data_config(**overrides: Any) -> dict[str, Any]:
+    """The data config a model carries (timm's `pretrained_cfg` keys): ImageNet 224, crop 0.875, bicubic."""
+    cfg = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN,
+               std=IMAGENET_STD, num_classes=1000, first_conv="conv_stem", classifier="classifier")
+    cfg.update(overrides)
+    return cfg
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    default_cfg: dict = field(default_factory=default_data_config)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: Optional[str] = None, **cfg_overrides: Any) -> Callable:
+    """Decorator: register a builder under `name` (default: the function's name) with its data config."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is already registered")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[key] = ModelEntry(key, fn, default_data_config(**cfg_overrides), doc[0] if doc else "")
+        return fn
+
+    return wrap
+
+
+#: Modules whose import registers the built-in models (their @register_model decorators run on import).
+BUILTIN_MODEL_MODULES = ("ghostnet.models.zoo",)
+
+
+def _ensure_builtin_models() -> None:
+    import importlib
+
+    for module in BUILTIN_MODEL_MODULES:
+        importlib.import_module(module)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    _ensure_builtin_models()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The registry entry of `name`; unknown names give a ValueError with close matches."""
+    _ensure_builtin_models()
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (list_models() gives all {len(_REGISTRY)} names)")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, pretrained: Union[None, bool, str] = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model.
+
+    `pretrained`: None/False for random weights; a file path or URL of a checkpoint (loaded with
+    `load_checkpoint`); True or a weight tag for the published weights (see docs/model-zoo.md).
+    Other keyword arguments go to the model (num_classes, in_chans, drop_rate, features_only, ...).
+    """
+    entry = get_model_entry(name)
+    model = entry.builder(**kwargs)
+    cfg = dict(entry.default_cfg)
+    if "num_classes" in kwargs:
+        cfg["num_classes"] = kwargs["num_classes"]
+    if "in_chans" in kwargs:
+        cfg["input_size"] = (kwargs["in_chans"],) + tuple(cfg["input_size"][1:])
+    model.pretrained_cfg = cfg
+    model.model_name = name
+    if pretrained is None or pretrained is False:
+        return model
+    from ..convert.checkpoints import load_checkpoint, looks_like_location
+
+    if isinstance(pretrained, str) and looks_like_location(pretrained):
+        load_checkpoint(model, pretrained)
+        return model
+    from ..hub import load_pretrained
+
+    return load_pretrained(model, name, None if pretrained is True else pretrained)
