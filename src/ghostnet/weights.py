@@ -1,0 +1,207 @@
+"""The table of published ImageNet weights, as data: where each file lives, how to check it, how it was evaluated.
+
+Every URL below was read from a public source (cited per entry in `source`, and in docs/model-zoo.md); entries
+whose exact file name at that address could not be confirmed carry `url_confirmed=False`. A `sha256` is given only
+where a digest of the file was found published; it may be a full digest or, as in torch.hub's file names, a prefix.
+
+`register_weights` adds or replaces entries (tests point entries at a local server through it).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+FILE_FORMATS = ("pth", "pth.tar", "safetensors")
+_HEX = re.compile(r"[0-9a-f]{8,64}")
+MIN_SHA256_PREFIX = 8
+
+
+def imagenet_data_config(interpolation: str = "bicubic", crop_pct: float = 0.875) -> dict[str, Any]:
+    """The evaluation data config of an ImageNet-1k checkpoint at 224x224 (timm's `pretrained_cfg` keys)."""
+    return dict(input_size=(3, 224, 224), crop_pct=crop_pct, interpolation=interpolation, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD, num_classes=1000)
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """One published weights file for one registered model, selected by `tag`."""
+
+    model: str
+    tag: str
+    url: str
+    file_name: str  # name in the cache; entries that share a URL share the file
+    file_format: str  # one of FILE_FORMATS
+    sha256: Optional[str]  # full hex digest or a prefix of at least 8 digits; None when no digest is published
+    use_ema: bool  # load the EMA copy stored in the file (state_dict_ema)
+    top1: Optional[float]
+    top5: Optional[float]
+    accuracy_source: str
+    license: str
+    source: str
+    url_confirmed: bool = True
+    data_config: dict = field(default_factory=imagenet_data_config)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.file_format not in FILE_FORMATS:
+            raise ValueError(f"{self.model}.{self.tag}: file_format must be one of {FILE_FORMATS}, "
+                             f"got {self.file_format!r}")
+        if self.sha256 is not None and not _HEX.fullmatch(self.sha256):
+            raise ValueError(f"{self.model}.{self.tag}: sha256 must be {MIN_SHA256_PREFIX} to 64 lowercase hex "
+                             f"digits, got {self.sha256!r}")
+        if not self.file_name or "/" in self.file_name or self.file_name.startswith("."):
+            raise ValueError(f"{self.model}.{self.tag}: file_name must be a plain file name, got {self.file_name!r}")
+
+    @property
+    def key(self) -> str:
+        """`model.tag`, as timm names its weights."""
+        return f"{self.model}.{self.tag}"
+
+
+# -- sources (full citations in docs/model-zoo.md) --------------------------------------------------------------
+_EAB = "https://github.com/huawei-noah/Efficient-AI-Backbones"
+_SRC_V1_HUBCONF = "huawei-noah/Efficient-AI-Backbones hubconf.py (2022-09-16 revision), state_dict_url"
+_SRC_V1_README = "huawei-noah/Efficient-AI-Backbones ghostnet_pytorch/readme.md: top-1 0.7398, top-5 0.9146"
+_SRC_V1_SHA = ("sha256 prefix from a third-party torch.hub hubconf that loads this URL with check_hash=True as "
+               "ghostnet_1x_state_dict_73.98-965143b0.pth.tar (not published by Huawei)")
+_SRC_V2_README = "huawei-noah/Efficient-AI-Backbones ghostnetv2_pytorch/README.md, 'Trained Models' links"
+_SRC_V2_ACC = "GhostNetV2 paper / timm PR #1916 description (75.3 / 76.9 / 77.8 top-1; no top-5 given)"
+_SRC_V3_URL = "timm/models/ghostnet.py default_cfgs comment for ghostnetv3_100.in1k (timm 1.0.31)"
+_SRC_V3_ACC = "PaddleClas PR #3413: evaluation of the official release on ImageNet-1k val"
+_SRC_TIMM_URL = ("timm default_cfgs hf_hub_id='timm/' + huggingface_hub URL template "
+                 "https://huggingface.co/{repo_id}/resolve/{revision}/{filename} + timm's model.safetensors")
+_SRC_TIMM_CSV = "timm results/results-imagenet.csv (commit 0173a13): evaluated at crop 0.875, bilinear"
+_SRC_TIMM_FACTS = "timm results as quoted in shared/reference/ghostnet-facts.md §2 (top-1 only)"
+_LIC_V1 = "Apache-2.0 (ghostnet_pytorch/License.txt of the official repository)"
+_LIC_EAB = "not stated: no licence file beside ghostnetv2_pytorch/ or ghostnetv3_pytorch/ in the official repository"
+_LIC_TIMM = "apache-2.0 (Hugging Face model card of the timm copy)"
+
+
+def _timm_url(name: str) -> str:
+    return f"https://huggingface.co/timm/{name}.in1k/resolve/main/model.safetensors"
+
+
+def _builtin_table() -> list[tuple[PretrainedWeights, bool]]:
+    """(entry, is_default) for every published file we know of."""
+    v1_official = PretrainedWeights(
+        model="ghostnet_100", tag="official",
+        url="https://github.com/huawei-noah/ghostnet/raw/master/ghostnet_pytorch/models/state_dict_73.98.pth",
+        file_name="ghostnet_100-official-state_dict_73.98.pth", file_format="pth", sha256="965143b0",
+        use_ema=False, top1=73.98, top5=91.46, accuracy_source=_SRC_V1_README, license=_LIC_V1,
+        source=f"{_SRC_V1_HUBCONF}; {_SRC_V1_SHA}",
+        # validate.py: Resize(256) -> CenterCrop(224) with torchvision's default (bilinear) interpolation.
+        data_config=imagenet_data_config("bilinear"),
+        notes="bare state_dict; the repository was renamed (ghostnet -> CV-Backbones -> Efficient-AI-Backbones) "
+              "and GitHub redirects the old address")
+    v1_timm = PretrainedWeights(
+        model="ghostnet_100", tag="timm", url=_timm_url("ghostnet_100"),
+        file_name="ghostnet_100-timm-in1k.safetensors", file_format="safetensors",
+        sha256="8efbcf55d97872c828768b096d4ebebc51f8b7e29623fd3b3933d78cc230e2e2",
+        use_ema=False, top1=73.982, top5=91.466, accuracy_source=_SRC_TIMM_CSV, license=_LIC_TIMM,
+        source=f"{_SRC_TIMM_URL}; sha256 from huggingface.co/timm/ghostnet_100.in1k/blob/d461b85/model.safetensors",
+        notes="the official weights re-saved by timm; timm's config evaluates bicubic (73.958 top-1 per the facts "
+              "file), the CSV row was measured bilinear")
+    table = [(v1_official, False), (v1_timm, True)]
+    for width, v2_top1, timm_top1, confirmed in (("100", 75.3, 75.186, True), ("130", 76.9, 76.746, False),
+                                                 ("160", 77.8, 77.836, True)):
+        name = f"ghostnetv2_{width}"
+        ck = f"ck_ghostnetv2_{width[:2]}.pth.tar"
+        table.append((PretrainedWeights(
+            model=name, tag="official", url=f"{_EAB}/releases/download/GhostNetV2/{ck}",
+            file_name=f"{name}-official-{ck}", file_format="pth.tar", sha256=None, use_ema=False,
+            top1=v2_top1, top5=None, accuracy_source=_SRC_V2_ACC, license=_LIC_EAB, source=_SRC_V2_README,
+            notes="training checkpoint: the 'state_dict' copy is loaded (as timm does); carries thop "
+                  "total_ops/total_params buffers, which are dropped"), False))
+        table.append((PretrainedWeights(
+            model=name, tag="timm", url=_timm_url(name), file_name=f"{name}-timm-in1k.safetensors",
+            file_format="safetensors", sha256=None, use_ema=False, top1=timm_top1, top5=None,
+            accuracy_source=_SRC_TIMM_FACTS, license=_LIC_TIMM, source=_SRC_TIMM_URL, url_confirmed=confirmed,
+            notes="the official checkpoint re-saved by timm" + (
+                "" if confirmed else "; model.safetensors seen listed for the 1.0x and 1.6x repositories only")),
+            True))
+    v3_url = f"{_EAB}/releases/download/GhostNetV3/ghostnetv3-1.0.pth.tar"
+    v3_common = dict(model="ghostnetv3_100", url=v3_url, file_name="ghostnetv3_100-official-ghostnetv3-1.0.pth.tar",
+                     file_format="pth.tar", sha256=None, accuracy_source=_SRC_V3_ACC, license=_LIC_EAB,
+                     source=_SRC_V3_URL)
+    table.append((PretrainedWeights(
+        tag="ema", use_ema=True, top1=77.134, top5=93.236, **v3_common,
+        notes="the EMA copy (state_dict_ema) of the official release: the paper's 77.1; training-form weights, "
+              "call reparameterize() for the deploy form"), True))
+    table.append((PretrainedWeights(
+        tag="raw", use_ema=False, top1=76.930, top5=93.132, **v3_common,
+        notes="the non-EMA copy (state_dict) of the official release, the one timm ships"), False))
+    table.append((PretrainedWeights(
+        model="ghostnetv3_100", tag="timm", url=_timm_url("ghostnetv3_100"),
+        file_name="ghostnetv3_100-timm-in1k.safetensors", file_format="safetensors", sha256=None, use_ema=False,
+        top1=76.930, top5=93.132, accuracy_source="PaddleClas PR #3413: timm/ghostnetv3_100.in1k evaluated",
+        license=_LIC_TIMM, source=_SRC_TIMM_URL, url_confirmed=False,
+        notes="the raw (non-EMA) official weights re-saved by timm (76.936 top-1 in timm's own results)"), False))
+    return table
+
+
+_TABLE: dict[str, dict[str, PretrainedWeights]] = {}
+_DEFAULT_TAG: dict[str, str] = {}
+
+
+def register_weights(entry: PretrainedWeights, default: bool = False, replace: bool = False) -> PretrainedWeights:
+    """Add `entry` to the table (the model's default if `default` or if it is the model's first entry)."""
+    tags = _TABLE.setdefault(entry.model, {})
+    if entry.tag in tags and not replace:
+        raise ValueError(f"weights {entry.key!r} are already registered (pass replace=True to override)")
+    tags[entry.tag] = entry
+    if default or entry.model not in _DEFAULT_TAG:
+        _DEFAULT_TAG[entry.model] = entry.tag
+    return entry
+
+
+def unregister_weights(model: str, tag: Optional[str] = None) -> None:
+    """Remove one entry of `model` (or all of them when `tag` is None)."""
+    tags = _TABLE.get(model, {})
+    for t in [tag] if tag is not None else list(tags):
+        tags.pop(t, None)
+    if not tags:
+        _TABLE.pop(model, None)
+        _DEFAULT_TAG.pop(model, None)
+    elif _DEFAULT_TAG.get(model) not in tags:
+        _DEFAULT_TAG[model] = next(iter(tags))
+
+
+def models_with_weights() -> list[str]:
+    """Names of the models that have at least one published weights file, sorted."""
+    return sorted(_TABLE)
+
+
+def list_weights(model: Optional[str] = None) -> list[PretrainedWeights]:
+    """All entries (or those of `model`), the default tag of each model first."""
+    out = []
+    for name in sorted(_TABLE) if model is None else [model]:
+        tags = _TABLE.get(name, {})
+        default = _DEFAULT_TAG.get(name)
+        out += [tags[t] for t in sorted(tags, key=lambda t: (t != default, t))]
+    return out
+
+
+def default_tag(model: str) -> Optional[str]:
+    """The tag that `pretrained=True` selects for `model` (None when it has no weights)."""
+    return _DEFAULT_TAG.get(model)
+
+
+def get_weights(model: str, tag: Optional[str] = None) -> PretrainedWeights:
+    """The entry of `model` tagged `tag` (default: the model's default); ValueError naming what exists."""
+    tags = _TABLE.get(model)
+    if not tags:
+        have = ", ".join(models_with_weights())
+        raise ValueError(f"no published weights are registered for {model!r} (models with weights: {have}); "
+                         "pass pretrained=PATH_OR_URL to load a checkpoint file")
+    tag = tag or _DEFAULT_TAG[model]
+    if tag not in tags:
+        raise ValueError(f"{model!r} has no weights tagged {tag!r}; available tags: {', '.join(sorted(tags))} "
+                         f"(default {_DEFAULT_TAG[model]!r})")
+    return tags[tag]
+
+
+for _entry, _is_default in _builtin_table():
+    register_weights(_entry, default=_is_default)
