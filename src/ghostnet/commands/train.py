@@ -1,0 +1,192 @@
+"""`ghostnet train`, `ghostnet eval` and `ghostnet predict`: argument parsing only; the work is in ghostnet.train.
+
+Every TrainConfig field is a `ghostnet train` flag (`batch_size` -> `--batch-size`); flags override the recipe.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+#: Flags spelled differently from their config field.
+FLAG_NAMES = {"output": ("--output", "-o")}
+#: Fields a resumed run may change: they do not alter the computation (or, for epochs, extend it on purpose).
+RESUME_MUTABLE = {"data", "data_dir", "download", "workers", "progress", "tensorboard", "plots", "output", "device",
+                  "save_every_steps", "eval_every", "epochs", "skip_corrupt"}
+
+
+def _parse_list(text: str) -> list:
+    """'0.1,0.2' or '[0.1, 0.2]' -> [0.1, 0.2] (numbers where they parse)."""
+    import yaml
+
+    value = yaml.safe_load(text if text.strip().startswith("[") else f"[{text}]")
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return value
+
+
+def _parse_mapping(text: str) -> dict:
+    """JSON or YAML flow mapping, e.g. '{stem_stride: 1, drop_rate: 0.2}'."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"not a mapping: {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{stem_stride: 1}}', got {text!r}")
+    return value
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from ..train.config import TrainConfig, config_fields
+
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("training settings (override the recipe)")
+    for name, f in config_fields().items():
+        if not f.metadata.get("cli", True):
+            continue
+        hint = hints[name]
+        args = typing.get_args(hint)
+        base = next(a for a in args if a is not type(None)) if typing.get_origin(hint) is Union else hint
+        flags = FLAG_NAMES.get(name, ("--" + name.replace("_", "-"),))
+        kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=f.metadata.get("help"))
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif base is list:
+            kwargs.update(type=_parse_list, metavar="A,B,...")
+        elif base is dict:
+            kwargs.update(type=_parse_mapping, metavar="MAPPING")
+        else:
+            kwargs.update(type=base, metavar=name.split("_")[-1].upper())
+        group.add_argument(*flags, **kwargs)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a model (alone, or under torchrun for DDP)",
+                              description="Train a model from a recipe; flags override the recipe's settings. "
+                              "Multi-process: torchrun --nproc_per_node=N -m ghostnet train ...")
+    p.add_argument("--recipe", help="shipped recipe name (see --list-recipes) or a YAML file")
+    p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="FILE",
+                   help="continue a run exactly: FILE, or OUTPUT/last.pt when no file is given")
+    _add_config_flags(p)
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix")
+    p.add_argument("--checkpoint", required=True, help="last.pt / best.pt / *.safetensors from ghostnet train "
+                   "(or any checkpoint with --model)")
+    p.add_argument("--data", required=True, help="ImageFolder root, folder of .npz shards, or cifar10/cifar100")
+    p.add_argument("--split", default="val", choices=("train", "val"))
+    p.add_argument("--model", help="model name, for checkpoints that do not name their model (official, timm)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
+    p.add_argument("--json", help="write the metrics (with per-class accuracy and confusion matrix) to this file")
+    p.add_argument("--confusion", help="write the confusion-matrix PNG to this file")
+    p.add_argument("--img-size", type=int, help="evaluate at another image size")
+    p.add_argument("--subset", type=int, help="evaluate on a fixed pseudo-random selection of N samples")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--skip-corrupt", action="store_true", help="skip (and count) unreadable images")
+    p.set_defaults(func=run_eval)
+
+    p = subparsers.add_parser("predict", help="classify image files with a trained checkpoint")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or export from ghostnet train (or any with --model)")
+    p.add_argument("--model", help="model name, for checkpoints that do not name their model")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--labels", help="class names, one per line (or id<TAB>name)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=run_predict)
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from ..train.config import config_fields
+
+    return {name: getattr(args, name) for name in config_fields() if hasattr(args, name)}
+
+
+def build_train_config(args: argparse.Namespace):
+    """(TrainConfig, resume path or None) from parsed `ghostnet train` arguments."""
+    from ..train.config import TrainConfig, load_recipe, make_config
+    from ..train.checkpoint import read_training_state
+
+    overrides = _config_overrides(args)
+    if args.resume is None:
+        if args.recipe:
+            return load_recipe(args.recipe, overrides), None
+        return make_config(overrides, "command line"), None
+    if args.recipe:
+        raise ValueError("--resume continues a run with the settings stored in its checkpoint; drop --recipe")
+    output = overrides.get("output", TrainConfig().output)
+    resume = Path(args.resume) if args.resume else Path(output) / "last.pt"
+    if not resume.is_file():
+        raise FileNotFoundError(f"{resume}: no checkpoint to resume from")
+    stored = read_training_state(resume)["config"]
+    changed = sorted(k for k, v in overrides.items() if k not in RESUME_MUTABLE and stored.get(k) != v)
+    if changed:
+        raise ValueError(f"cannot change {', '.join(changed)} when resuming (the run would no longer be the same); "
+                         f"only {', '.join(sorted(RESUME_MUTABLE))} may change")
+    if "output" not in overrides:
+        overrides["output"] = str(resume.parent)
+    return make_config({**stored, **overrides}, str(resume)), resume
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..train import list_recipes, train
+
+    if args.list_recipes:
+        recipes = list_recipes()
+        width = max(map(len, recipes), default=0)
+        for name, description in recipes.items():
+            print(f"{name:<{width}}  {description}")
+        return 0
+    cfg, resume = build_train_config(args)
+    result = train(cfg, resume=resume)
+    if result["best_epoch"] > 0:
+        print(f"best top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}; outputs in {result['output']}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..train.evaluation import evaluate_checkpoint
+    from ..utils import atomic_write
+
+    evaluation = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, use_ema=args.ema,
+                                     model_name=args.model, batch_size=args.batch_size, workers=args.workers,
+                                     device=args.device, subset_size=args.subset, img_size=args.img_size,
+                                     skip_corrupt=args.skip_corrupt)
+    r = evaluation.result
+    print(f"top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%  loss {r.loss:.4f}  ({r.count} images"
+          + (f", {r.skipped} unreadable skipped" if r.skipped else "") + ")")
+    width = max(map(len, evaluation.classes))
+    for name, acc in zip(evaluation.classes, r.per_class):
+        print(f"  {name:<{width}}  {'n/a' if acc != acc else f'{100 * acc:6.2f}%'}")
+    if args.json:
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "data": str(args.data),
+                                       "split": args.split, "ema": args.ema, **evaluation.to_dict()}, indent=1))
+    if args.confusion:
+        from ..train.plots import plot_confusion
+
+        plot_confusion(r.confusion, evaluation.classes, args.confusion)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..train.evaluation import load_for_inference, predict
+
+    trained = load_for_inference(args.checkpoint, args.ema, args.model)
+    results = predict(trained, args.images, topk=args.topk, labels=args.labels, device=args.device)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for item in results:
+        print(item["image"])
+        for rank, top in enumerate(item["top"], 1):
+            print(f"  {rank}. {top['class']}  {100 * top['prob']:.2f}%")
+    return 0

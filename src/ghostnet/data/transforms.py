@@ -1,0 +1,101 @@
+"""Transform presets built from torchvision's v2 transforms.
+
+- "imagenet": RandomResizedCrop, flip, ColorJitter or RandAugment, RandomErasing; evaluation resizes the short side
+  to size / crop_pct and takes the centre crop (the models' `crop_pct`, 0.875 for GhostNet).
+- "cifar": pad-and-crop and flip (He et al.); evaluation uses the image as it is (resized only if its size differs).
+
+All random choices draw from torch's global generator, which the loader seeds per sample (see loader.py), so
+augmentation does not depend on worker count, world size or where a resumed run starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+PRESETS = ("imagenet", "cifar")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+RE_MODES = ("pixel", "const")
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Everything the presets need; `TrainConfig.transform_config()` fills it from a recipe."""
+
+    preset: str = "imagenet"
+    img_size: int = 224
+    mean: Sequence[float] = (0.485, 0.456, 0.406)
+    std: Sequence[float] = (0.229, 0.224, 0.225)
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    scale: Sequence[float] = (0.08, 1.0)
+    ratio: Sequence[float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    randaugment: Optional[int] = None  # magnitude; two ops per image as in RandAugment's paper and timm's "m9"
+    random_erasing: float = 0.0
+    re_mode: str = "pixel"
+    padding: int = 4
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown transform preset {self.preset!r}; expected one of {PRESETS}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; expected one of {INTERPOLATIONS}")
+        if self.re_mode not in RE_MODES:
+            raise ValueError(f"unknown random-erasing mode {self.re_mode!r}; expected one of {RE_MODES}")
+        if self.img_size < 1 or not 0 < self.crop_pct <= 1:
+            raise ValueError(f"img_size must be >= 1 and crop_pct in (0, 1], got {self.img_size} and {self.crop_pct}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {list(self.mean)} and {list(self.std)}")
+
+
+def _interpolation(name: str):
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(name)
+
+
+def _to_normalized_tensor(cfg: TransformConfig) -> list:
+    from torchvision.transforms import v2
+
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+
+
+def train_transform(cfg: TransformConfig):
+    """The training-time augmentation of `cfg.preset`."""
+    from torchvision.transforms import v2
+
+    interp = _interpolation(cfg.interpolation)
+    if cfg.preset == "cifar":
+        ops = [v2.Resize(cfg.img_size, interpolation=interp),
+               v2.RandomCrop(cfg.img_size, padding=cfg.padding)]
+    else:
+        ops = [v2.RandomResizedCrop(cfg.img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), interpolation=interp)]
+    if cfg.hflip > 0:
+        ops.append(v2.RandomHorizontalFlip(cfg.hflip))
+    if cfg.randaugment is not None:
+        ops.append(v2.RandAugment(num_ops=2, magnitude=cfg.randaugment, interpolation=interp))
+    elif cfg.color_jitter > 0:
+        ops.append(v2.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
+    ops += _to_normalized_tensor(cfg)
+    if cfg.random_erasing > 0:
+        # "pixel" fills with per-pixel normal noise (timm's --remode pixel); "const" with zeros (the mean).
+        ops.append(v2.RandomErasing(cfg.random_erasing, value="random" if cfg.re_mode == "pixel" else 0))
+    return v2.Compose(ops)
+
+
+def eval_transform(cfg: TransformConfig):
+    """The deterministic evaluation transform of `cfg.preset`."""
+    from torchvision.transforms import v2
+
+    interp = _interpolation(cfg.interpolation)
+    if cfg.preset == "cifar":
+        ops = [v2.Resize(cfg.img_size, interpolation=interp), v2.CenterCrop(cfg.img_size)]
+    else:
+        resize = int(cfg.img_size / cfg.crop_pct)  # floor, as timm and the official validate.py (224 -> 256)
+        ops = [v2.Resize(resize, interpolation=interp), v2.CenterCrop(cfg.img_size)]
+    return v2.Compose(ops + _to_normalized_tensor(cfg))

@@ -1,0 +1,241 @@
+"""The training configuration: one flat dataclass, every knob visible, filled from a YAML recipe and CLI flags.
+
+Recipes are YAML files whose keys are `TrainConfig` fields (plus `description`); the shipped ones live in
+`ghostnet/recipes/`. Unknown keys and wrongly typed values are rejected with a message naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..data.transforms import TransformConfig
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+OPTIMIZERS = ("sgd", "adamw", "rmsproptf")
+SCHEDULES = ("cosine", "multistep", "step", "constant")
+AMP_MODES = ("none", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _f(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with its help text (shown by `ghostnet train --help`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Batch size and learning rate are global (summed over all processes)."""
+
+    description: str = _f("", "what the recipe is for", cli=False)
+    # --- model
+    model: str = _f("ghostnet_100", "registered model name (ghostnet models lists them)")
+    model_kwargs: dict = _f({}, "extra model arguments, e.g. {stem_stride: 1, drop_rate: 0.2} (JSON on the CLI)")
+    pretrained: Optional[str] = _f(None, "initialize from this checkpoint file (strict=False: head may differ)")
+    sync_bn: bool = _f(False, "SyncBatchNorm across processes (CUDA only)")
+    freeze_bn: bool = _f(False, "keep BatchNorm layers in eval mode (running statistics frozen)")
+    # --- data
+    data: Optional[str] = _f(None, "ImageFolder root, folder of .npz shards, or cifar10/cifar100")
+    data_dir: Optional[str] = _f(None, "where cifar10/cifar100 are (or are downloaded to)")
+    download: bool = _f(False, "download cifar10/cifar100 if missing")
+    subset: Optional[int] = _f(None, "train on a fixed pseudo-random selection of N training samples")
+    val_subset: Optional[int] = _f(None, "evaluate on a fixed pseudo-random selection of N validation samples")
+    skip_corrupt: bool = _f(False, "skip (and count) unreadable images instead of stopping with an error")
+    workers: int = _f(4, "data-loading worker processes per training process")
+    preset: str = _f("imagenet", "transform preset: imagenet or cifar")
+    img_size: Optional[int] = _f(None, "training/eval image size (default: the model's input size)")
+    crop_pct: Optional[float] = _f(None, "eval centre-crop fraction (default: the model's, 0.875)")
+    interpolation: Optional[str] = _f(None, "resize interpolation (default: the model's)")
+    mean: Optional[list] = _f(None, "normalization mean (default: the model's)")
+    std: Optional[list] = _f(None, "normalization std (default: the model's)")
+    scale: list = _f([0.08, 1.0], "RandomResizedCrop area range")
+    hflip: float = _f(0.5, "horizontal flip probability")
+    color_jitter: float = _f(0.4, "ColorJitter strength (0 = off; ignored with RandAugment)")
+    randaugment: Optional[int] = _f(None, "RandAugment magnitude (2 ops), e.g. 9")
+    random_erasing: float = _f(0.0, "RandomErasing probability")
+    re_mode: str = _f("pixel", "RandomErasing fill: pixel (noise) or const")
+    padding: int = _f(4, "cifar preset: padding before the random crop")
+    # --- optimization
+    epochs: int = _f(100, "training epochs")
+    batch_size: int = _f(256, "global batch size (split evenly over processes)")
+    optimizer: str = _f("sgd", f"one of {', '.join(OPTIMIZERS)}")
+    lr: float = _f(0.1, "peak learning rate (for the global batch)")
+    momentum: float = _f(0.9, "SGD / RMSProp momentum")
+    nesterov: bool = _f(True, "Nesterov momentum (SGD)")
+    weight_decay: float = _f(1e-4, "weight decay")
+    wd_norm_bias: bool = _f(False, "apply weight decay to normalization weights and biases too")
+    opt_eps: Optional[float] = _f(None, "optimizer epsilon (AdamW 1e-8, RMSProp-TF 1e-3 by default)")
+    betas: list = _f([0.9, 0.999], "AdamW betas")
+    rmsprop_alpha: float = _f(0.9, "RMSProp-TF smoothing constant")
+    schedule: str = _f("cosine", f"one of {', '.join(SCHEDULES)}")
+    warmup_epochs: float = _f(0.0, "linear warmup length in epochs (fractions allowed)")
+    warmup_lr: float = _f(0.0, "learning rate at the start of warmup")
+    min_lr: float = _f(0.0, "cosine: final learning rate")
+    milestones: list = _f([], "multistep: epochs at which lr is multiplied by gamma")
+    decay_epochs: float = _f(1.0, "step: multiply lr by gamma every this many epochs")
+    gamma: float = _f(0.1, "multistep/step decay factor")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+    grad_clip: Optional[float] = _f(None, "clip the gradient norm to this value")
+    ema_decay: Optional[float] = _f(None, "keep an EMA of the weights with this decay, e.g. 0.9999")
+    amp: str = _f("none", f"mixed precision: {', '.join(AMP_MODES)} (fp16 needs CUDA)")
+    channels_last: bool = _f(False, "channels_last memory format")
+    # --- distillation
+    teacher: Optional[str] = _f(None, "teacher model: a registered name or timm:NAME")
+    teacher_pretrained: Optional[str] = _f(None, "teacher weights: a file, or 'true' for published weights")
+    kd_weight: float = _f(1.0, "weight of the soft-target loss (hard-label loss has weight 1)")
+    kd_temperature: float = _f(1.0, "distillation temperature")
+    # --- run
+    seed: int = _f(0, "random seed")
+    deterministic: bool = _f(False, "torch.use_deterministic_algorithms (slower on GPU)")
+    device: str = _f("auto", f"one of {', '.join(DEVICES)}")
+    output: str = _f("runs/train", "output folder (checkpoints, metrics, plots)")
+    save_every_steps: int = _f(0, "also save the resumable checkpoint every N steps (0: once per epoch)")
+    eval_every: int = _f(1, "evaluate every N epochs (and after the last)")
+    progress: bool = _f(True, "show progress bars")
+    tensorboard: bool = _f(False, "also log to TensorBoard (needs the tensorboard package)")
+    plots: bool = _f(True, "write PNG curves at the end")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError for values that cannot work."""
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "device": DEVICES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.schedule == "step" and self.decay_epochs <= 0:
+            raise ValueError(f"decay_epochs must be > 0, got {self.decay_epochs}")
+        if sorted(self.milestones) != list(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        # Building the transform config checks preset, interpolation and erasing mode.
+        self.transform_config()
+
+    def transform_config(self, model_cfg: Optional[dict] = None) -> TransformConfig:
+        """The transform settings, taking unset sizes/normalization from the model's data config."""
+        model_cfg = model_cfg or {}
+        size = self.img_size or int(model_cfg.get("input_size", (3, 224, 224))[-1])
+        return TransformConfig(
+            preset=self.preset, img_size=size,
+            mean=tuple(self.mean or model_cfg.get("mean", (0.485, 0.456, 0.406))),
+            std=tuple(self.std or model_cfg.get("std", (0.229, 0.224, 0.225))),
+            crop_pct=self.crop_pct or float(model_cfg.get("crop_pct", 0.875)),
+            interpolation=self.interpolation or model_cfg.get("interpolation", "bilinear"),
+            scale=tuple(self.scale), hflip=self.hflip, color_jitter=self.color_jitter, randaugment=self.randaugment,
+            random_erasing=self.random_erasing, re_mode=self.re_mode, padding=self.padding)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (stored in checkpoints loaded with weights_only=True)."""
+        return dataclasses.asdict(self)
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    """The fields of TrainConfig by name."""
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _check_type(name: str, value: Any) -> Any:
+    hint = _HINTS[name]
+    optional = typing.get_origin(hint) is Union and type(None) in typing.get_args(hint)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name} cannot be empty")
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"{name} must be {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def make_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a TrainConfig from a mapping, rejecting unknown keys (with suggestions) and wrong types."""
+    fields = config_fields()
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{source}: unknown key(s) {', '.join(hints)}")
+    checked = {k: _check_type(k, v) for k, v in values.items()}
+    try:
+        return TrainConfig(**checked)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def list_recipes() -> dict[str, str]:
+    """Shipped recipe names and their one-line descriptions."""
+    import yaml
+
+    out = {}
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        out[path.stem] = str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""
+    return out
+
+
+def recipe_path(name_or_file: str) -> Path:
+    """The YAML file of a shipped recipe name, or the given file."""
+    path = Path(name_or_file).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"{name_or_file}: no such recipe file")
+        return path
+    shipped = RECIPE_DIR / f"{name_or_file}.yaml"
+    if not shipped.is_file():
+        names = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+        close = difflib.get_close_matches(name_or_file, names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown recipe {name_or_file!r}{hint}; shipped recipes: {', '.join(names)}")
+    return shipped
+
+
+def read_recipe(name_or_file: str) -> dict[str, Any]:
+    """The raw key/value mapping of a recipe (yaml.safe_load), checked to be a mapping."""
+    import yaml
+
+    path = recipe_path(name_or_file)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_recipe(name_or_file: str, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
+    """A TrainConfig from a shipped recipe name or a YAML file, with `overrides` applied on top."""
+    values = read_recipe(name_or_file)
+    source = str(recipe_path(name_or_file))
+    make_config(values, source)  # report errors in the recipe itself before blaming the overrides
+    return make_config({**values, **(overrides or {})}, source)

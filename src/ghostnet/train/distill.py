@@ -1,0 +1,54 @@
+"""Knowledge distillation, as the GhostNetV3 recipe intends: hard-label loss plus soft-target cross-entropy.
+
+The official `train.py` computes a `kd_loss` but never returns it, and accepts a `--temperature` it never uses;
+here the soft-target term is returned, scaled by T^2 (Hinton et al.) so its gradient size does not depend on T.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of the student's softened prediction against the teacher's, times T^2 (mean over the batch)."""
+    t = temperature
+    teacher_probs = F.softmax(teacher_logits.float() / t, dim=-1)
+    log_student = F.log_softmax(student_logits.float() / t, dim=-1)
+    return -(teacher_probs * log_student).sum(-1).mean() * (t * t)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, hard_loss: torch.Tensor,
+                      kd_weight: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
+    """`hard_loss + kd_weight * soft_target_loss` (the v3 recipe uses 1:1)."""
+    return hard_loss + kd_weight * soft_target_loss(student_logits, teacher_logits, temperature)
+
+
+def build_teacher(spec: str, pretrained: Optional[str], num_classes: int) -> nn.Module:
+    """A frozen teacher in eval mode: `timm:NAME` (timm's model zoo) or a registered ghostnet model name.
+
+    `pretrained` is a checkpoint file, or "true" for the published weights (timm downloads them into its cache).
+    """
+    use_published = str(pretrained).lower() == "true"
+    weights_file = pretrained if pretrained and not use_published else None
+    if weights_file and not Path(weights_file).is_file():
+        raise FileNotFoundError(f"teacher weights {weights_file}: no such file")
+    if spec.startswith("timm:"):
+        try:
+            import timm
+        except ImportError:
+            raise ValueError("a timm: teacher needs timm (pip install 'ghostnet-torch[timm]')") from None
+        teacher = timm.create_model(spec[5:], pretrained=use_published, num_classes=num_classes,
+                                    checkpoint_path=weights_file or "")
+    else:
+        from ..models import create_model
+
+        teacher = create_model(spec, pretrained=weights_file or (True if use_published else None),
+                               num_classes=num_classes)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher

@@ -1,0 +1,136 @@
+"""Evaluate a trained model on a data split, and classify image files (what `ghostnet eval` / `predict` run)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from ..data import (ShardSampler, TransformConfig, dataset_classes, eval_transform, load_rgb, make_loader, open_split,
+                    read_class_names, subset)
+from .checkpoint import TrainedModel, load_trained
+from .distributed import pick_device
+from .metrics import EvalResult, evaluate
+
+PathLike = Union[str, os.PathLike]
+
+
+def load_for_inference(checkpoint: PathLike, use_ema: bool = False, model_name: Optional[str] = None) -> TrainedModel:
+    """A model ready for inference: from a ghostnet checkpoint/export, or any checkpoint plus a model name.
+
+    With `model_name`, the file may be any checkpoint `load_checkpoint` reads (official, timm, ...); the data
+    config is then the model's own (ImageNet-style evaluation at its input size).
+    """
+    if model_name is None:
+        return load_trained(checkpoint, use_ema=use_ema)
+    from ..convert.checkpoints import extract_state_dict, load_checkpoint, read_checkpoint
+    from ..models import create_model
+
+    obj, _ = read_checkpoint(checkpoint)
+    state = extract_state_dict(obj, use_ema=use_ema, source=str(checkpoint))
+    head = state.get("classifier.weight")
+    kwargs = {"num_classes": int(head.shape[0])} if head is not None and head.ndim == 2 else {}
+    model = create_model(model_name, **kwargs)
+    load_checkpoint(model, checkpoint, use_ema=use_ema)
+    model.eval()
+    cfg = model.pretrained_cfg
+    data_config = {"preset": "imagenet", "img_size": int(cfg["input_size"][-1]), "crop_pct": cfg["crop_pct"],
+                   "interpolation": cfg["interpolation"], "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+    return TrainedModel(model, [], data_config, {"model": model_name, "model_kwargs": kwargs})
+
+
+def transform_config(data_config: dict[str, Any], img_size: Optional[int] = None) -> TransformConfig:
+    """The TransformConfig a checkpoint's data config describes (optionally at another image size)."""
+    keys = ("preset", "img_size", "crop_pct", "interpolation", "mean", "std")
+    values = {k: data_config[k] for k in keys if k in data_config}
+    if img_size:
+        values["img_size"] = img_size
+    return TransformConfig(**values)
+
+
+@dataclass
+class Evaluation:
+    """The result of `evaluate_checkpoint`: metrics and the class names they refer to."""
+
+    result: EvalResult
+    classes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.result.to_dict(self.classes)
+
+
+def evaluate_checkpoint(checkpoint: PathLike, data: PathLike, split: str = "val", use_ema: bool = False,
+                        model_name: Optional[str] = None, batch_size: int = 64, workers: int = 2,
+                        device: str = "auto", subset_size: Optional[int] = None, img_size: Optional[int] = None,
+                        skip_corrupt: bool = False, progress: bool = True) -> Evaluation:
+    """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on one split of `data`."""
+    trained = load_for_inference(checkpoint, use_ema, model_name)
+    tcfg = transform_config(trained.data_config, img_size)
+    dataset = open_split(data, split, eval_transform(tcfg), skip_corrupt=skip_corrupt)
+    data_classes = dataset_classes(dataset)
+    num_classes = _num_classes(trained.model)
+    if len(data_classes) != num_classes:
+        raise ValueError(f"{data} has {len(data_classes)} classes but the model predicts {num_classes}")
+    dataset = subset(dataset, subset_size)
+    dev = pick_device(device)
+    loader = make_loader(dataset, batch_size, ShardSampler(len(dataset)), workers, dev.type == "cuda")
+    model = trained.model.to(dev)
+    result = evaluate(model, loader, dev, num_classes, progress=progress)
+    return Evaluation(result, trained.classes or data_classes)
+
+
+def _num_classes(model: torch.nn.Module) -> int:
+    """The model's `num_classes`, or the width of its last Linear layer."""
+    num = getattr(model, "num_classes", None)
+    if num is None:
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        if not linears:
+            raise ValueError("cannot tell how many classes the model predicts (no num_classes, no Linear layer)")
+        num = linears[-1].out_features
+    return int(num)
+
+
+def class_names(trained: TrainedModel, labels: Optional[PathLike] = None) -> list[str]:
+    """Names for the model's outputs: a labels file, else the checkpoint's, else ImageNet's for 1000, else indices."""
+    num_classes = _num_classes(trained.model)
+    if labels is not None:
+        names = read_class_names(labels)
+        names = list(names.values()) if isinstance(names, dict) else names
+        if len(names) != num_classes:
+            raise ValueError(f"{labels} has {len(names)} names but the model predicts {num_classes} classes")
+        return names
+    if len(trained.classes) == num_classes:
+        return list(trained.classes)
+    if num_classes == 1000:
+        try:
+            from ..hub import imagenet_classes
+        except ImportError:
+            pass
+        else:
+            return list(imagenet_classes())
+    return [str(i) for i in range(num_classes)]
+
+
+@torch.no_grad()
+def predict(trained: TrainedModel, images: Sequence[PathLike], topk: int = 5, labels: Optional[PathLike] = None,
+            device: str = "auto") -> list[dict[str, Any]]:
+    """Top-k (class, probability) for each image file; unreadable files raise CorruptImageError naming them."""
+    names = class_names(trained, labels)
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    transform = eval_transform(transform_config(trained.data_config))
+    dev = pick_device(device)
+    model = trained.model.to(dev).eval()
+    k = min(topk, len(names))
+    results = []
+    for path in images:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+        x = transform(load_rgb(path)).unsqueeze(0).to(dev)
+        probs = model(x).float().softmax(-1)[0]
+        values, indices = probs.topk(k)
+        results.append({"image": str(path), "top": [{"class": names[i], "index": int(i), "prob": float(p)}
+                                                     for p, i in zip(values.tolist(), indices.tolist())]})
+    return results

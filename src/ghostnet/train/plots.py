@@ -1,0 +1,78 @@
+"""PNG plots of a run: loss/accuracy/learning-rate curves and a confusion matrix (matplotlib, headless)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+
+from ..utils import atomic_write
+
+PathLike = Union[str, os.PathLike]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("plots need matplotlib (pip install 'ghostnet-torch[plot]')") from None
+    matplotlib.use("Agg")  # no display needed; must precede the pyplot import in a fresh process
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: PathLike) -> Path:
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    fig.clf()
+    return path
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
+    """Loss, top-1 accuracy and learning rate per epoch, from the rows of the metrics log."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    epochs = [row["epoch"] for row in history]
+    panels = (("loss", ("train_loss", "val_loss", "ema_val_loss")),
+              ("top-1 accuracy (%)", ("train_top1", "val_top1", "ema_val_top1")),
+              ("learning rate", ("lr",)))
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            points = [(e, row[key]) for e, row in zip(epochs, history) if row.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(confusion: torch.Tensor, classes: Optional[Sequence[str]], path: PathLike) -> Path:
+    """A row-normalized confusion matrix (true class down, predicted across); counts written when few classes."""
+    plt = _pyplot()
+    k = confusion.shape[0]
+    names = list(classes) if classes else [str(i) for i in range(k)]
+    norm = confusion.double() / confusion.sum(1, keepdim=True).clamp(min=1)
+    side = min(3 + 0.45 * k, 40)
+    fig, ax = plt.subplots(figsize=(side, side))
+    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    if k <= 30:
+        ax.set_xticks(range(k), names, rotation=90)
+        ax.set_yticks(range(k), names)
+        for i in range(k):
+            for j in range(k):
+                if confusion[i, j]:
+                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
