@@ -1,0 +1,323 @@
+"""Published weights end to end, against a weights server on 127.0.0.1 made in the test: download, cache hit,
+checksum and truncation refused with nothing cached, offline behaviour, tag choice, and torch.hub entry points.
+
+No test reaches the internet: every download is checked to go to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from ghostnet import create_model, list_models
+from ghostnet import weights as weights_table
+from ghostnet.convert.checkpoints import CheckpointError
+from ghostnet.hub import WeightsUnavailableError, cache_dir, cached_file, load_pretrained
+from ghostnet.weights import PretrainedWeights, get_weights, imagenet_data_config, register_weights
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = "ghostnet_050"  # the smallest v1: a 10 MB file
+
+
+class WeightServer:
+    """Serves in-memory files over HTTP on 127.0.0.1 and records every request path."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.truncate: set[str] = set()  # send the full Content-Length, then only half the body
+        self.no_length: set[str] = set()  # send half the body with no Content-Length
+        self.hits: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                server.hits.append(self.path)
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "no such file")
+                    return
+                self.send_response(200)
+                if self.path not in server.no_length:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                cut = self.path in server.truncate or self.path in server.no_length
+                self.wfile.write(body[: len(body) // 2] if cut else body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.running = True
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def stop(self) -> None:
+        if self.running:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread.join(timeout=5)
+            self.running = False
+
+
+@pytest.fixture
+def server():
+    srv = WeightServer()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """A private cache, a private copy of the weights table, and no network except 127.0.0.1."""
+    monkeypatch.setenv("GHOSTNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GHOSTNET_OFFLINE", raising=False)
+    monkeypatch.setattr(weights_table, "_TABLE", {k: dict(v) for k, v in weights_table._TABLE.items()})
+    monkeypatch.setattr(weights_table, "_DEFAULT_TAG", dict(weights_table._DEFAULT_TAG))
+    real_urlopen = urllib.request.urlopen
+
+    def local_only(request, *args, **kwargs):
+        url = request.full_url if isinstance(request, urllib.request.Request) else request
+        host = urllib.parse.urlsplit(url).hostname
+        assert host == "127.0.0.1", f"a test tried to reach {url}"
+        return real_urlopen(request, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", local_only)
+
+
+def random_state(name: str, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = create_model(name)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))  # BN stats too, so that any mix-up shows
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def serve_entry(server: WeightServer, name: str, tag: str, body: bytes, *, sha256="full", default=False,
+                file_name=None, use_ema=False, path=None, interpolation="bilinear") -> PretrainedWeights:
+    path = path or f"/{name}-{tag}.pth"
+    server.files[path] = body
+    digest = hashlib.sha256(body).hexdigest()
+    entry = PretrainedWeights(
+        model=name, tag=tag, url=server.url(path), file_name=file_name or f"{name}-{tag}.pth", file_format="pth",
+        sha256={"full": digest, "prefix": digest[:8]}.get(sha256, sha256), use_ema=use_ema, top1=None, top5=None,
+        accuracy_source="test", license="test", source="test", data_config=imagenet_data_config(interpolation))
+    return register_weights(entry, default=default, replace=True)
+
+
+def assert_state_equal(model: torch.nn.Module, state: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> None:
+    got = model.state_dict()
+    for key, value in state.items():
+        if not key.startswith(skip):
+            assert torch.equal(got[key], value), key
+
+
+def cache_listing() -> list[str]:
+    folder = cache_dir()
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_download_verify_cache_and_hit_without_network(server):
+    state = random_state(SMALL, 0)
+    entry = serve_entry(server, SMALL, "test", torch_bytes(state), default=True)
+
+    model = create_model(SMALL, pretrained=True)
+    assert_state_equal(model, state)
+    assert server.hits == ["/ghostnet_050-test.pth"]
+    assert cache_listing() == [entry.file_name] and cached_file(entry).is_file()
+    # The weights' own data config travels with the model (predict and eval read it).
+    assert model.pretrained_cfg["interpolation"] == "bilinear" and model.pretrained_cfg["tag"] == "test"
+
+    again = create_model(SMALL, pretrained=True)
+    assert server.hits == ["/ghostnet_050-test.pth"], "a cached file must not be downloaded again"
+    assert_state_equal(again, state)
+
+
+def test_a_published_sha256_prefix_is_enough(server):
+    state = random_state(SMALL, 1)
+    serve_entry(server, SMALL, "test", torch_bytes(state), sha256="prefix", default=True)
+    assert_state_equal(create_model(SMALL, pretrained="test"), state)
+
+
+def test_wrong_checksum_is_refused_and_nothing_is_cached(server):
+    serve_entry(server, SMALL, "test", torch_bytes(random_state(SMALL, 2)), sha256="0" * 64, default=True)
+    with pytest.raises(CheckpointError, match=r"checksum mismatch .* does not start with the published 0{64}"):
+        create_model(SMALL, pretrained=True)
+    assert cache_listing() == []
+
+
+def test_truncated_download_is_refused_and_nothing_is_cached(server):
+    entry = serve_entry(server, SMALL, "test", torch_bytes(random_state(SMALL, 3)), sha256=None, default=True)
+    server.truncate.add("/ghostnet_050-test.pth")
+    with pytest.raises(CheckpointError, match=r"cut short \(\d+ of \d+ bytes\); nothing was cached"):
+        create_model(SMALL, pretrained=True)
+    assert cache_listing() == []
+    # The next try downloads again and succeeds once the server is healthy.
+    server.truncate.clear()
+    create_model(SMALL, pretrained=True)
+    assert cache_listing() == [entry.file_name] and len(server.hits) == 2
+
+
+def test_unreadable_download_without_length_or_checksum_is_removed(server):
+    serve_entry(server, SMALL, "test", torch_bytes(random_state(SMALL, 4)), sha256=None, default=True)
+    server.no_length.add("/ghostnet_050-test.pth")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint and was removed from the cache"):
+        create_model(SMALL, pretrained=True)
+    assert cache_listing() == []
+
+
+def test_offline_with_a_cached_file_works(server, monkeypatch):
+    state = random_state(SMALL, 5)
+    serve_entry(server, SMALL, "test", torch_bytes(state), default=True)
+    create_model(SMALL, pretrained=True)
+    server.stop()
+    assert_state_equal(create_model(SMALL, pretrained=True), state)
+    monkeypatch.setenv("GHOSTNET_OFFLINE", "1")
+    assert_state_equal(create_model(SMALL, pretrained=True), state)
+
+
+def test_offline_without_a_cached_file_says_where_to_put_it(server, monkeypatch):
+    entry = serve_entry(server, SMALL, "test", torch_bytes(random_state(SMALL, 6)), default=True)
+    server.stop()
+    with pytest.raises(WeightsUnavailableError, match="could not download") as err:
+        create_model(SMALL, pretrained=True)
+    assert str(cached_file(entry)) in str(err.value) and entry.url in str(err.value)
+    assert isinstance(err.value, FileNotFoundError)  # the CLI turns it into a one-line error
+    assert cache_listing() == []
+
+
+def test_offline_switch_never_contacts_the_server(server, monkeypatch):
+    entry = serve_entry(server, SMALL, "test", torch_bytes(random_state(SMALL, 7)), default=True)
+    monkeypatch.setenv("GHOSTNET_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="GHOSTNET_OFFLINE forbids downloading") as err:
+        create_model(SMALL, pretrained=True)
+    assert str(cached_file(entry)) in str(err.value)
+    assert server.hits == []
+
+
+def test_builtin_entry_offline_names_the_published_url_and_the_cache_path(monkeypatch):
+    monkeypatch.setenv("GHOSTNET_OFFLINE", "1")
+    entry = get_weights("ghostnet_100")
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_model("ghostnet_100", pretrained=True)
+    assert entry.url in str(err.value) and str(cache_dir() / entry.file_name) in str(err.value)
+
+
+def test_a_file_put_in_the_cache_by_hand_is_used(monkeypatch):
+    """The offline recipe the error message gives: save the published file under its cache name."""
+    monkeypatch.setenv("GHOSTNET_OFFLINE", "1")
+    entry = get_weights("ghostnet_100", "official")
+    state = random_state("ghostnet_100", 8)
+    cached_file(entry).parent.mkdir(parents=True)
+    torch.save(state, cached_file(entry))
+    assert_state_equal(create_model("ghostnet_100", pretrained="official"), state)
+
+
+def test_tag_choice(server):
+    state_a, state_b = random_state(SMALL, 10), random_state(SMALL, 11)
+    serve_entry(server, SMALL, "a", torch_bytes(state_a), default=True)
+    serve_entry(server, SMALL, "b", torch_bytes(state_b))
+    assert_state_equal(create_model(SMALL, pretrained=True), state_a)
+    assert_state_equal(create_model(SMALL, pretrained="b"), state_b)
+    with pytest.raises(ValueError, match=r"no weights tagged 'c'; available tags: a, b \(default 'a'\)"):
+        create_model(SMALL, pretrained="c")
+
+
+def test_v3_ema_and_raw_tags_share_one_download(server):
+    """The official v3 release: one file holding state_dict and state_dict_ema, with the official `bn.` names."""
+    raw, ema = random_state("ghostnetv3_050", 12), random_state("ghostnetv3_050", 13)
+
+    def official_names(state):
+        return {k.replace(".bn1.", ".bn.") if (".ghost" in k or ".dw_rpr_" in k) else k: v for k, v in state.items()}
+
+    body = torch_bytes({"state_dict": official_names(raw), "state_dict_ema": official_names(ema), "epoch": 599})
+    shared = dict(path="/ghostnetv3-0.5.pth.tar", file_name="ghostnetv3_050-official.pth")
+    serve_entry(server, "ghostnetv3_050", "ema", body, use_ema=True, default=True, **shared)
+    serve_entry(server, "ghostnetv3_050", "raw", body, use_ema=False, **shared)
+    assert_state_equal(create_model("ghostnetv3_050", pretrained=True), ema)
+    assert_state_equal(create_model("ghostnetv3_050", pretrained="raw"), raw)
+    assert server.hits == ["/ghostnetv3-0.5.pth.tar"]
+
+
+def test_other_num_classes_gets_the_body_and_a_new_head(server):
+    state = random_state(SMALL, 14)
+    serve_entry(server, SMALL, "test", torch_bytes(state), default=True)
+    model = create_model(SMALL, pretrained=True, num_classes=10)
+    assert_state_equal(model, state, skip=("classifier.",))
+    assert model.classifier.out_features == 10 and model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_model_without_published_weights_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"no published weights are registered for 'ghostnet_130' \(models with "
+                                         r"weights: .*ghostnet_100.*\); pass pretrained=PATH_OR_URL"):
+        create_model("ghostnet_130", pretrained=True)
+    with pytest.raises(ValueError, match="no published weights"):
+        load_pretrained(create_model("ghostnet_130"), "ghostnet_130")
+
+
+def test_default_cache_is_torch_hub_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.delenv("GHOSTNET_CACHE")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    assert cache_dir() == tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def _hubconf():
+    spec = importlib.util.spec_from_file_location("ghostnet_test_hubconf", REPO / "hubconf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hubconf_offers_exactly_the_registry():
+    hubconf = _hubconf()
+    # torch.hub.list() shows the public callables of hubconf: they must be the registry's names, nothing else.
+    public = sorted(n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_"))
+    assert public == list_models()
+    assert "pretrained" in hubconf.ghostnet_100.__doc__ and hubconf.ghostnet_100.__name__ == "ghostnet_100"
+
+
+def test_torch_hub_load_with_pretrained_weights(server):
+    state = random_state(SMALL, 15)
+    serve_entry(server, SMALL, "test", torch_bytes(state), default=True)
+    model = torch.hub.load(str(REPO), SMALL, source="local", pretrained=True)
+    assert_state_equal(model, state)
+    assert torch.hub.load(str(REPO), SMALL, source="local", num_classes=7).classifier.out_features == 7
+
+
+def test_torch_hub_load_from_an_uninstalled_checkout():
+    """With the installed copy hidden, hubconf imports the package from src/ beside it."""
+    src = str(REPO / "src")
+    script = (
+        "import sys\n"
+        f"sys.path[:] = [p for p in sys.path if p.rstrip('/') != {src!r}]\n"
+        "import torch\n"
+        f"model = torch.hub.load({str(REPO)!r}, 'ghostnet_050', source='local', num_classes=3)\n"
+        "import ghostnet\n"
+        "print(ghostnet.__file__, model.eval()(torch.randn(1, 3, 32, 32)).shape[-1])\n")
+    env = {**os.environ, "PYTHONNOUSERSITE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    path, classes = out.stdout.split()
+    assert Path(path).resolve() == REPO / "src" / "ghostnet" / "__init__.py" and classes == "3"
