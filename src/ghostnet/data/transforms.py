@@ -78,7 +78,10 @@ def train_transform(cfg: TransformConfig):
     if cfg.hflip > 0:
         ops.append(v2.RandomHorizontalFlip(cfg.hflip))
     if cfg.randaugment is not None:
-        ops.append(v2.RandAugment(num_ops=2, magnitude=cfg.randaugment, interpolation=interp))
+        # Its rotations and shears take only nearest/bilinear on tensors (the .npz data sets), so bicubic becomes
+        # bilinear here, for PIL images too, so that both kinds of data get the same augmentation.
+        affine_interp = interp if cfg.interpolation == "nearest" else _interpolation("bilinear")
+        ops.append(v2.RandAugment(num_ops=2, magnitude=cfg.randaugment, interpolation=affine_interp))
     elif cfg.color_jitter > 0:
         ops.append(v2.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
     ops += _to_normalized_tensor(cfg)

@@ -159,10 +159,10 @@ def read_model_info(path: PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_trained(path: PathLike, use_ema: bool = False) -> TrainedModel:
     """Rebuild a trained model (in eval mode) from a training checkpoint or safetensors export, name and all."""
     from ..convert.checkpoints import adapt_keys, check_fit
-    from ..models import create_model
+    from .modelspec import create
 
     obj, info = read_model_info(path)
-    model = create_model(info["model"], **info.get("model_kwargs", {}))
+    model = create(info["model"], **info.get("model_kwargs", {}))
     state = adapt_keys(extract_state_dict(obj, use_ema=use_ema, source=str(path)), model.state_dict())
     check_fit(state, model.state_dict(), str(path))
     model.load_state_dict(state)

@@ -28,7 +28,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def build_teacher(spec: str, pretrained: Optional[str], num_classes: int) -> nn.Module:
-    """A frozen teacher in eval mode: `timm:NAME` (timm's model zoo) or a registered ghostnet model name.
+    """A frozen teacher in eval mode: `timm:NAME` (any timm model) or a registered ghostnet model name.
 
     `pretrained` is a checkpoint file, or "true" for the published weights (timm downloads them into its cache).
     """
@@ -36,18 +36,9 @@ def build_teacher(spec: str, pretrained: Optional[str], num_classes: int) -> nn.
     weights_file = pretrained if pretrained and not use_published else None
     if weights_file and not Path(weights_file).is_file():
         raise FileNotFoundError(f"teacher weights {weights_file}: no such file")
-    if spec.startswith("timm:"):
-        try:
-            import timm
-        except ImportError:
-            raise ValueError("a timm: teacher needs timm (pip install 'ghostnet-torch[timm]')") from None
-        teacher = timm.create_model(spec[5:], pretrained=use_published, num_classes=num_classes,
-                                    checkpoint_path=weights_file or "")
-    else:
-        from ..models import create_model
+    from .modelspec import create
 
-        teacher = create_model(spec, pretrained=weights_file or (True if use_published else None),
-                               num_classes=num_classes)
+    teacher = create(spec, pretrained=weights_file or (True if use_published else None), num_classes=num_classes)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

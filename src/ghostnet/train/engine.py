@@ -21,12 +21,12 @@ import torch.nn as nn
 from ..convert.checkpoints import adapt_keys, extract_state_dict, read_checkpoint
 from ..data import (ResumableSampler, SeededDataset, ShardSampler, dataset_classes, eval_transform, make_loader,
                     open_split, subset, train_transform)
-from ..models import create_model, get_model_entry
 from ..utils import atomic_write
 from .checkpoint import (Progress, export_weights, model_info, read_training_state, rng_state, save_training_state,
                          set_rng_state)
 from .config import TrainConfig
 from .distill import build_teacher, distillation_loss
+from . import modelspec
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup, init_distributed
 from .metrics import EvalResult, autocast, evaluate, write_jsonl
 from .optim import build_optimizer, lr_at, set_lr
@@ -99,7 +99,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
     seed_everything(cfg.seed)  # the same seed on every rank: identical initial weights
 
     # ---- data: the transforms take the model's input size, crop and normalization unless the recipe sets them
-    tcfg = cfg.transform_config(get_model_entry(cfg.model).default_cfg)
+    tcfg = cfg.transform_config(modelspec.data_defaults(cfg.model))
     opts = dict(download=cfg.download and dist.is_main, data_dir=cfg.data_dir, skip_corrupt=cfg.skip_corrupt)
     train_set = open_split(cfg.data, "train", train_transform(tcfg), **opts)
     val_set = open_split(cfg.data, "val", eval_transform(tcfg), **opts)
@@ -121,7 +121,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
     if model_kwargs["num_classes"] != len(classes):
         raise ValueError(f"model_kwargs num_classes={model_kwargs['num_classes']} but the data has {len(classes)} "
                          "classes")
-    model = create_model(cfg.model, **model_kwargs)
+    model = modelspec.create(cfg.model, **model_kwargs)
     if cfg.pretrained:
         skipped = load_initial_weights(model, cfg.pretrained)
         _log(dist, f"initialized from {cfg.pretrained}" + (f" (kept random: {', '.join(skipped)})" if skipped else ""))

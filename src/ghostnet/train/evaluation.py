@@ -26,16 +26,16 @@ def load_for_inference(checkpoint: PathLike, use_ema: bool = False, model_name: 
     if model_name is None:
         return load_trained(checkpoint, use_ema=use_ema)
     from ..convert.checkpoints import extract_state_dict, load_checkpoint, read_checkpoint
-    from ..models import create_model
+    from .modelspec import create, data_defaults
 
+    cfg = data_defaults(model_name)
     obj, _ = read_checkpoint(checkpoint)
     state = extract_state_dict(obj, use_ema=use_ema, source=str(checkpoint))
-    head = state.get("classifier.weight")
+    head = state.get(f"{cfg.get('classifier', 'classifier')}.weight")  # the checkpoint's class count wins
     kwargs = {"num_classes": int(head.shape[0])} if head is not None and head.ndim == 2 else {}
-    model = create_model(model_name, **kwargs)
+    model = create(model_name, **kwargs)
     load_checkpoint(model, checkpoint, use_ema=use_ema)
     model.eval()
-    cfg = model.pretrained_cfg
     data_config = {"preset": "imagenet", "img_size": int(cfg["input_size"][-1]), "crop_pct": cfg["crop_pct"],
                    "interpolation": cfg["interpolation"], "mean": list(cfg["mean"]), "std": list(cfg["std"])}
     return TrainedModel(model, [], data_config, {"model": model_name, "model_kwargs": kwargs})

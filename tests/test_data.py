@@ -1,0 +1,147 @@
+"""Data sets, transform presets, seeded loaders and the corrupt-image policy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ghostnet.data import (ArrayDataset, CorruptImageError, ResumableSampler, SeededDataset, TransformConfig,
+                           collate_skipping, eval_transform, make_loader, open_split, subset, train_transform)
+from ghostnet.train import make_config, read_training_state, train
+from test_train_support import one_thread, tiny_config, write_image_folder, write_npz_data  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_npz_shards_are_read_in_natural_order_with_class_names(tmp_path):
+    root = write_npz_data(tmp_path, n_train=(3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1), n_val=5)  # train_0 .. train_10
+    train_set = open_split(root, "train")
+    shards = [np.load(root / f"train_{i}.npz")["images"] for i in range(11)]
+    np.testing.assert_array_equal(train_set.images, np.concatenate(shards))  # train_10 last, not after train_1
+    assert len(train_set) == 22 and len(open_split(root, "val")) == 5
+    assert train_set.classes == ["class0", "class1", "class2", "class3"]
+    image, label = train_set[4]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.uint8 and label == int(train_set.targets[4])
+
+
+def test_real_cifar10_shards(shared_data):
+    val = open_split(shared_data / "cifar10", "val")
+    assert len(val) == 10000 and val.classes[0] == "airplane" and val.classes[-1] == "truck"
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((2, 8, 8), np.uint8), np.zeros(2, np.uint8), "uint8 N x H x W x 3"),
+    (np.zeros((2, 8, 8, 3), np.float32), np.zeros(2, np.uint8), "uint8 N x H x W x 3"),
+    (np.zeros((2, 8, 8, 3), np.uint8), np.zeros(3, np.uint8), "must be 2 integers"),
+])
+def test_bad_npz_is_a_clear_error(tmp_path, images, labels, message):
+    np.savez(tmp_path / "train.npz", images=images, labels=labels)
+    with pytest.raises(ValueError, match=message):
+        ArrayDataset([tmp_path / "train.npz"])
+
+
+def test_missing_arrays_and_missing_split_are_clear_errors(tmp_path):
+    np.savez(tmp_path / "train.npz", pixels=np.zeros((1, 4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="expected arrays 'images' and 'labels'"):
+        open_split(tmp_path, "train")
+    only_train = tmp_path / "only_train"
+    only_train.mkdir()
+    np.savez(only_train / "train_0.npz", images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.zeros(2, np.uint8))
+    with pytest.raises(ValueError, match="found no val data"):
+        open_split(only_train, "val")
+    with pytest.raises(FileNotFoundError, match="no such data folder"):
+        open_split(tmp_path / "absent", "train")
+    with pytest.raises(ValueError, match="unknown split"):
+        open_split(tmp_path, "test")
+
+
+def test_torchvision_cifar_is_only_downloaded_when_asked(tmp_path):
+    with pytest.raises(ValueError, match="pass --download"):
+        open_split("cifar10", "train", data_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_image_folder_with_display_names(tmp_path):
+    root = write_image_folder(tmp_path, classes=("n01", "n02"))
+    (root / "classes.txt").write_text("n01\tbeagle\nn02\tdingo\n")
+    train_set = open_split(root, "train")
+    assert train_set.classes == ["beagle", "dingo"] and len(train_set) == 8
+    assert open_split(root / "val", "val").classes == ["beagle", "dingo"]  # a bare class-folder tree works for val
+
+
+def _corrupt_tree(tmp_path):
+    root = write_image_folder(tmp_path, per_class=4)
+    bad = root / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    return root, bad
+
+
+def test_corrupt_image_error_names_the_file(tmp_path):
+    root, bad = _corrupt_tree(tmp_path)
+    dataset = open_split(root, "train")
+    index = [str(p) for p, _ in dataset.samples].index(str(bad))
+    with pytest.raises(CorruptImageError, match=f"{bad}: cannot read image"):
+        dataset[index]
+
+
+def test_corrupt_image_is_skipped_and_counted_when_asked(tmp_path):
+    root, bad = _corrupt_tree(tmp_path)
+    dataset = open_split(root, "train", eval_transform(TransformConfig(preset="cifar", img_size=16)),
+                         skip_corrupt=True)
+    batch = collate_skipping([dataset[i] for i in range(len(dataset))])
+    assert len(batch) == len(dataset) - 1 and [s.path for s in batch.skipped] == [str(bad)]
+    assert batch.images.shape == (len(dataset) - 1, 3, 16, 16)
+
+
+def test_training_stops_on_a_corrupt_image_unless_skipping(tmp_path, capsys):
+    root, bad = _corrupt_tree(tmp_path)
+    values = tiny_config(root, tmp_path / "run", epochs=1, batch_size=13)  # all 13 images in one batch
+    with pytest.raises(CorruptImageError, match=str(bad)):
+        train(make_config(values))
+    capsys.readouterr()
+    train(make_config({**values, "skip_corrupt": True, "output": str(tmp_path / "run2")}))
+    assert f"skipped unreadable image: {bad}: cannot read image" in capsys.readouterr().out
+    assert read_training_state(tmp_path / "run2" / "last.pt")["progress"]["global_step"] == 1
+
+
+def _augmented(loader_workers: int, dataset, sampler) -> torch.Tensor:
+    loader = make_loader(SeededDataset(dataset), 4, sampler, workers=loader_workers)
+    return torch.cat([batch.images for batch in loader])
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
+    root = write_npz_data(tmp_path, n_train=(12,))
+    cfg = TransformConfig(preset="cifar", img_size=16, color_jitter=0.4, random_erasing=0.5)
+    dataset = open_split(root, "train", train_transform(cfg))
+    sampler = ResumableSampler(dataset, seed=3)
+    sampler.set_epoch(1)
+    reference = _augmented(0, dataset, sampler)
+    assert torch.equal(reference, _augmented(2, dataset, sampler))  # worker processes do not change it
+    sampler.set_start(4)
+    assert torch.equal(reference[4:], _augmented(0, dataset, sampler))  # nor does starting mid-epoch
+    sampler.set_start(0)
+    sampler.set_epoch(2)
+    assert not torch.equal(reference, _augmented(0, dataset, sampler))  # another epoch, another augmentation
+    # Two processes see disjoint halves of the same permutation.
+    shards = [list(ResumableSampler(dataset, 2, rank, seed=3)) for rank in (0, 1)]
+    assert sorted(i for shard in shards for i, _ in shard) == list(range(12))
+
+
+def test_transform_presets(tmp_path):
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (160, 240, 3), dtype=np.uint8))
+    cfg = TransformConfig(img_size=128, crop_pct=0.875, randaugment=9, random_erasing=0.2)
+    assert train_transform(cfg)(image).shape == (3, 128, 128)
+    out = eval_transform(cfg)(image)
+    assert out.shape == (3, 128, 128) and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown transform preset"):
+        TransformConfig(preset="coco")
+
+
+def test_subset_is_fixed_and_mixes_classes(tmp_path):
+    root = write_image_folder(tmp_path, per_class=4)
+    dataset = open_split(root, "train")
+    first, second = subset(dataset, 6), subset(dataset, 6)
+    assert first.indices == second.indices and len({dataset.targets[i] for i in first.indices}) > 1
+    assert subset(dataset, 100) is dataset

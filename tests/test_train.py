@@ -1,0 +1,146 @@
+"""The engine's parts: schedule, parameter groups, distillation loss, config validation, exports and model specs."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import ghostnet
+from ghostnet.train import (distillation_loss, export_checkpoint, load_trained, lr_at, make_config, param_groups,
+                            read_training_state, soft_target_loss, train)
+from ghostnet.train import modelspec
+from test_train_support import one_thread, tiny_config, write_npz_data  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def cfg(**values):
+    return make_config({"epochs": 10, "lr": 0.1, **values})
+
+
+def test_warmup_then_cosine():
+    c = cfg(warmup_epochs=1, warmup_lr=0.0, min_lr=0.001, schedule="cosine")
+    assert lr_at(c, 0, 10) == 0.0
+    assert lr_at(c, 5, 10) == pytest.approx(0.05)  # halfway through a linear warmup
+    assert lr_at(c, 10, 10) == pytest.approx(0.1)  # peak right after warmup
+    assert lr_at(c, 55, 10) == pytest.approx(0.001 + 0.5 * (0.1 - 0.001))  # half of the cosine
+    assert lr_at(c, 100, 10) == pytest.approx(0.001)
+
+
+def test_multistep_and_step_decay():
+    c = cfg(schedule="multistep", milestones=[2, 3], gamma=0.1)
+    assert [lr_at(c, s, 10) for s in (19, 20, 29, 30)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+    # GhostNetV2's official schedule: x0.973 every 2.4 epochs.
+    c = cfg(schedule="step", decay_epochs=2.4, gamma=0.973)
+    assert lr_at(c, 23, 10) == pytest.approx(0.1) and lr_at(c, 24, 10) == pytest.approx(0.0973)
+    assert lr_at(c, 50, 10) == pytest.approx(0.1 * 0.973 ** 2)
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    model = ghostnet.create_model("ghostnet_050", num_classes=4)
+    decay, no_decay = param_groups(model, 1e-4)
+    assert no_decay["weight_decay"] == 0 and all(p.ndim == 1 for p in no_decay["params"])
+    ids = {name: {id(p) for p in group["params"]} for name, group in (("decay", decay), ("no_decay", no_decay))}
+    assert {id(model.bn1.weight), id(model.classifier.bias)} <= ids["no_decay"]
+    assert {id(model.conv_stem.weight), id(model.classifier.weight)} <= ids["decay"]
+    everything, = param_groups(model, 1e-4, wd_norm_bias=True)
+    assert len(everything["params"]) == len(list(model.parameters()))
+
+
+def test_soft_target_loss_is_returned_and_uses_the_temperature():
+    torch.manual_seed(0)
+    student = torch.randn(6, 5, requires_grad=True)
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    hard = torch.nn.functional.cross_entropy(student, targets)
+    # A teacher sure of the labels makes the soft-target term the ordinary cross-entropy (T=1).
+    confident = torch.nn.functional.one_hot(targets, 5).float() * 100
+    assert soft_target_loss(student, confident).item() == pytest.approx(hard.item(), rel=1e-5)
+    assert distillation_loss(student, confident, hard, kd_weight=0.5).item() == pytest.approx(1.5 * hard.item(), 1e-5)
+    # A student equal to its teacher gets no gradient from the soft term, at any temperature.
+    for t in (1.0, 4.0):
+        (grad,) = torch.autograd.grad(soft_target_loss(student, student.detach(), t), student)
+        assert grad.abs().max() < 1e-6
+    teacher = torch.randn(6, 5)
+    assert soft_target_loss(student, teacher, 1.0).item() != pytest.approx(soft_target_loss(student, teacher, 4.0).item())
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"wieght_decay": 0.1}, "unknown key.*'wieght_decay' \\(did you mean 'weight_decay'\\?\\)"),
+    ({"lr": "fast"}, "lr must be float"),
+    ({"epochs": 0}, "epochs must be >= 1"),
+    ({"optimizer": "lion"}, "optimizer must be one of sgd, adamw, rmsproptf"),
+    ({"schedule": "poly"}, "schedule must be one of"),
+    ({"warmup_epochs": 20, "epochs": 10}, "warmup_epochs must be in"),
+    ({"milestones": [30, 20]}, "milestones must be increasing"),
+    ({"preset": "coco"}, "unknown transform preset"),
+])
+def test_config_errors_name_the_key(values, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(values)
+
+
+def test_device_limits_are_clear_errors(tmp_path):
+    data = write_npz_data(tmp_path / "d")
+    for values, message in (({"amp": "fp16", "device": "cpu"}, "amp fp16 needs CUDA"),
+                            ({"sync_bn": True, "device": "cpu"}, "sync_bn needs CUDA"),
+                            ({"batch_size": 64}, "larger than the training set")):
+        with pytest.raises(ValueError, match=message):
+            train(make_config(tiny_config(data, tmp_path / "run", **values)))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A one-epoch run of the tiny model with EMA."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    data = write_npz_data(tmp_path_factory.mktemp("npz"))
+    out = tmp_path_factory.mktemp("run")
+    train(make_config(tiny_config(data, out, epochs=1, ema_decay=0.5, plots=True)))
+    torch.set_num_threads(threads)
+    return out
+
+
+def test_run_outputs(run):
+    names = {p.name for p in run.iterdir()}
+    assert {"last.pt", "best.pt", "best.safetensors", "last.safetensors", "metrics.jsonl", "config.yaml",
+            "curves.png", "confusion.png"} <= names
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and {"train_loss", "val_top1", "val_top5", "ema_val_top1", "lr"} <= rows[0].keys()
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_loads_with_create_model_and_load_trained(run):
+    from safetensors import safe_open
+
+    with safe_open(str(run / "best.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["ghostnet.model"]) == "ghostnet_050"
+    assert json.loads(meta["ghostnet.model_kwargs"]) == {"num_classes": 4, "stem_stride": 1, "drop_rate": 0.2}
+    assert json.loads(meta["ghostnet.classes"]) == ["class0", "class1", "class2", "class3"]
+    by_hand = ghostnet.create_model("ghostnet_050", pretrained=str(run / "best.safetensors"), num_classes=4,
+                                    stem_stride=1).eval()
+    trained = load_trained(run / "best.safetensors")
+    assert trained.classes == ["class0", "class1", "class2", "class3"] and trained.data_config["img_size"] == 16
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(by_hand(x), trained.model(x))
+    # The export holds the EMA weights (the ones evaluated); the raw ones come from the training checkpoint.
+    state = read_training_state(run / "last.pt")
+    assert all(torch.equal(v, state["ema"][k]) for k, v in trained.model.state_dict().items())
+    raw = export_checkpoint(run / "last.pt", run / "raw.safetensors")
+    assert all(torch.equal(v, state["model"][k]) for k, v in load_trained(raw).model.state_dict().items())
+
+
+def test_timm_models_train_with_the_same_recipe():
+    model = modelspec.create("timm:ghostnet_050", num_classes=3)
+    assert model.classifier.out_features == 3 and model.model_name == "timm:ghostnet_050"
+    assert modelspec.data_defaults("timm:mobilenetv3_large_100")["crop_pct"] == 0.875
+    with pytest.raises(ValueError, match="unknown timm model"):
+        modelspec.create("timm:ghostnet_999")
+
+
+def test_cosine_reaches_min_lr_at_the_last_step():
+    c = cfg(schedule="cosine", min_lr=0.0, warmup_epochs=0)
+    assert lr_at(c, 99, 10) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
