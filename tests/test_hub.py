@@ -5,6 +5,7 @@ No test reaches the internet: every download is checked to go to 127.0.0.1.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
 import importlib.util
@@ -99,14 +100,16 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", local_only)
 
 
+@functools.lru_cache(maxsize=None)
+def _template(name: str) -> dict[str, torch.Tensor]:
+    return create_model(name).state_dict()
+
+
 def random_state(name: str, seed: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = create_model(name)
-    with torch.no_grad():
-        for t in model.state_dict().values():
-            if t.is_floating_point():
-                t.copy_(torch.randn_like(t))  # BN stats too, so that any mix-up shows
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    """A state_dict for `name` with every float tensor random (BN stats too, so that any mix-up shows)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone()
+            for k, v in _template(name).items()}
 
 
 def torch_bytes(obj) -> bytes:
