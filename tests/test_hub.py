@@ -211,6 +211,14 @@ def test_offline_without_a_cached_file_says_where_to_put_it(server, monkeypatch)
     assert cache_listing() == []
 
 
+def test_missing_file_on_the_server_is_a_clear_error(server):
+    entry = serve_entry(server, SMALL, "test", b"", default=True)
+    del server.files["/ghostnet_050-test.pth"]
+    with pytest.raises(WeightsUnavailableError, match=r"could not download .* \(HTTP 404 no such file\); to work offline"):
+        create_model(SMALL, pretrained=True)
+    assert not cached_file(entry).exists()
+
+
 def test_offline_switch_never_contacts_the_server(server, monkeypatch):
     entry = serve_entry(server, SMALL, "test", torch_bytes(random_state(SMALL, 7)), default=True)
     monkeypatch.setenv("GHOSTNET_OFFLINE", "1")

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .convert.checkpoints import CheckpointError, load_checkpoint
+from .convert.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
 from .utils import atomic_write
 from .weights import PretrainedWeights, get_weights
 
@@ -69,7 +69,8 @@ def fetch_weights(entry: PretrainedWeights, progress: bool = True,
     try:
         _download(entry, target, progress, timeout)
     except (OSError, http.client.HTTPException) as exc:  # refused, DNS, timeout, HTTP error: "not reachable"
-        reason = getattr(exc, "reason", None) or exc
+        code = getattr(exc, "code", None)  # urllib.error.HTTPError
+        reason = f"HTTP {code} {exc.reason}" if code else getattr(exc, "reason", None) or exc
         raise WeightsUnavailableError(f"{entry.key}: could not download {entry.url} ({reason}); to work offline, "
                                       + _place_by_hand(entry, target)) from None
     return target, True
@@ -117,18 +118,20 @@ def load_pretrained(model: nn.Module, name: str, tag: Optional[str] = None, prog
     swap_head = (wanted_classes is not None and wanted_classes != ckpt_classes and hasattr(model, "reset_classifier")
                  and not getattr(model, "features_only", False))
     path, fresh = fetch_weights(entry, progress=progress)
+    if fresh:
+        try:
+            read_checkpoint(path)  # once per download: junk that had no length or checksum to catch it
+        except CheckpointError as exc:
+            path.unlink(missing_ok=True)
+            raise CheckpointError(f"{entry.key}: the file downloaded from {entry.url} is not a readable checkpoint "
+                                  f"and was removed from the cache ({exc})") from None
     if swap_head:
-        model.reset_classifier(ckpt_classes)  # load the full checkpoint, then replace its head
+        model.reset_classifier(ckpt_classes)  # load the full checkpoint, then give the model its own head back
     try:
         load_checkpoint(model, path, use_ema=entry.use_ema)
-    except CheckpointError as exc:
-        if fresh and "not a readable checkpoint" in str(exc):
-            path.unlink(missing_ok=True)  # a server sent junk without a length or checksum to catch it
-            raise CheckpointError(f"{entry.key}: the file downloaded from {entry.url} is not a readable "
-                                  f"checkpoint and was removed from the cache ({exc})") from None
-        raise
-    if swap_head:
-        model.reset_classifier(wanted_classes)
+    finally:
+        if swap_head:
+            model.reset_classifier(wanted_classes)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     cfg.update({k: v for k, v in entry.data_config.items() if k != "num_classes"})
     cfg.update(tag=entry.tag, url=entry.url, license=entry.license)
