@@ -212,7 +212,7 @@ def _match_ghosts(kept: torch.Tensor, dropped: torch.Tensor, ratio: int) -> list
     """
     capacity = torch.bincount(torch.arange(len(dropped)) // (ratio - 1), minlength=len(kept))
     cos = (dropped @ kept.T) / (dropped.norm(dim=1, keepdim=True) * kept.norm(dim=1)).clamp_min(1e-12)
-    cos = cos.abs()
+    cos = torch.where(capacity > 0, cos.abs(), torch.tensor(-1.0, dtype=cos.dtype))
     choice = [0] * len(dropped)
     # Greedy: the dropped filters that have the closest partner choose first.
     for j in torch.argsort(cos.max(dim=1).values, descending=True).tolist():
