@@ -212,13 +212,16 @@ def _match_ghosts(kept: torch.Tensor, dropped: torch.Tensor, ratio: int) -> list
     """
     capacity = torch.bincount(torch.arange(len(dropped)) // (ratio - 1), minlength=len(kept))
     cos = (dropped @ kept.T) / (dropped.norm(dim=1, keepdim=True) * kept.norm(dim=1)).clamp_min(1e-12)
-    cos = torch.where(capacity > 0, cos.abs(), torch.tensor(-1.0, dtype=cos.dtype))
+    cos = cos.abs()
+    cos[:, capacity == 0] = -1.0  # a kept filter without slots is never a candidate
     choice = [0] * len(dropped)
     # Greedy: the dropped filters that have the closest partner choose first.
     for j in torch.argsort(cos.max(dim=1).values, descending=True).tolist():
-        p = int(torch.where(capacity > 0, cos[j], torch.tensor(-1.0, dtype=cos.dtype)).argmax())
+        p = int(cos[j].argmax())
         choice[j] = p
         capacity[p] -= 1
+        if capacity[p] == 0:
+            cos[:, p] = -1.0
     return choice
 
 
@@ -337,13 +340,10 @@ def _probe(model: nn.Module, x: torch.Tensor) -> _Probe:
     # A pair is only absorbed when both ran exactly once and the BN saw nothing but this conv's output.
     norm_after = {conv: norms[0] for conv, norms in fed.items()
                   if len(norms) == 1 and calls[conv] == 1 and calls[norms[0]] == 1}
-    root = type(model).__name__
-    macs = {}
-    for key, counts in counter.get_flop_counts().items():
-        if key == root:
-            macs[""] = sum(counts.values()) / 2
-        elif key.startswith(root + "."):
-            macs[key[len(root) + 1:]] = sum(counts.values()) / 2
+    # The counter names modules "<root class>.<dotted path>".
+    prefix = type(model).__name__ + "."
+    macs = {key[len(prefix):]: sum(counts.values()) / 2 for key, counts in counter.get_flop_counts().items()
+            if key.startswith(prefix)}
     macs[""] = counter.get_total_flops() / 2
     return _Probe(order, in_sizes, norm_after, macs, _shapes(out))
 
