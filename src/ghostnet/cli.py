@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 #: Modules that contribute subcommands.
-COMMAND_MODULES = ("ghostnet.commands.models", "ghostnet.commands.train")
+COMMAND_MODULES = ("ghostnet.commands.models", "ghostnet.commands.train", "ghostnet.commands.analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,98 @@
+"""`ghostnet profile MODEL` (cost table, JSON, CSV, plot, comparison) and `ghostnet visualize IMAGE`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "profile", help="parameters, MACs and memory per stage/layer, with the paper's Ghost-module formulas",
+        description="Profile one inference pass. MODEL is a registered name (see `ghostnet models`) or an "
+                    "importable builder 'package.module:callable', e.g. torchvision.models:mobilenet_v3_large.")
+    p.add_argument("model")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="input height and width (default: the model's own, else 224 224)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write every row and total as JSON")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="write the per-layer rows as CSV")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="bar charts per stage (needs matplotlib)")
+    p.add_argument("--compare", metavar="MODEL2", help="profile a second model and put the totals side by side")
+    p.add_argument("--layers", action="store_true", help="print the per-layer table")
+    p.add_argument("--ghost", action="store_true", help="print the per-Ghost-module formula table")
+    p.add_argument("--no-measure", action="store_true", help="skip the measured memory pass")
+    p.set_defaults(func=run_profile)
+
+    p = subparsers.add_parser(
+        "visualize", help="the paper's Figure 1: intrinsic feature maps next to their ghost maps, as a PNG",
+        description="Run IMAGE through MODEL and draw the intrinsic maps of one Ghost module, each followed by "
+                    "the ghost maps its cheap operation makes from it.")
+    p.add_argument("image", type=Path)
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--weights", type=Path, metavar="FILE", help="checkpoint to load (default: random weights)")
+    p.add_argument("--layer", type=int, default=0, metavar="N", help="which Ghost module, 0 = the first")
+    p.add_argument("--num-maps", type=int, default=8, metavar="K", help="intrinsic maps to draw")
+    p.add_argument("--output", type=Path, metavar="FILE.png", help="default: IMAGE's name + '-ghost-maps.png'")
+    p.set_defaults(func=run_visualize)
+
+
+def _check_png(path: Path, flag: str) -> None:
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{flag} writes a PNG; give a file name ending in .png, got {str(path)!r}")
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from ..analysis.cost import build_model, default_input_size, profile
+    from ..analysis.report import render_comparison, render_text, write_csv, write_json
+
+    if args.plot is not None:
+        _check_png(args.plot, "--plot")
+    specs = [args.model] + ([args.compare] if args.compare else [])
+    models = [build_model(spec) for spec in specs]
+    # Every model sees the same image size (the first model's unless given), in its own channel count.
+    hw = tuple(args.input_size) if args.input_size else default_input_size(models[0])[1:]
+    profiles = []
+    for spec, model in zip(specs, models):
+        model.model_name = getattr(model, "model_name", spec)
+        size = (default_input_size(model)[0], *hw)
+        profiles.append(profile(model, size, args.batch_size, args.dtype, measure_memory=not args.no_measure))
+    for p in profiles:
+        print(render_text(p, layers=args.layers, ghost=args.ghost))
+        print()
+    if len(profiles) > 1:
+        print(render_comparison(profiles))
+    if args.json:
+        write_json(profiles, args.json)
+    if args.csv:
+        write_csv(profiles, args.csv)
+    if args.plot:
+        from ..viz.plots import plot_profiles
+
+        try:
+            plot_profiles(profiles, args.plot)
+        except ImportError as exc:
+            raise ValueError(str(exc)) from exc
+    return 0
+
+
+def run_visualize(args: argparse.Namespace) -> int:
+    from ..convert.checkpoints import load_checkpoint
+    from ..models.registry import create_model
+    from ..viz.ghost_maps import ghost_feature_maps, load_image, plot_ghost_maps
+
+    output = args.output or Path(f"{args.image.stem}-ghost-maps.png")
+    _check_png(output, "--output")
+    model = create_model(args.model)
+    if args.weights is not None:
+        if not args.weights.is_file():
+            raise FileNotFoundError(f"weights file not found: {args.weights}")
+        load_checkpoint(model, args.weights)
+    maps = ghost_feature_maps(model, load_image(args.image, model), args.layer)
+    try:
+        plot_ghost_maps(maps, output, num_maps=args.num_maps)
+    except ImportError as exc:
+        raise ValueError(str(exc)) from exc
+    print(f"{maps.path}: {maps.intrinsic.shape[0]} intrinsic and {maps.ghost.shape[0]} ghost maps of "
+          f"{maps.intrinsic.shape[1]}x{maps.intrinsic.shape[2]} -> {output}")
+    return 0
