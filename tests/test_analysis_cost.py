@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from test_analysis_formulas import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from torch.utils.flop_counter import FlopCounterMode
 
 import ghostnet
@@ -23,15 +24,6 @@ PUBLISHED = {
     "ghostnetv3_130": (8.96e6, 269.3e6),
     "ghostnetv3_160": (12.39e6, 398.6e6),
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small inputs: a second intra-op thread only adds synchronisation (10x slower on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def torch_flops(model: nn.Module, x: torch.Tensor) -> int:

@@ -17,7 +17,9 @@ SIZE = 9  # odd, so that stride 2 exercises the floor in the output size
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny convolutions: a second intra-op thread only adds synchronisation (10x slower on a busy machine)."""
+    """Small inputs: a second intra-op thread only adds synchronisation (10x slower on a busy 2-core machine).
+
+    The other tests/test_analysis_*.py files and tests/test_cli_profile.py import this fixture."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

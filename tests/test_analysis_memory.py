@@ -4,19 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from test_analysis_formulas import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 import ghostnet
 from ghostnet.analysis import estimate_peak, profile, trace_forward
 from ghostnet.analysis.memory import _peaks_from_events
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A second intra-op thread only adds synchronisation on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

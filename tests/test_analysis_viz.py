@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_analysis_formulas import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 import ghostnet
 from ghostnet.cli import main
@@ -12,15 +13,6 @@ from ghostnet.convert.checkpoints import save_checkpoint
 from ghostnet.viz import ghost_feature_maps
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A second intra-op thread only adds synchronisation on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -5,22 +5,13 @@ import csv
 import json
 
 import pytest
-import torch
+from test_analysis_formulas import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from ghostnet.analysis import profile
 from ghostnet.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--input-size", "64", "64"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small inputs: a second intra-op thread only adds synchronisation on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_table_json_csv_and_plot(tmp_path, capsys) -> None:

@@ -297,7 +297,7 @@ def _stage_rows(layers: list[LayerRow], trace: ForwardTrace, peak: PeakEstimate,
         if row.output_shape is not None:
             stage.output_shape = row.output_shape
     for op in trace.ops:
-        stage = stages.get(stage_of("" if op.module == "" else op.module))
+        stage = stages.get(stage_of(op.module))
         if stage is not None:
             stage.peak_live_bytes = max(stage.peak_live_bytes, peak.live_bytes[op.index])
     for name, stage in stages.items():
