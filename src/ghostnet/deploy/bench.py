@@ -1,0 +1,510 @@
+"""Latency / throughput harness: our models and timm / torchvision peers, several backends, measured interleaved.
+
+Every candidate (model x backend) runs on the same input tensor. Within one thread count the candidates take turns:
+each round times `reps` calls of every candidate in a rotating order, so a burst of load from other processes hits
+all of them alike. Reported per candidate: the median over all calls, the spread (25th-75th percentile), the best
+round's median (the figure least disturbed by other processes), the CPU time per call (the process's CPU time:
+insensitive to being descheduled, so it is the steadiest number on a shared machine at one thread) and images/s.
+
+On CUDA, calls are timed with CUDA events, models run channels-last in the requested dtype (bf16 by default for
+throughput), and `cuda_graphs=True` replays a captured graph instead of launching kernels one by one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from ..utils import atomic_write
+from .fuse import fuse
+
+PathLike = Union[str, os.PathLike]
+
+BACKENDS = ("eager", "fused", "torchscript", "compile", "onnxruntime", "int8")
+MODES = ("infer", "train")
+#: Backends that only make sense for our own models (peers have no Ghost-aware fusion).
+OWN_ONLY_BACKENDS = ("fused",)
+DEFAULT_PEERS = ("timm:ghostnet_100", "timm:mobilenetv3_large_100", "torchvision:mobilenet_v3_large")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+__all__ = ["BACKENDS", "BenchConfig", "BenchResult", "BenchRow", "DEFAULT_PEERS", "build_model", "count_macs",
+           "environment", "plot_latency_vs_macs", "run_benchmark", "to_markdown", "write_report"]
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot run here (missing package, no CUDA provider, ...); the candidate is skipped."""
+
+
+@dataclass
+class BenchConfig:
+    """What to measure. `models` are registry names; `peers` are "timm:NAME" or "torchvision:NAME"."""
+
+    models: Sequence[str] = ("ghostnet_100",)
+    peers: Sequence[str] = DEFAULT_PEERS
+    backends: Sequence[str] = ("eager", "fused", "onnxruntime")
+    threads: Sequence[int] = (1, 2)
+    batch_size: int = 1
+    image_size: int = 224
+    rounds: int = 5
+    reps: int = 20
+    warmup: int = 5
+    device: str = "cpu"
+    dtype: str = "float32"
+    channels_last: bool = True
+    cuda_graphs: bool = False
+    mode: str = "infer"
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ValueError for settings the harness cannot run."""
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {unknown}; expected some of {BACKENDS}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "train" and set(self.backends) - {"eager", "compile"}:
+            raise ValueError("train mode measures the 'eager' and 'compile' backends only")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.device == "cpu" and self.dtype != "float32":
+            raise ValueError("on CPU only float32 is measured (use the int8 backend for reduced precision)")
+        if self.cuda_graphs and self.device != "cuda":
+            raise ValueError("cuda_graphs needs device='cuda'")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        for name, value in (("batch_size", self.batch_size), ("image_size", self.image_size),
+                            ("rounds", self.rounds), ("reps", self.reps)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not self.threads or min(self.threads) < 1:
+            raise ValueError(f"threads must be positive integers, got {list(self.threads)}")
+        if not self.models and not self.peers:
+            raise ValueError("nothing to measure: give at least one model or peer")
+
+
+@dataclass
+class BenchRow:
+    """One candidate's measurements (times in milliseconds per call)."""
+
+    model: str
+    source: str
+    backend: str
+    threads: int
+    batch_size: int
+    image_size: int
+    device: str
+    dtype: str
+    mode: str
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    best_round_ms: float
+    cpu_ms: float
+    images_per_s: float
+    macs: int
+    params: int
+    calls: int
+
+
+@dataclass
+class BenchResult:
+    """Rows plus what produced them: config, machine, versions, load average before and after, skipped candidates."""
+
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    rows: list[BenchRow] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "environment": self.environment, "rows": [asdict(r) for r in self.rows],
+                "skipped": self.skipped}
+
+
+# --- environment and model cost --------------------------------------------------------------------------------
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        return __import__(module).__version__
+    except Exception:  # noqa: BLE001 - absent or broken optional package
+        return None
+
+
+def environment(device: str = "cpu") -> dict[str, Any]:
+    """Machine, library versions and the current load average."""
+    env = {
+        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": _version("torchvision"), "timm": _version("timm"), "onnxruntime": _version("onnxruntime"),
+        "onnx": _version("onnx"), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates per image of one forward (conv + linear, via torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x[:1])
+    return counter.get_total_flops() // 2
+
+
+def build_model(spec: str, num_classes: Optional[int] = None) -> tuple[str, str, nn.Module]:
+    """(label, source, model in eval mode) for a registry name, "timm:NAME" or "torchvision:NAME"."""
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    source, _, name = spec.rpartition(":")
+    if source in ("", "ghostnet"):
+        from ..models import create_model
+
+        return name, "ghostnet", create_model(name, **kwargs).eval()
+    if source == "timm":
+        try:
+            import timm
+        except ImportError as exc:
+            raise BackendUnavailable("timm is not installed") from exc
+        return f"timm/{name}", "timm", timm.create_model(name, pretrained=False, **kwargs).eval()
+    if source == "torchvision":
+        import torchvision
+
+        return f"torchvision/{name}", "torchvision", torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    raise ValueError(f"unknown model source {source!r} in {spec!r}; use NAME, timm:NAME or torchvision:NAME")
+
+
+# --- backends ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    label: str
+    source: str
+    model: nn.Module
+    macs: int
+    params: int
+    onnx_path: Optional[Path] = None
+    int8_path: Optional[Path] = None
+
+
+def _onnx_files(prep: _Prepared, x: torch.Tensor, workdir: Path, need_int8: bool) -> None:
+    from .export import export_onnx
+    from .quantize import quantize_onnx
+
+    if prep.onnx_path is None:
+        # Our models are exported in fused form (that is what `ghostnet export` writes); peers as they are, since
+        # onnxruntime folds their batch norms itself.
+        model = fuse(prep.model, example_input=x[:1]) if prep.source == "ghostnet" else prep.model
+        path = workdir / f"{prep.label.replace('/', '_')}.onnx"
+        prep.onnx_path = export_onnx(model, path, x[:1])
+    if need_int8 and prep.int8_path is None:
+        # Timing only: random calibration data gives the same graph and kernels as real images would.
+        generator = torch.Generator().manual_seed(0)
+        calibration = [torch.randn(x[:8].shape, generator=generator) for _ in range(2)]
+        prep.int8_path = quantize_onnx(prep.onnx_path, prep.onnx_path.with_suffix(".int8.onnx"), calibration)
+
+
+def _cuda_graph_runner(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Callable[[], Any]:
+    static_x = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm up (cuDNN autotuning, lazy init) outside the capture
+            fn(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(static_x)
+    return graph.replay
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, compiled: bool) -> Callable[[], Any]:
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    forward = torch.compile(model) if compiled else model
+    num_classes = forward(x[:2]).shape[-1]
+    target = torch.randint(0, num_classes, (x.shape[0],), device=x.device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.dtype == torch.bfloat16):
+            loss = loss_fn(forward(x).float(), target)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfig, threads: int,
+                 workdir: Path) -> Callable[[], Any]:
+    """A zero-argument callable doing one measured call of `prep.model` on `x` with `backend`."""
+    device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if backend in ("onnxruntime", "int8"):
+        if device.type != "cpu":
+            raise BackendUnavailable("onnxruntime is measured on CPU only")
+        try:
+            from .export import onnx_session, run_onnx
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a dev dependency
+            raise BackendUnavailable("onnxruntime is not installed") from exc
+        _onnx_files(prep, x, workdir, need_int8=backend == "int8")
+        session = onnx_session(prep.int8_path if backend == "int8" else prep.onnx_path, threads=threads)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return lambda: session.run(None, feed)
+    if cfg.mode == "train":
+        model = copy.deepcopy(prep.model).to(device, dtype=torch.float32, memory_format=memory_format)
+        return _train_step(model, x.to(device, dtype), compiled=backend == "compile")
+    if backend == "eager":
+        # Peers run the way their users run them: as created, contiguous (NCHW) weights.
+        model = copy.deepcopy(prep.model).to(device, dtype)
+    elif backend == "fused":
+        model = fuse(prep.model, example_input=x[:1].to(next(prep.model.parameters()).dtype))
+        model = model.to(device, dtype, memory_format=memory_format)
+    else:
+        base = fuse(prep.model, example_input=x[:1]) if prep.source == "ghostnet" else copy.deepcopy(prep.model)
+        model = base.to(device, dtype, memory_format=memory_format)
+    xd = x.to(device, dtype)
+    if backend == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings on shape checks; torch.jit's deprecation notice
+            model = torch.jit.freeze(torch.jit.trace(model, xd))
+    elif backend == "compile":
+        torch._dynamo.reset()  # Inductor's CPU kernels bake in the thread count: compile afresh per count
+        model = torch.compile(model, options={"freezing": True} if device.type == "cpu" else {})
+
+    def forward(inp: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            return model(inp)
+
+    if cfg.cuda_graphs and backend != "compile":
+        return _cuda_graph_runner(forward, xd)
+    return lambda: forward(xd)
+
+
+# --- timing ------------------------------------------------------------------------------------------------------
+
+
+def _time_calls(fn: Callable[[], Any], reps: int, device: str) -> tuple[list[float], float]:
+    """(per-call wall milliseconds, CPU milliseconds per call) for `reps` calls."""
+    times = []
+    cpu_start = time.process_time()
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(reps):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times, (time.process_time() - cpu_start) * 1e3 / reps
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1] if len(values) > 1 else values[0]
+
+
+def _measure(runners: list[tuple[_Prepared, str, Callable[[], Any]]], cfg: BenchConfig, threads: int,
+             progress: Optional[Callable[[str], None]]) -> list[BenchRow]:
+    for prep, backend, fn in runners:
+        for _ in range(cfg.warmup):
+            fn()
+    samples: dict[int, list[list[float]]] = {i: [] for i in range(len(runners))}
+    cpu: dict[int, list[float]] = {i: [] for i in range(len(runners))}
+    for r in range(cfg.rounds):
+        order = list(range(len(runners)))
+        order = order[r % len(order):] + order[: r % len(order)]  # rotate who goes first each round
+        for i in order:
+            times, cpu_ms = _time_calls(runners[i][2], cfg.reps, cfg.device)
+            samples[i].append(times)
+            cpu[i].append(cpu_ms)
+        if progress:
+            progress(f"threads={threads} round {r + 1}/{cfg.rounds} done")
+    rows = []
+    for i, (prep, backend, _) in enumerate(runners):
+        every = [t for round_times in samples[i] for t in round_times]
+        median = statistics.median(every)
+        rows.append(BenchRow(
+            model=prep.label, source=prep.source, backend=backend, threads=threads, batch_size=cfg.batch_size,
+            image_size=cfg.image_size, device=cfg.device, dtype=cfg.dtype, mode=cfg.mode, median_ms=median,
+            p25_ms=_quantile(every, 0.25), p75_ms=_quantile(every, 0.75),
+            best_round_ms=min(statistics.median(t) for t in samples[i]), cpu_ms=statistics.median(cpu[i]),
+            images_per_s=cfg.batch_size * 1e3 / median, macs=prep.macs, params=prep.params, calls=len(every)))
+    return rows
+
+
+def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = None) -> BenchResult:
+    """Measure every model and peer with every applicable backend, interleaved, at each thread count."""
+    cfg.validate()
+    if cfg.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    result = BenchResult(config=asdict(cfg), environment=environment(cfg.device))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    prepared: list[_Prepared] = []
+    for spec in list(cfg.models) + list(cfg.peers):
+        try:
+            label, source, model = build_model(spec)
+        except BackendUnavailable as exc:
+            result.skipped.append(f"{spec}: {exc}")
+            continue
+        chans = getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0]
+        x1 = torch.randn(1, chans, cfg.image_size, cfg.image_size, generator=generator)
+        prepared.append(_Prepared(label, source, model, count_macs(model, x1),
+                                  sum(p.numel() for p in model.parameters())))
+    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=generator)
+    previous_threads = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for threads in cfg.threads:
+                torch.set_num_threads(threads)
+                runners = []
+                for prep in prepared:
+                    for backend in cfg.backends:
+                        if backend in OWN_ONLY_BACKENDS and prep.source != "ghostnet":
+                            continue
+                        try:
+                            runners.append((prep, backend, _make_runner(backend, prep, x, cfg, threads, Path(tmp))))
+                        except BackendUnavailable as exc:
+                            note = f"{prep.label} / {backend}: {exc}"
+                            if note not in result.skipped:
+                                result.skipped.append(note)
+                if progress:
+                    progress(f"threads={threads}: timing {len(runners)} candidates")
+                result.rows.extend(_measure(runners, cfg, threads, progress))
+    finally:
+        torch.set_num_threads(previous_threads)
+    result.environment["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return result
+
+
+# --- reports -----------------------------------------------------------------------------------------------------
+
+
+def _reference(rows: list[BenchRow], reference: Optional[str]) -> dict[tuple[int, int], float]:
+    """best_round_ms of the reference candidate ("model/backend") per (threads, batch)."""
+    refs = {}
+    if reference:
+        model, _, backend = reference.rpartition("/")
+        for row in rows:
+            if row.model == model and row.backend == backend:
+                refs[(row.threads, row.batch_size)] = row.best_round_ms
+    return refs
+
+
+def to_markdown(result: BenchResult, reference: Optional[str] = "timm/ghostnet_100/eager") -> str:
+    """A markdown table per (threads, batch size); `reference` ("model/backend") gives the ratio column."""
+    env = result.environment
+    lines = [f"Machine: {env['cpu']} ({env['cpu_count']} CPUs{', GPU ' + env['gpu'] if 'gpu' in env else ''}); "
+             f"torch {env['torch']}, torchvision {env['torchvision']}, timm {env['timm']}, "
+             f"onnxruntime {env['onnxruntime']}; {env['date']}; load average before "
+             f"{_fmt_load(env.get('load_average'))}, after {_fmt_load(env.get('load_average_after'))}.", ""]
+    refs = _reference(result.rows, reference)
+    groups: dict[tuple[int, int], list[BenchRow]] = {}
+    for row in result.rows:
+        groups.setdefault((row.threads, row.batch_size), []).append(row)
+    for (threads, batch), rows in groups.items():
+        first = rows[0]
+        lines.append(f"**{first.mode}, {threads} thread(s), batch {batch}, {first.image_size}x{first.image_size}, "
+                     f"{first.device} {first.dtype}**")
+        lines.append("")
+        ratio_head = f" | ratio vs {reference}" if (threads, batch) in refs else ""
+        lines.append("| model | backend | MACs (M) | best-round median ms | median ms (p25-p75) | CPU ms/call | "
+                     f"images/s{ratio_head} |")
+        lines.append("|---|---|---|---|---|---|---" + ("|---|" if ratio_head else "|"))
+        for row in sorted(rows, key=lambda r: r.best_round_ms):
+            ratio = f" | {row.best_round_ms / refs[(threads, batch)]:.2f}" if ratio_head else ""
+            lines.append(f"| {row.model} | {row.backend} | {row.macs / 1e6:.1f} | {row.best_round_ms:.2f} | "
+                         f"{row.median_ms:.2f} ({row.p25_ms:.2f}-{row.p75_ms:.2f}) | {row.cpu_ms:.2f} | "
+                         f"{row.images_per_s:.1f}{ratio} |")
+        lines.append("")
+    if result.skipped:
+        lines.append("Skipped: " + "; ".join(result.skipped))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt_load(load: Optional[Sequence[float]]) -> str:
+    return "n/a" if not load else "/".join(f"{v:.1f}" for v in load)
+
+
+def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
+    """PNG of best-round latency against MACs, one panel per thread count, one marker per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thread_counts = sorted({r.threads for r in result.rows})
+    fig, axes = plt.subplots(1, len(thread_counts), figsize=(6 * len(thread_counts), 4.5), squeeze=False)
+    markers = dict(zip(BACKENDS, "osD^vP"))
+    for ax, threads in zip(axes[0], thread_counts):
+        for row in (r for r in result.rows if r.threads == threads):
+            color = {"ghostnet": "tab:blue", "timm": "tab:orange", "torchvision": "tab:green"}[row.source]
+            ax.scatter(row.macs / 1e6, row.best_round_ms, marker=markers[row.backend], color=color)
+            ax.annotate(f"{row.model.split('/')[-1]} {row.backend}", (row.macs / 1e6, row.best_round_ms),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("MACs per image (M)")
+        ax.set_ylabel("latency, best-round median (ms)")
+        ax.set_yscale("log")
+        first = result.rows[0]
+        ax.set_title(f"{threads} thread(s), batch {first.batch_size}, {first.device}")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker=m, linestyle="", color="gray", label=b) for b, m in markers.items()
+               if any(r.backend == b for r in result.rows)]
+    handles += [plt.Line2D([], [], marker="o", linestyle="", color=c, label=s)
+                for s, c in (("ghostnet", "tab:blue"), ("timm", "tab:orange"), ("torchvision", "tab:green"))
+                if any(r.source == s for r in result.rows)]
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(result: BenchResult, out_dir: PathLike, name: str = "bench", plot: bool = True,
+                 reference: Optional[str] = "timm/ghostnet_100/eager") -> list[Path]:
+    """Write NAME.json, NAME.md and (with matplotlib) NAME.png into `out_dir`; returns the paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    with atomic_write(out_dir / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+    paths.append(out_dir / f"{name}.json")
+    with atomic_write(out_dir / f"{name}.md") as tmp:
+        tmp.write_text(to_markdown(result, reference))
+    paths.append(out_dir / f"{name}.md")
+    if plot and result.rows:
+        paths.append(plot_latency_vs_macs(result, out_dir / f"{name}.png"))
+    return paths

@@ -1,0 +1,145 @@
+"""Export to ONNX (torch.export-based exporter, dynamic batch), TorchScript (trace + freeze) and torch.export (.pt2).
+
+ONNX goes through `torch.onnx.export(..., dynamo=True)`: the TorchScript-based exporter is deprecated since torch
+2.9 and writes 3x more nodes for GhostNetV2's DFC attention (1029 against 335 for ghostnetv2_100, both running at
+the same speed in onnxruntime after its graph optimizations); the dynamo exporter takes about 3x longer to export.
+Every function here writes atomically: a failed export leaves no file behind.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from ..utils import atomic_write
+
+PathLike = Union[str, os.PathLike]
+
+EXPORT_FORMATS = ("onnx", "torchscript", "torch.export")
+#: File suffix per format.
+FORMAT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "torch.export": ".pt2"}
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
+
+__all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "FORMAT_SUFFIX", "export_model", "export_onnx", "export_program",
+           "export_torchscript", "load_exported", "onnx_session", "run_onnx"]
+
+
+def _export_batch(example_input: torch.Tensor) -> torch.Tensor:
+    # torch.export specializes a dimension of size 1 to a constant, which would pin the batch; use 2 rows.
+    if example_input.shape[0] >= 2:
+        return example_input
+    return example_input.expand(2, *example_input.shape[1:]).contiguous()
+
+
+def _batch_dynamic_shapes(dynamic_batch: bool) -> Optional[tuple[dict[int, Any]]]:
+    return ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+
+
+def _output_names(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    with torch.no_grad():
+        out = model(example_input)
+    if isinstance(out, torch.Tensor):
+        return ["output"]
+    return [f"output_{i}" for i in range(len(out))]
+
+
+def _check_eval(model: nn.Module) -> None:
+    if model.training:
+        raise ValueError("export needs a model in eval mode (call model.eval() or ghostnet.deploy.fuse(model))")
+
+
+def export_onnx(model: nn.Module, path: PathLike, example_input: torch.Tensor, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = True) -> Path:
+    """Write `model` as ONNX (input "input", outputs "output" or "output_i"), batch dimension dynamic by default."""
+    _check_eval(model)
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    example = _export_batch(example_input) if dynamic_batch else example_input
+    output_names = _output_names(model, example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter about its own internals
+        program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=opset, verbose=False,
+                                    input_names=["input"], output_names=output_names,
+                                    dynamic_shapes=_batch_dynamic_shapes(dynamic_batch))
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        program.save(str(tmp))
+    return path
+
+
+def export_torchscript(model: nn.Module, path: PathLike, example_input: torch.Tensor, freeze: bool = True) -> Path:
+    """Trace `model` (and freeze it: weights become constants) and save it with `torch.jit.save`.
+
+    TorchScript is deprecated upstream in favour of torch.export; it is kept for C++ (libtorch) deployment. Shape
+    checks in the models are traced as constants, so the file accepts any batch size at the traced image size.
+    """
+    _check_eval(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings for shape checks and torch.jit's deprecation notice
+        with torch.no_grad():
+            traced = torch.jit.trace(model, _export_batch(example_input))
+            if freeze:
+                traced = torch.jit.freeze(traced)
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        torch.jit.save(traced, str(tmp))
+    return path
+
+
+def export_program(model: nn.Module, path: PathLike, example_input: torch.Tensor, dynamic_batch: bool = True) -> Path:
+    """`torch.export.export` the model (batch dynamic by default) and save the ExportedProgram (.pt2)."""
+    _check_eval(model)
+    example = _export_batch(example_input) if dynamic_batch else example_input
+    program = torch.export.export(model, (example,), dynamic_shapes=_batch_dynamic_shapes(dynamic_batch))
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        torch.export.save(program, str(tmp))
+    return path
+
+
+def export_model(model: nn.Module, path: PathLike, example_input: torch.Tensor, fmt: str = "onnx",
+                 **kwargs: Any) -> Path:
+    """Export in one of EXPORT_FORMATS ("onnx", "torchscript", "torch.export")."""
+    exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "torch.export": export_program}
+    if fmt not in exporters:
+        raise ValueError(f"unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}")
+    return exporters[fmt](model, path, example_input, **kwargs)
+
+
+def load_exported(path: PathLike) -> Any:
+    """Load a file written by `export_model` as a callable (ORT session wrapper, ScriptModule or nn.Module)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no exported model at {path}")
+    if path.suffix == ".onnx":
+        session = onnx_session(path)
+        return lambda x: run_onnx(session, x)
+    if path.suffix == ".pt2":
+        return torch.export.load(str(path)).module()
+    if path.suffix == ".pt":
+        return torch.jit.load(str(path))
+    raise ValueError(f"cannot tell the format of {path}: expected a .onnx, .pt (TorchScript) or .pt2 file")
+
+
+def onnx_session(path: PathLike, threads: Optional[int] = None, providers: Optional[Sequence[str]] = None):
+    """An onnxruntime InferenceSession with all graph optimizations and `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def run_onnx(session, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+    """Run an onnxruntime session on a float tensor; one output comes back as a tensor, several as a list."""
+    name = session.get_inputs()[0].name
+    outputs = [torch.from_numpy(o) for o in session.run(None, {name: x.detach().cpu().numpy()})]
+    return outputs[0] if len(outputs) == 1 else outputs

@@ -1,0 +1,129 @@
+"""Post-training static int8 quantization with onnxruntime: per-channel weights, calibration on real images.
+
+Naive int8 is known to collapse on GhostNet (facts §5 item 10, "don't quantize the depthwise conv"): a depthwise
+filter sees one channel, so after BN folding its per-channel weight ranges are wide and its activations carry
+outliers. `quantize_onnx` therefore keeps depthwise convolutions in float by default (`keep_depthwise_float`) and
+quantizes weights per output channel; docs/benchmarks.md has the accuracy of each setting on a CIFAR-10 model.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import torch
+
+from ..utils import atomic_write
+
+PathLike = Union[str, os.PathLike]
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+#: Ops quantized by default. Elementwise ops (Add, Mul, Concat, Sigmoid, Resize) stay float: quantizing them saves
+#: little time on CPU and each one adds a requantization error.
+DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
+
+__all__ = ["CALIBRATION_METHODS", "DEFAULT_OP_TYPES", "calibration_batches", "depthwise_conv_nodes",
+           "onnx_accuracy", "quantize_onnx"]
+
+
+def depthwise_conv_nodes(model) -> list[str]:
+    """Names of the Conv nodes of an onnx.ModelProto whose group count is > 1 (depthwise and grouped convs)."""
+    import onnx
+
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        group = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        if group > 1:
+            names.append(node.name)
+    return names
+
+
+class _TensorReader:
+    """onnxruntime CalibrationDataReader over an iterable of float batches."""
+
+    def __init__(self, input_name: str, batches: Iterable[torch.Tensor]) -> None:
+        self.input_name = input_name
+        self._iter: Iterator[torch.Tensor] = iter(batches)
+
+    def get_next(self) -> Optional[dict]:
+        batch = next(self._iter, None)
+        return None if batch is None else {self.input_name: batch.detach().cpu().float().numpy()}
+
+    def rewind(self) -> None:  # pragma: no cover - only used by ORT's multi-pass calibrators
+        raise RuntimeError("calibration data can be read once")
+
+
+def _calibrate_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    if name not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {name!r}; expected one of {CALIBRATION_METHODS}")
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def quantize_onnx(
+    fp32_path: PathLike,
+    int8_path: PathLike,
+    calibration: Iterable[torch.Tensor],
+    per_channel: bool = True,
+    keep_depthwise_float: bool = True,
+    method: str = "minmax",
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    exclude_nodes: Sequence[str] = (),
+) -> Path:
+    """Quantize an fp32 ONNX file to int8 (QDQ format, signed int8 weights and activations).
+
+    Args:
+        fp32_path: the model (e.g. from `export_onnx` of a fused model).
+        int8_path: where the quantized model goes (written atomically).
+        calibration: batches of preprocessed real images; their activation ranges set the scales.
+        per_channel: one weight scale per output channel (one per tensor otherwise).
+        keep_depthwise_float: leave Conv nodes with group > 1 in float.
+        method: "minmax", "entropy" or "percentile" (99.999%) calibration of activation ranges.
+        op_types: which op types to quantize; exclude_nodes: further node names to leave in float.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path = Path(fp32_path)
+    if not fp32_path.exists():
+        raise FileNotFoundError(f"no ONNX model at {fp32_path}")
+    calibrate_method = _calibrate_method(method)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        # Shape inference and ORT's own graph cleanup first, as onnxruntime recommends before quantize_static.
+        prepared = Path(tmp_dir) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        model = onnx.load(str(prepared))
+        excluded = list(exclude_nodes) + (depthwise_conv_nodes(model) if keep_depthwise_float else [])
+        reader = _TensorReader(model.graph.input[0].name, calibration)
+        with atomic_write(int8_path) as tmp:
+            quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(op_types), per_channel=per_channel,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=excluded, calibrate_method=calibrate_method,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    return Path(int8_path)
+
+
+def calibration_batches(images: torch.Tensor, batch_size: int = 32) -> list[torch.Tensor]:
+    """Split a tensor of preprocessed images (N, C, H, W) into calibration batches."""
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"calibration images must be a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
+    return list(images.split(batch_size))
+
+
+def onnx_accuracy(session, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy (percent) of an onnxruntime session on preprocessed images and integer labels."""
+    from .export import run_onnx
+
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"need as many labels as images (got {len(images)} images, {len(labels)} labels)")
+    correct = 0
+    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+        correct += int((run_onnx(session, x).argmax(1) == y).sum())
+    return 100.0 * correct / len(images)
