@@ -187,8 +187,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
             save_training_state(path, model=model, optimizer=optimizer, progress=progress, config=cfg.to_dict(),
                                 model_info=info, ranks=ranks, ema=ema, scaler=scaler, history=history)
 
-    _log(dist, f"training {cfg.model} on {len(train_set)} images ({len(classes)} classes), {dist.world_size} "
-               f"process(es) on {device}, {steps_per_epoch} steps/epoch of {cfg.batch_size} images")
+    _log(dist, f"training {cfg.model} at {tcfg.img_size}x{tcfg.img_size} on {len(train_set)} images ({len(classes)} "
+               f"classes), {dist.world_size} process(es) on {device}, {steps_per_epoch} steps/epoch of "
+               f"{cfg.batch_size} images")
     last_eval: Optional[EvalResult] = None
     for epoch in range(progress.epoch, cfg.epochs):
         # ---- one epoch of optimizer steps

@@ -1,0 +1,116 @@
+"""Shared parts of the training benchmarks: run one configuration, count its cost, describe the machine."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+#: Real data beside the checkout (../shared/data), or $GHOSTNET_DATA.
+SHARED_DATA = Path(os.environ.get("GHOSTNET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def cost(model_spec: str, input_size: int, **kwargs: Any) -> tuple[float, float]:
+    """(parameters in millions, multiply-accumulates in millions) of one image (torch.utils.flop_counter / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ghostnet.train import modelspec
+
+    model = modelspec.create(model_spec, **kwargs).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(1, 3, input_size, input_size))
+    return sum(p.numel() for p in model.parameters()) / 1e6, counter.get_total_flops() / 2e6
+
+
+def run(recipe: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train `recipe` with `overrides`; the run's wall time, per-epoch times and final metrics."""
+    from ghostnet.train import load_recipe, train
+
+    cfg = load_recipe(recipe, overrides)
+    start = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - start
+    history = result["history"]
+    last = history[-1]
+    return {"model": cfg.model, "recipe": recipe, "overrides": overrides, "wall_s": wall,
+            "epoch_time_s": [row["epoch_time_s"] for row in history],
+            "train_img_s": sum(r["train_img_s"] for r in history) / len(history),
+            "val_top1": last.get("val_top1"), "val_top5": last.get("val_top5"), "train_loss": last["train_loss"],
+            "history": history}
+
+
+def machine() -> dict[str, str]:
+    """Versions and processor of this machine."""
+    import torchvision
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "threads": str(torch.get_num_threads()), "cpus": str(os.cpu_count())}
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    return info
+
+
+def save(results: dict[str, Any], path: Path) -> None:
+    """Write the results as JSON (atomically)."""
+    from ghostnet.utils import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+
+
+def arguments(description: str, data: str, subset: int, val_subset: int, epochs: int, workers: int,
+              out: str) -> argparse.ArgumentParser:
+    """The options every training benchmark takes, with its own defaults."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default=str(SHARED_DATA / data))
+    parser.add_argument("--subset", type=int, default=subset, help="training images, a fixed pseudo-random "
+                        "selection (0: all)")
+    parser.add_argument("--val-subset", type=int, default=val_subset, help="validation images (0: all)")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--workers", type=int, default=workers, help="data-loading processes")
+    parser.add_argument("--models", nargs="*", help="run only these of the models")
+    parser.add_argument("--out", default=out, help="results JSON")
+    return parser
+
+
+def run_all(args: argparse.Namespace, recipe: str, models: Sequence[tuple[str, dict]], input_size: int,
+            **overrides: Any) -> dict[str, Any]:
+    """Train each model with `recipe` and the common overrides; save and print the results as they come."""
+    if not Path(args.data).is_dir():
+        raise SystemExit(f"data not found at {args.data} (set GHOSTNET_DATA or --data)")
+    torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {"machine": machine(), "args": vars(args), "runs": []}
+    for name, kwargs in models:
+        if args.models and name not in args.models:
+            continue
+        params, macs = cost(name, input_size, num_classes=10, **kwargs)
+        with tempfile.TemporaryDirectory() as out:
+            record = run(recipe, dict(model=name, data=args.data, subset=args.subset or None,
+                                      val_subset=args.val_subset or None, epochs=args.epochs, eval_every=args.epochs,
+                                      workers=args.workers, output=out, progress=False, plots=False,
+                                      **({"model_kwargs": kwargs} if kwargs else {}), **overrides))
+        record.update(params_m=params, macs_m=macs)
+        results["runs"].append(record)
+        save(results, Path(args.out))
+        times = record["epoch_time_s"]
+        print(f"{name}: top-1 {record['val_top1']:.2f}%  top-5 {record['val_top5']:.2f}%  {params:.3f}M params  "
+              f"{macs:.1f}M MACs  {sum(times) / len(times):.0f} s/epoch  {record['wall_s']:.0f} s wall  "
+              f"{record['train_img_s']:.1f} img/s", flush=True)
+    return results
