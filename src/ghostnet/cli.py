@@ -11,7 +11,8 @@ import sys
 from typing import Optional, Sequence
 
 #: Modules that contribute subcommands.
-COMMAND_MODULES = ("ghostnet.commands.models", "ghostnet.commands.train", "ghostnet.commands.analysis")
+COMMAND_MODULES = ("ghostnet.commands.models", "ghostnet.commands.train", "ghostnet.commands.analysis",
+                   "ghostnet.commands.deploy")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ Every function here writes atomically: a failed export leaves no file behind.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -86,7 +87,8 @@ def export_torchscript(model: nn.Module, path: PathLike, example_input: torch.Te
             if freeze:
                 traced = torch.jit.freeze(traced)
     path = Path(path)
-    with atomic_write(path) as tmp:
+    with atomic_write(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
         torch.jit.save(traced, str(tmp))
     return path
 
@@ -96,9 +98,11 @@ def export_program(model: nn.Module, path: PathLike, example_input: torch.Tensor
     _check_eval(model)
     example = _export_batch(example_input) if dynamic_batch else example_input
     program = torch.export.export(model, (example,), dynamic_shapes=_batch_dynamic_shapes(dynamic_batch))
+    buffer = io.BytesIO()  # torch.export.save insists on a .pt2 name; the temporary file has another
+    torch.export.save(program, buffer)
     path = Path(path)
     with atomic_write(path) as tmp:
-        torch.export.save(program, str(tmp))
+        tmp.write_bytes(buffer.getvalue())
     return path
 
 
@@ -122,7 +126,9 @@ def load_exported(path: PathLike) -> Any:
     if path.suffix == ".pt2":
         return torch.export.load(str(path)).module()
     if path.suffix == ".pt":
-        return torch.jit.load(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+            return torch.jit.load(str(path))
     raise ValueError(f"cannot tell the format of {path}: expected a .onnx, .pt (TorchScript) or .pt2 file")
 
 

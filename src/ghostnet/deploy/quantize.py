@@ -24,7 +24,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
 __all__ = ["CALIBRATION_METHODS", "DEFAULT_OP_TYPES", "calibration_batches", "depthwise_conv_nodes",
-           "onnx_accuracy", "quantize_onnx"]
+           "load_calibration_images", "onnx_accuracy", "quantize_onnx"]
 
 
 def depthwise_conv_nodes(model) -> list[str]:
@@ -115,6 +115,27 @@ def calibration_batches(images: torch.Tensor, batch_size: int = 32) -> list[torc
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"calibration images must be a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
     return list(images.split(batch_size))
+
+
+def load_calibration_images(data: PathLike, data_config: dict, num_images: int = 512, split: str = "train",
+                            seed: int = 0) -> torch.Tensor:
+    """`num_images` real images (a fixed pseudo-random selection) of a data set, preprocessed as the model expects.
+
+    `data` is anything `ghostnet.data.open_split` opens (ImageFolder root, folder of .npz shards, ...);
+    `data_config` is a model's `pretrained_cfg` (input_size, mean, std, crop_pct, interpolation). Images are
+    preprocessed with the evaluation transform: calibration must see what inference will see.
+    """
+    from ..data import TransformConfig, eval_transform, open_split, subset
+
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    size = data_config["input_size"][-1]
+    crop_pct = data_config.get("crop_pct", 0.875)
+    cfg = TransformConfig(preset="cifar" if crop_pct >= 1.0 else "imagenet", img_size=size,
+                          mean=tuple(data_config["mean"]), std=tuple(data_config["std"]), crop_pct=crop_pct,
+                          interpolation=data_config.get("interpolation", "bilinear"))
+    dataset = subset(open_split(data, split, eval_transform(cfg)), num_images, seed)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
 def onnx_accuracy(session, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:

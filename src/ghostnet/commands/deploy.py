@@ -1,0 +1,138 @@
+"""`ghostnet export`, `ghostnet quantize` and `ghostnet bench`: deployment files and the latency harness."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _csv(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+
+    return parse
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    from ..deploy.bench import BACKENDS, DEFAULT_PEERS, MODES
+    from ..deploy.export import DEFAULT_OPSET, EXPORT_FORMATS
+    from ..deploy.quantize import CALIBRATION_METHODS
+
+    p = subparsers.add_parser("export", help="export a model (fused by default) to ONNX, TorchScript or torch.export",
+                              description="Export a registered model, fused for inference by default. ONNX files "
+                              "have a dynamic batch dimension and are checked against onnxruntime with --check.")
+    p.add_argument("model", help="registered model name (ghostnet models lists them)")
+    p.add_argument("--weights", help="checkpoint file to load (default: random weights)")
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
+    p.add_argument("--output", "-o", type=Path, help="output file (default: MODEL + the format's suffix)")
+    p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold batch norms, re-parameterize v3 and use the lean Ghost blocks first")
+    p.add_argument("--num-classes", type=int, help="classifier size (must match --weights)")
+    p.add_argument("--image-size", type=int, help="export image size (default: the model's input size)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
+    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--check", action="store_true", help="run the written file and compare it with the model")
+    p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser("quantize", help="int8 post-training static quantization of an ONNX file",
+                              description="Quantize an fp32 ONNX file (from `ghostnet export`) to int8 with "
+                              "onnxruntime, calibrating activation ranges on real images.")
+    p.add_argument("onnx", type=Path, help="fp32 ONNX file")
+    p.add_argument("--model", required=True, help="the registered model it was exported from (for the input "
+                   "size, mean and std of the calibration images)")
+    p.add_argument("--calibration-data", required=True,
+                   help="ImageFolder root or folder of .npz shards with real images")
+    p.add_argument("--split", default="train", help="which split to draw calibration images from")
+    p.add_argument("--num-images", type=int, default=512)
+    p.add_argument("--output", "-o", type=Path, help="output file (default: NAME.int8.onnx beside the input)")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="one weight scale per output channel")
+    p.add_argument("--quantize-depthwise", action="store_true",
+                   help="quantize depthwise convs too (kept in float by default: int8 collapses there)")
+    p.add_argument("--method", default="minmax", choices=CALIBRATION_METHODS)
+    p.set_defaults(func=run_quantize)
+
+    p = subparsers.add_parser("bench", help="latency and throughput against timm/torchvision peers",
+                              description="Time models with several backends against peers, interleaved, on the "
+                              "same input; writes NAME.json, NAME.md and NAME.png.")
+    p.add_argument("models", nargs="*", default=["ghostnet_100"], help="registered model names")
+    p.add_argument("--peers", type=_csv(str), default=list(DEFAULT_PEERS),
+                   help="comma-separated timm:NAME / torchvision:NAME (empty string for none)")
+    p.add_argument("--backends", type=_csv(str), default=["eager", "fused", "onnxruntime"],
+                   help=f"comma-separated, from {','.join(BACKENDS)}")
+    p.add_argument("--threads", type=_csv(int), default=[1, 2], help="comma-separated thread counts")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--reps", type=int, default=20, help="timed calls per candidate per round")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last weights for the fused, torchscript and compile backends")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs (CUDA only)")
+    p.add_argument("--mode", default="infer", choices=MODES)
+    p.add_argument("--reference", default="timm/ghostnet_100/eager",
+                   help="MODEL/BACKEND the ratio column divides by")
+    p.add_argument("--out-dir", type=Path, default=Path("bench-results"))
+    p.add_argument("--name", default="bench", help="file name stem of the outputs")
+    p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=run_bench)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..deploy import fuse
+    from ..deploy.export import FORMAT_SUFFIX, export_model, load_exported
+    from ..deploy.fuse import example_input_for
+    from ..models import create_model
+
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    model = create_model(args.model, pretrained=args.weights, **kwargs).eval()
+    x = example_input_for(model, batch_size=2, image_size=args.image_size)
+    export_form = fuse(model, example_input=x) if args.fuse else model
+    output = args.output or Path(args.model + FORMAT_SUFFIX[args.format])
+    extra = {} if args.format == "torchscript" else {"dynamic_batch": args.dynamic_batch}
+    if args.format == "onnx":
+        extra["opset"] = args.opset
+    export_model(export_form, output, x, args.format, **extra)
+    print(f"wrote {output} ({args.format}{', fused' if args.fuse else ''})")
+    if args.check:
+        exported = load_exported(output)
+        batch = x if not args.dynamic_batch else torch.cat([x, x[:1]])  # a batch size the export did not see
+        with torch.no_grad():
+            diff = (exported(batch) - model(batch)).abs().max().item()
+        print(f"max abs difference against the eager model on a batch of {len(batch)}: {diff:.3g}")
+        if diff > 1e-4:
+            raise ValueError(f"exported model differs from the eager model by {diff:.3g} (> 1e-4)")
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from ..deploy.quantize import calibration_batches, load_calibration_images, quantize_onnx
+    from ..models import get_model_entry
+
+    data_config = get_model_entry(args.model).default_cfg
+    images = load_calibration_images(args.calibration_data, data_config, args.num_images, args.split)
+    output = args.output or args.onnx.with_suffix(".int8.onnx")
+    quantize_onnx(args.onnx, output, calibration_batches(images), per_channel=args.per_channel,
+                  keep_depthwise_float=not args.quantize_depthwise, method=args.method)
+    print(f"wrote {output} (int8, calibrated on {len(images)} images)")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from ..deploy.bench import BenchConfig, run_benchmark, to_markdown, write_report
+
+    cfg = BenchConfig(models=args.models, peers=args.peers, backends=args.backends, threads=args.threads,
+                      batch_size=args.batch_size, image_size=args.image_size, rounds=args.rounds, reps=args.reps,
+                      warmup=args.warmup, device=args.device, dtype=args.dtype, channels_last=args.channels_last,
+                      cuda_graphs=args.cuda_graphs, mode=args.mode)
+    result = run_benchmark(cfg, progress=lambda message: print(message, flush=True))
+    paths = write_report(result, args.out_dir, args.name, plot=args.plot, reference=args.reference)
+    print(to_markdown(result, args.reference))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,200 @@
+"""The fused inference form: same function as the original (float64, 1e-5 relative) for every registered model."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import randomize_bn
+from torch.overrides import TorchFunctionMode
+
+import ghostnet
+from ghostnet.deploy import FusedGhostBottleneck, FusedGhostModule, fold_batchnorms, fuse
+from ghostnet.layers import GhostModule
+
+RTOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small ops on 2 threads stall on each other when the CPUs are shared (10 ms per op seen): use one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class GroupedConvAsEinsum(TorchFunctionMode):
+    """Run float64 grouped convolutions as unfold + einsum.
+
+    ATen has no fast float64 path for grouped convs on CPU and loops over the groups (55,000 conv calls for one
+    ghostnetv3_160 forward); the einsum computes the same sums in another order, so the comparison is unchanged.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.conv2d:
+            x, weight = args[0], args[1]
+            params = dict(zip(("bias", "stride", "padding", "dilation", "groups"), args[2:]), **kwargs)
+            if params.get("groups", 1) > 1 and x.dtype == torch.float64 and not isinstance(params.get("padding"), str):
+                return _grouped_conv(x, weight, **params)
+        return func(*args, **kwargs)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _grouped_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    n, _, h, w = x.shape
+    out_chs, in_per_group, kh, kw = weight.shape
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    cols = cols.view(n, groups, in_per_group * kh * kw, out_h * out_w)
+    out = torch.einsum("ngkl,gok->ngol", cols, weight.reshape(groups, out_chs // groups, -1))
+    out = out.reshape(n, out_chs, out_h, out_w)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def test_grouped_conv_helper_matches_aten():
+    x, w, b = torch.randn(2, 12, 9, 7, dtype=torch.float64), torch.randn(24, 3, 3, 3, dtype=torch.float64), None
+    for stride, padding, dilation in ((1, 1, 1), (2, 2, 2), ((2, 1), (0, 1), 1)):
+        expected = torch.conv2d(x, w, b, stride, padding, dilation, 4)
+        with GroupedConvAsEinsum():
+            got = F.conv2d(x, w, b, stride, padding, dilation, 4)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def _input_for(model: nn.Module) -> torch.Tensor:
+    """One image of the model's size, at most 64x64 (CIFAR models: 32x32; ImageNet models: 64x64)."""
+    chans, size, _ = model.pretrained_cfg["input_size"]
+    size = min(size, 64)
+    return torch.randn(1, chans, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", ghostnet.list_models())
+def test_fused_matches_original_float64(name):
+    model = randomize_bn(ghostnet.create_model(name)).double().eval()
+    x = _input_for(model)
+    cfg = model.pretrained_cfg
+    with torch.no_grad(), GroupedConvAsEinsum():
+        expected = model(x)
+        fused = fuse(model, example_input=x, inplace=True)  # in place: a copy of the big models costs seconds
+        got = fused(x)
+    assert _relative_error(got, expected) <= RTOL
+    # Every 2-D batch norm of the registered models follows a convolution, so none may be left.
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert not any(isinstance(m, GhostModule) for m in fused.modules())
+    assert fused.pretrained_cfg == cfg and fused.model_name == name
+
+
+def test_fuse_leaves_the_original_alone():
+    model = randomize_bn(ghostnet.create_model("ghostnet_050")).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fuse(model, example_input=torch.randn(1, 3, 32, 32))
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fuse_in_place_returns_the_same_object():
+    model = ghostnet.create_model("ghostnet_050").train()
+    fused = fuse(model, example_input=torch.randn(1, 3, 32, 32), inplace=True)
+    assert fused is model and not fused.training
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+class _OpCounter(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_fused_ghostnet_structure_and_op_count():
+    model = ghostnet.create_model("ghostnet_100").eval()
+    fused = fuse(model, example_input=torch.randn(1, 3, 32, 32))
+    assert sum(isinstance(m, FusedGhostBottleneck) for m in fused.modules()) == 16
+    assert sum(isinstance(m, FusedGhostModule) for m in fused.modules()) == 32
+    counts = {}
+    for m in (model, fused):
+        counter = _OpCounter()
+        with torch.no_grad(), counter:
+            m(torch.randn(1, 3, 64, 64))
+        counts[m] = counter.names
+    assert "batch_norm" in counts[model] and "batch_norm" not in counts[fused]
+    assert counts[fused].count("conv2d") == counts[model].count("conv2d") == 95
+    assert counts[fused].count("cat") == 32
+    # hard sigmoid as one op instead of relu6(x + 3) / 6: 7 SE blocks
+    assert counts[fused].count("hardsigmoid") == 7
+    assert len(counts[fused]) < len(counts[model]) - 80
+
+
+def test_fused_v3_is_the_v2_inference_architecture():
+    """Re-parameterized and fused, GhostNetV3 has exactly GhostNetV2's inference-form tensors."""
+    x = torch.randn(1, 3, 32, 32)
+    v3 = fuse(ghostnet.create_model("ghostnetv3_100"), example_input=x).state_dict()
+    v2 = fuse(ghostnet.create_model("ghostnetv2_100"), example_input=x).state_dict()
+    assert {k: v.shape for k, v in v3.items()} == {k: v.shape for k, v in v2.items()}
+
+
+def test_channels_last_fused_model_matches():
+    model = randomize_bn(ghostnet.create_model("ghostnetv2_100")).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad(), GroupedConvAsEinsum():
+        fused = fuse(model, example_input=x, channels_last=True)
+        assert fused.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+        assert _relative_error(fused(x), model(x)) <= RTOL
+
+
+def test_fuse_works_on_a_torchvision_model():
+    torchvision = pytest.importorskip("torchvision")
+    model = randomize_bn(torchvision.models.mobilenet_v3_small(num_classes=10)).double().eval()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad(), GroupedConvAsEinsum():
+        fused = fuse(model, example_input=x)
+        assert _relative_error(fused(x), model(x)) <= RTOL
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+
+
+class _SharedOutput(nn.Module):
+    """A conv whose output feeds its BN and also the residual: folding that BN would change the residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 4, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn2(self.conv2(self.bn(y) + y))
+
+
+def test_bn_is_folded_only_when_it_alone_reads_the_conv_output():
+    model = randomize_bn(_SharedOutput()).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    expected = model(x)
+    assert fold_batchnorms(model, x) == 1
+    assert isinstance(model.bn, nn.BatchNorm2d) and isinstance(model.bn2, nn.Identity)
+    assert _relative_error(model(x), expected) <= RTOL
+
+
+def test_fold_batchnorms_needs_eval_mode():
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorms(_SharedOutput().train(), torch.randn(1, 3, 8, 8))
+
+
+def test_fuse_without_input_size_asks_for_an_example():
+    with pytest.raises(ValueError, match="pass an example input"):
+        fuse(_SharedOutput())
