@@ -98,6 +98,16 @@ def make_short_conv(in_chs: int, out_chs: int, kernel_size: int, stride: int) ->
     )
 
 
+def merge_ghost_maps(module: nn.Module, x: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """Concatenate intrinsic and ghost maps, cut to `module.out_chs`, and apply the DFC gate if the module has one."""
+    out = torch.cat([x1, x2], dim=1)
+    if module.init_chs + module.new_chs != module.out_chs:
+        out = out[:, : module.out_chs]
+    if module.short_conv is not None:
+        out = out * dfc_attention(module.short_conv, x, (out.shape[-2], out.shape[-1]))
+    return out
+
+
 class GhostModule(nn.Module):
     """Ghost module: `primary_conv` makes ceil(out/s) intrinsic maps, `cheap_operation` makes s-1 ghosts of each.
 
@@ -144,13 +154,7 @@ class GhostModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.primary_conv(x)
-        x2 = self.cheap_operation(x1)
-        out = torch.cat([x1, x2], dim=1)
-        if self.init_chs + self.new_chs != self.out_chs:
-            out = out[:, : self.out_chs]
-        if self.short_conv is not None:
-            out = out * dfc_attention(self.short_conv, x, (out.shape[-2], out.shape[-1]))
-        return out
+        return merge_ghost_maps(self, x, x1, self.cheap_operation(x1))
 
     def extra_repr(self) -> str:
         return f"in={self.in_chs}, out={self.out_chs}, s={self.ratio}, d={self.dw_size}, dfc={self.short_conv is not None}"

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bottleneck import make_shortcut
-from .ghost import _check_ghost_args, dfc_attention, ghost_channels, make_short_conv
+from .ghost import _check_ghost_args, ghost_channels, make_short_conv, merge_ghost_maps
 from .helpers import ConvBnAct, LayerFactory, conv_from, fuse_conv_bn_weights, identity_kernel, make_act
 from .squeeze_excite import SqueezeExcite
 
@@ -95,12 +95,7 @@ class GhostModuleV3(nn.Module):
             for branch in self.cheap_rpr_conv:
                 x2 = x2 + branch(x1)
             x2 = self.cheap_activation(x2)
-        out = torch.cat([x1, x2], dim=1)
-        if self.init_chs + self.new_chs != self.out_chs:
-            out = out[:, : self.out_chs]
-        if self.short_conv is not None:
-            out = out * dfc_attention(self.short_conv, x, (out.shape[-2], out.shape[-1]))
-        return out
+        return merge_ghost_maps(self, x, x1, x2)
 
     @torch.no_grad()
     def reparameterize(self) -> None:
