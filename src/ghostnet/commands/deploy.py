@@ -17,7 +17,7 @@ def _csv(kind):
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     from ..deploy.bench import BACKENDS, DEFAULT_PEERS, MODES
-    from ..deploy.export import DEFAULT_OPSET, EXPORT_FORMATS
+    from ..deploy.export import DEFAULT_OPSET, EXPORT_FORMATS, ONNX_EXPORTERS
     from ..deploy.quantize import CALIBRATION_METHODS
 
     p = subparsers.add_parser("export", help="export a model (fused by default) to ONNX, TorchScript or torch.export",
@@ -32,6 +32,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, help="classifier size (must match --weights)")
     p.add_argument("--image-size", type=int, help="export image size (default: the model's input size)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
+    p.add_argument("--exporter", default="torchscript", choices=ONNX_EXPORTERS,
+                   help="torch.onnx exporter (dynamo: smaller graphs, 10x slower export)")
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--check", action="store_true", help="run the written file and compare it with the model")
     p.set_defaults(func=run_export)
@@ -97,7 +99,7 @@ def run_export(args: argparse.Namespace) -> int:
     output = args.output or Path(args.model + FORMAT_SUFFIX[args.format])
     extra = {} if args.format == "torchscript" else {"dynamic_batch": args.dynamic_batch}
     if args.format == "onnx":
-        extra["opset"] = args.opset
+        extra.update(opset=args.opset, exporter=args.exporter)
     export_model(export_form, output, x, args.format, **extra)
     print(f"wrote {output} ({args.format}{', fused' if args.fuse else ''})")
     if args.check:

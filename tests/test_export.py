@@ -1,0 +1,169 @@
+"""Export: ONNX checked against onnxruntime for every registered model, TorchScript, torch.export, the CLI."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import randomize_bn
+
+import ghostnet
+from ghostnet.cli import main as cli_main
+from ghostnet.deploy import fuse
+from ghostnet.deploy.export import (export_model, export_onnx, export_program, export_torchscript, load_exported,
+                                    onnx_session, run_onnx)
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+ATOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small ops on 2 threads stall on each other when the CPUs are shared: use one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _model(name: str) -> nn.Module:
+    """Random weights conditioned like a trained network, so that an absolute tolerance means what it means there.
+
+    Batch-norm running statistics are measured on random images (BN affine parameters random), and the last BN of
+    each ResNet bottleneck's residual branch is scaled by 0.3, as training leaves it. Without that, random
+    ResNet-50s are chaotic: their own float32 and float64 outputs differ by 4e-4 (1e-6 after conditioning).
+    """
+    from torchvision.models.resnet import Bottleneck
+
+    torch.manual_seed(0)
+    model = randomize_bn(ghostnet.create_model(name)).train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batch
+    with torch.no_grad():
+        model(_images(64))
+        for block in model.modules():
+            if isinstance(block, Bottleneck):  # bn3, or the BNs inside a Ghost conv3 (bn3 is then Identity)
+                for bn in [block.bn3, *block.conv3.modules()]:
+                    if isinstance(bn, nn.BatchNorm2d):
+                        bn.weight.mul_(0.3)
+                        bn.bias.mul_(0.3)
+    return model.eval()
+
+
+def _images(batch: int, size: int = 32) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+
+
+@pytest.mark.parametrize("name", ghostnet.list_models())
+def test_onnx_matches_eager_for_every_model(name, tmp_path):
+    """Fused, exported at 32x32 (GhostNetV2's DFC maps are 1x1 at the last stage), run at another batch size."""
+    model = _model(name)
+    path = export_onnx(fuse(model, example_input=_images(1)), tmp_path / f"{name}.onnx", _images(1))
+    proto = onnx.load(str(path))
+    assert proto.opset_import[0].version >= 17
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch dimension
+    x = _images(3)
+    with torch.no_grad():
+        expected = model(x)
+    got = run_onnx(onnx_session(path, threads=1), x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= ATOL
+
+
+def test_dynamo_exporter_matches(tmp_path):
+    """The dynamo (torch.export-based) exporter on GhostNetV2 at 32x32: DFC maps of 1x1, fewer nodes."""
+    model = _model("ghostnetv2_100")
+    fused = fuse(model, example_input=_images(1))
+    path = export_onnx(fused, tmp_path / "d.onnx", _images(1), exporter="dynamo")
+    x = _images(3)
+    with torch.no_grad():
+        assert (run_onnx(onnx_session(path, threads=1), x) - model(x)).abs().max().item() <= ATOL
+    scripted = onnx.load(str(export_onnx(fused, tmp_path / "t.onnx", _images(1))))
+    assert len(onnx.load(str(path)).graph.node) < len(scripted.graph.node)
+
+
+@pytest.mark.parametrize("name", ["ghostnetv2_100", "ghostnetv3_050", "ghost_resnet20_cifar"])
+def test_torchscript_round_trip(name, tmp_path):
+    model = _model(name)
+    path = export_torchscript(fuse(model, example_input=_images(1)), tmp_path / "m.pt", _images(1))
+    loaded = load_exported(path)
+    x = _images(3)
+    with torch.no_grad():
+        assert (loaded(x) - model(x)).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("name", ["ghostnetv2_100", "resnet20_cifar"])
+def test_torch_export_round_trip_with_dynamic_batch(name, tmp_path):
+    model = _model(name)
+    path = export_program(fuse(model, example_input=_images(1)), tmp_path / "m.pt2", _images(1))
+    loaded = load_exported(path)
+    for batch in (1, 3):
+        x = _images(batch)
+        with torch.no_grad():
+            assert (loaded(x) - model(x)).abs().max().item() <= ATOL
+
+
+def test_unfused_export_also_matches(tmp_path):
+    model = _model("ghostnet_050")
+    path = export_onnx(model, tmp_path / "raw.onnx", _images(2), dynamic_batch=False)
+    x = _images(2)
+    with torch.no_grad():
+        assert (run_onnx(onnx_session(path, threads=1), x) - model(x)).abs().max().item() <= ATOL
+
+
+def test_fused_onnx_graph_is_smaller(tmp_path):
+    """Folded batch norms leave nothing behind: no BatchNormalization node, fewer nodes than the plain export."""
+    model = _model("ghostnet_050")
+    plain = onnx.load(str(export_onnx(model, tmp_path / "plain.onnx", _images(1))))
+    fused = onnx.load(str(export_onnx(fuse(model, example_input=_images(1)), tmp_path / "f.onnx", _images(1))))
+    assert "BatchNormalization" not in {n.op_type for n in fused.graph.node}
+    assert len(fused.graph.node) <= len(plain.graph.node)
+
+
+def test_export_errors(tmp_path):
+    model = _model("resnet20_cifar")
+    with pytest.raises(ValueError, match="opset must be >= 17"):
+        export_onnx(model, tmp_path / "m.onnx", _images(1), opset=16)
+    with pytest.raises(ValueError, match="unknown ONNX exporter"):
+        export_onnx(model, tmp_path / "m.onnx", _images(1), exporter="tf2onnx")
+    with pytest.raises(ValueError, match="unknown export format"):
+        export_model(model, tmp_path / "m.x", _images(1), "tflite")
+    with pytest.raises(ValueError, match="eval mode"):
+        export_onnx(model.train(), tmp_path / "m.onnx", _images(1))
+    with pytest.raises(FileNotFoundError):
+        load_exported(tmp_path / "missing.onnx")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        load_exported(tmp_path / "weights.bin")
+
+
+class _FailsOnTrace(nn.Module):
+    def forward(self, x):
+        if x.shape[0] > 1:
+            raise RuntimeError("broken model")
+        return x
+
+
+def test_failed_export_leaves_no_file(tmp_path):
+    with pytest.raises(Exception):
+        export_torchscript(_FailsOnTrace().eval(), tmp_path / "m.pt", torch.randn(1, 3, 4, 4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_with_check(tmp_path, capsys):
+    out = tmp_path / "g.onnx"
+    assert cli_main(["export", "ghostnetv2_100", "--image-size", "32", "-o", str(out), "--check"]) == 0
+    assert out.is_file()
+    assert "max abs difference" in capsys.readouterr().out
+    assert cli_main(["export", "resnet20_cifar", "--format", "torch.export", "-o",
+                     str(tmp_path / "g.pt2"), "--check"]) == 0
+
+
+def test_cli_export_bad_input(tmp_path, capsys):
+    assert cli_main(["export", "no_such_model", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert cli_main(["export", "ghostnet_050", "--weights", str(tmp_path / "missing.pth")]) == 2
