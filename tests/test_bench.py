@@ -1,0 +1,127 @@
+"""The benchmark harness: interleaving, rows and reports, MACs from the counter, config validation, CLI.
+
+No timing is asserted here (speed is measured in benchmarks/, never in tests).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ghostnet.cli import main as cli_main
+from ghostnet.deploy import bench
+from ghostnet.deploy.bench import BenchConfig, build_model, count_macs, run_benchmark, to_markdown, write_report
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small ops on 2 threads stall on each other when the CPUs are shared: use one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("name, macs_m", [("ghostnet_050", 42.3), ("ghostnet_100", 141.2), ("ghostnetv2_100", 167.0)])
+def test_macs_match_the_facts_file(name, macs_m):
+    """Conv + linear MACs at 224x224 (ghostnet-facts.md §1.1 widths table)."""
+    _, _, model = build_model(name)
+    assert round(count_macs(model, torch.randn(1, 3, 224, 224)) / 1e6, 1) == macs_m
+
+
+def test_candidates_take_turns_in_rotating_order():
+    calls: list[str] = []
+    prep = bench._Prepared("m", "ghostnet", torch.nn.Identity(), 0, 0)
+    runners = [(prep, name, (lambda n=name: calls.append(n))) for name in ("a", "b", "c")]
+    cfg = BenchConfig(rounds=3, reps=2, warmup=1)
+    rows = bench._measure(runners, cfg, threads=1, progress=None)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up, once each
+    timed = calls[3:]
+    assert timed == ["a", "a", "b", "b", "c", "c", "b", "b", "c", "c", "a", "a", "c", "c", "a", "a", "b", "b"]
+    assert [r.calls for r in rows] == [6, 6, 6]
+    assert all(r.p25_ms <= r.median_ms <= r.p75_ms and r.best_round_ms > 0 for r in rows)
+
+
+def test_run_benchmark_rows_and_reports(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("timm")
+    cfg = BenchConfig(models=["ghostnet_050"], peers=["timm:ghostnet_050"],
+                      backends=["eager", "fused", "onnxruntime"], threads=[1], image_size=32, rounds=2, reps=2,
+                      warmup=1)
+    result = run_benchmark(cfg)
+    got = {(r.model, r.backend) for r in result.rows}
+    # "fused" is for our models only; every other backend runs for ours and the peer alike
+    assert got == {("ghostnet_050", "eager"), ("ghostnet_050", "fused"), ("ghostnet_050", "onnxruntime"),
+                   ("timm/ghostnet_050", "eager"), ("timm/ghostnet_050", "onnxruntime")}
+    macs = {r.model: r.macs for r in result.rows}
+    assert macs["ghostnet_050"] == macs["timm/ghostnet_050"] > 0  # same architecture, same count
+    assert all(r.calls == 4 and r.images_per_s > 0 and r.threads == 1 for r in result.rows)
+    assert torch.get_num_threads() == 1  # restored
+
+    paths = write_report(result, tmp_path, "b", reference="timm/ghostnet_050/eager")
+    assert [p.name for p in paths] == ["b.json", "b.md", "b.png"]
+    data = json.loads(paths[0].read_text())
+    assert len(data["rows"]) == 5 and data["environment"]["torch"] == torch.__version__
+    assert "load_average_after" in data["environment"]
+    markdown = paths[1].read_text()
+    assert "ratio vs timm/ghostnet_050/eager" in markdown and markdown.count("| ghostnet_050 |") == 3
+    assert f"| timm/ghostnet_050 | eager | {macs['ghostnet_050'] / 1e6:.1f} |" in markdown
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert to_markdown(result, reference=None).count("ratio vs") == 0
+
+
+def test_train_mode_measures_steps():
+    cfg = BenchConfig(models=["resnet20_cifar"], peers=[], backends=["eager"], threads=[1], image_size=32,
+                      batch_size=4, rounds=1, reps=1, warmup=1, mode="train")
+    (row,) = run_benchmark(cfg).rows
+    assert row.mode == "train" and row.images_per_s > 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(backends=["tensorrt"]), "unknown backend"),
+    (dict(mode="serve"), "mode must be"),
+    (dict(mode="train", backends=["onnxruntime"]), "train mode"),
+    (dict(dtype="bfloat16"), "only float32"),
+    (dict(cuda_graphs=True), "cuda_graphs needs"),
+    (dict(threads=[0]), "threads"),
+    (dict(rounds=0), "rounds must be"),
+    (dict(models=[], peers=[]), "nothing to measure"),
+])
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(**kwargs).validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is absent")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(ValueError, match="cuda"):
+        BenchConfig(device="cuda").validate()
+
+
+def test_unknown_peer_source():
+    with pytest.raises(ValueError, match="unknown model source"):
+        build_model("keras:mobilenet")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_cuda_bf16_channels_last(cuda_graphs, tmp_path):
+    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["eager", "fused"], threads=[1], image_size=64,
+                      batch_size=8, rounds=1, reps=2, warmup=1, device="cuda", dtype="bfloat16",
+                      cuda_graphs=cuda_graphs)
+    result = run_benchmark(cfg)
+    assert {r.backend for r in result.rows} == {"eager", "fused"}
+    assert all(r.device == "cuda" and r.median_ms > 0 for r in result.rows)
+
+
+def test_cli_bench(tmp_path, capsys):
+    code = cli_main(["bench", "ghostnet_050", "--peers", "", "--backends", "eager,fused", "--threads", "1",
+                     "--image-size", "32", "--rounds", "1", "--reps", "1", "--warmup", "1", "--out-dir",
+                     str(tmp_path), "--no-plot"])
+    assert code == 0
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["backend"] for r in data["rows"]} == {"eager", "fused"}
+    assert not (tmp_path / "bench.png").exists()
+    assert cli_main(["bench", "--backends", "tensorrt", "--out-dir", str(tmp_path)]) == 2
+    assert "unknown backend" in capsys.readouterr().err
