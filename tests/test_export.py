@@ -107,6 +107,19 @@ def test_torch_export_round_trip_with_dynamic_batch(name, tmp_path):
             assert (loaded(x) - model(x)).abs().max().item() <= ATOL
 
 
+@pytest.mark.parametrize("name", ["ghostnet_100", "ghostnetv2_100"])
+def test_channel_aligned_onnx_matches(name, tmp_path):
+    """Zero-padded channels for onnxruntime's blocked kernels: same outputs, every Concat/Add in blocked form."""
+    from ghostnet.deploy.align import align_channels
+
+    model = _model(name)
+    aligned = align_channels(fuse(model, example_input=_images(1)), 16)
+    path = export_onnx(aligned, tmp_path / "a.onnx", _images(1))
+    x = _images(3)
+    with torch.no_grad():
+        assert (run_onnx(onnx_session(path, threads=1), x) - model(x)).abs().max().item() <= ATOL
+
+
 def test_unfused_export_also_matches(tmp_path):
     model = _model("ghostnet_050")
     path = export_onnx(model, tmp_path / "raw.onnx", _images(2), dynamic_batch=False)

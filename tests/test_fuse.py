@@ -198,3 +198,31 @@ def test_fold_batchnorms_needs_eval_mode():
 def test_fuse_without_input_size_asks_for_an_example():
     with pytest.raises(ValueError, match="pass an example input"):
         fuse(_SharedOutput())
+
+
+@pytest.mark.parametrize("name", ghostnet.list_models("ghostnet*"))
+def test_aligned_channels_compute_the_same_function(name):
+    from ghostnet.deploy.align import align_channels
+
+    model = randomize_bn(ghostnet.create_model(name)).double().eval()
+    x = _input_for(model)
+    with torch.no_grad(), GroupedConvAsEinsum():
+        expected = model(x)
+        aligned = align_channels(fuse(model, example_input=x, inplace=True), 16)
+        got = aligned(x)
+    assert _relative_error(got, expected) <= RTOL
+    convs = [m for m in aligned.blocks.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.out_channels % 16 == 0 and (c.in_channels // c.groups) % 16 in (0, 1) for c in convs)
+
+
+def test_align_refuses_what_it_cannot_pad():
+    from ghostnet.deploy.align import align_channels, can_align
+
+    resnet = fuse(ghostnet.create_model("ghost_resnet20_cifar"), example_input=torch.randn(1, 3, 32, 32))
+    assert not can_align(resnet)
+    with pytest.raises(ValueError, match="needs a fused GhostNet"):
+        align_channels(resnet)
+    unfused = ghostnet.create_model("ghostnet_050").eval()
+    assert not can_align(unfused)
+    with pytest.raises(ValueError, match="multiple must be >= 1"):
+        align_channels(unfused, 0)

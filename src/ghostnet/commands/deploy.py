@@ -35,6 +35,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exporter", default="torchscript", choices=ONNX_EXPORTERS,
                    help="torch.onnx exporter (dynamo: smaller graphs, 10x slower export)")
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--align-channels", type=int, default=0, metavar="N",
+                   help="pad a fused GhostNet's channels to multiples of N for onnxruntime's blocked CPU kernels "
+                   "(16 with AVX-512, 8 with AVX2; 0: off)")
     p.add_argument("--check", action="store_true", help="run the written file and compare it with the model")
     p.set_defaults(func=run_export)
 
@@ -76,6 +79,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="channels-last weights for the fused, torchscript and compile backends")
     p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs (CUDA only)")
     p.add_argument("--mode", default="infer", choices=MODES)
+    p.add_argument("--align-channels", type=int, default=None, metavar="N",
+                   help="onnxruntime backend: pad our GhostNets' channels to multiples of N (default: the CPU's "
+                   "NCHWc block, 16 with AVX-512; 0: off)")
     p.add_argument("--reference", default="timm/ghostnet_100/eager",
                    help="MODEL/BACKEND the ratio column divides by")
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"))
@@ -96,6 +102,12 @@ def run_export(args: argparse.Namespace) -> int:
     model = create_model(args.model, pretrained=args.weights, **kwargs).eval()
     x = example_input_for(model, batch_size=2, image_size=args.image_size)
     export_form = fuse(model, example_input=x) if args.fuse else model
+    if args.align_channels:
+        from ..deploy.align import align_channels
+
+        if not args.fuse:
+            raise ValueError("--align-channels needs the fused model (drop --no-fuse)")
+        export_form = align_channels(export_form, args.align_channels)
     output = args.output or Path(args.model + FORMAT_SUFFIX[args.format])
     extra = {} if args.format == "torchscript" else {"dynamic_batch": args.dynamic_batch}
     if args.format == "onnx":
@@ -132,7 +144,7 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(models=args.models, peers=args.peers, backends=args.backends, threads=args.threads,
                       batch_size=args.batch_size, image_size=args.image_size, rounds=args.rounds, reps=args.reps,
                       warmup=args.warmup, device=args.device, dtype=args.dtype, channels_last=args.channels_last,
-                      cuda_graphs=args.cuda_graphs, mode=args.mode)
+                      cuda_graphs=args.cuda_graphs, mode=args.mode, align_channels=args.align_channels)
     result = run_benchmark(cfg, progress=lambda message: print(message, flush=True))
     paths = write_report(result, args.out_dir, args.name, plot=args.plot, reference=args.reference)
     print(to_markdown(result, args.reference))

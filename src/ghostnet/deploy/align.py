@@ -1,0 +1,199 @@
+"""Channel alignment of a fused GhostNet: every tensor padded with zero channels to a multiple of 16.
+
+onnxruntime's CPU provider runs convolutions in a blocked layout (NCHWc, 16 channels per block with AVX-512, 8 with
+AVX2) and keeps tensors in it from one op to the next only when their channel counts are block multiples; any
+other tensor is reordered out of the blocked layout and back around every Concat, Add and depthwise conv. GhostNet's
+Ghost halves have 8, 12, 20, 36, 60, 92, ... channels, so a fused ghostnet_100 spends about a quarter of its
+onnxruntime time in those reorders.
+
+`align_channels` inserts zero channels so that every Ghost half (and SE hidden layer) is a block multiple. The
+function computed is unchanged: padded channels are exactly zero everywhere (zero weights and biases in, zero
+activations because ReLU(0) = 0, and zero weights out), and consumers ignore them. Each tensor's layout records
+where its real channels sit inside the padded tensor.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .fuse import FusedGhostBottleneck, FusedGhostModule, FusedSqueezeExcite
+
+__all__ = ["Layout", "align_channels", "can_align", "nchwc_block_size"]
+
+
+def nchwc_block_size() -> int:
+    """onnxruntime's NCHWc block on this CPU: 16 with AVX-512, 8 with AVX2, 0 where it has no blocked kernels."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return 16 if capability.startswith("AVX512") else 8 if capability == "AVX2" else 0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Real channel c of a tensor lives at padded position `positions[c]`; the padded tensor has `size` channels."""
+
+    positions: tuple[int, ...]
+    size: int
+
+    @staticmethod
+    def canonical(channels: int) -> "Layout":
+        return Layout(tuple(range(channels)), channels)
+
+    @staticmethod
+    def padded(channels: int, multiple: int) -> "Layout":
+        return Layout(tuple(range(channels)), math.ceil(channels / multiple) * multiple)
+
+    def concat(self, other: "Layout") -> "Layout":
+        return Layout(self.positions + tuple(p + self.size for p in other.positions), self.size + other.size)
+
+    def index(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor(self.positions, dtype=torch.long, device=device)
+
+
+def _new_conv(template: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> nn.Conv2d:
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], template.kernel_size, template.stride,
+                     template.padding, template.dilation, groups, bias=True, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    return conv
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+
+
+@torch.no_grad()
+def _remap(conv: nn.Conv2d, inputs: Optional[Layout] = None, outputs: Optional[Layout] = None) -> nn.Conv2d:
+    """A dense conv (groups=1) reading channels laid out as `inputs` and writing them laid out as `outputs`."""
+    weight, bias = conv.weight, _bias(conv)
+    if inputs is not None:
+        padded = weight.new_zeros(weight.shape[0], inputs.size, *weight.shape[2:])
+        padded[:, inputs.index(weight.device)] = weight
+        weight = padded
+    if outputs is not None:
+        padded = weight.new_zeros(outputs.size, *weight.shape[1:])
+        padded[outputs.index(weight.device)] = weight
+        padded_bias = bias.new_zeros(outputs.size)
+        padded_bias[outputs.index(bias.device)] = bias
+        weight, bias = padded, padded_bias
+    return _new_conv(conv, weight, bias, groups=1)
+
+
+@torch.no_grad()
+def _remap_depthwise(conv: nn.Conv2d, layout: Layout) -> nn.Conv2d:
+    """A depthwise conv over channels laid out as `layout` (padded channels: zero filter, zero bias)."""
+    index = layout.index(conv.weight.device)
+    weight = conv.weight.new_zeros(layout.size, *conv.weight.shape[1:])
+    weight[index] = conv.weight
+    bias = conv.weight.new_zeros(layout.size)
+    bias[index] = _bias(conv)
+    return _new_conv(conv, weight, bias, groups=layout.size)
+
+
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups == conv.in_channels == conv.out_channels
+
+
+def _keeps_zero(act: Optional[nn.Module]) -> bool:
+    if act is None:
+        return True
+    zero = torch.zeros(1, 1, 1, 1)
+    return bool(torch.equal(act(zero.clone()), zero))
+
+
+def _ghost_ok(ghost: nn.Module) -> bool:
+    """A fused Ghost module with s = 2, a depthwise cheap op, no output slice and zero-preserving activations."""
+    return (isinstance(ghost, FusedGhostModule) and not ghost.sliced and ghost.primary.groups == 1
+            and _is_depthwise(ghost.cheap) and ghost.cheap.in_channels == ghost.primary.out_channels
+            and _keeps_zero(ghost.primary_act) and _keeps_zero(ghost.cheap_act)
+            and (ghost.short_conv is None or (ghost.short_conv[0].groups == 1
+                                              and all(_is_depthwise(c) for c in ghost.short_conv[1:]))))
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    return [block for stage in model.blocks[:-1] for block in stage]
+
+
+def can_align(model: nn.Module) -> bool:
+    """Whether `model` is a fused GhostNet classifier whose every block `align_channels` knows how to pad."""
+    from ..models import GhostNet
+
+    if not isinstance(model, GhostNet) or model.features_only:
+        return False
+    blocks = _blocks(model)
+    last = list(model.blocks[-1])
+    if not blocks or len(last) != 1 or not isinstance(getattr(last[0], "conv", None), nn.Conv2d):
+        return False
+    for block in blocks:
+        if not (isinstance(block, FusedGhostBottleneck) and _ghost_ok(block.ghost1) and _ghost_ok(block.ghost2)):
+            return False
+        if block.conv_dw is not None and not _is_depthwise(block.conv_dw):
+            return False
+        if block.se is not None and not (isinstance(block.se, FusedSqueezeExcite) and _keeps_zero(block.se.act1)):
+            return False
+        if len(block.shortcut) not in (0, 2) or (len(block.shortcut) == 2 and not _is_depthwise(block.shortcut[0])):
+            return False
+    return True
+
+
+def _align_ghost(ghost: FusedGhostModule, inputs: Layout, multiple: int) -> Layout:
+    half = Layout.padded(ghost.primary.out_channels, multiple)
+    out = half.concat(half)
+    ghost.primary = _remap(ghost.primary, inputs, half)
+    ghost.cheap = _remap_depthwise(ghost.cheap, half)
+    ghost.out_chs = out.size
+    if ghost.short_conv is not None:
+        convs = [_remap(ghost.short_conv[0], inputs, out)] + [_remap_depthwise(c, out) for c in ghost.short_conv[1:]]
+        ghost.short_conv = nn.Sequential(*convs)
+    return out
+
+
+def _align_block(block: FusedGhostBottleneck, inputs: Layout, multiple: int) -> Layout:
+    mid = _align_ghost(block.ghost1, inputs, multiple)
+    if block.conv_dw is not None:
+        block.conv_dw = _remap_depthwise(block.conv_dw, mid)
+    if block.se is not None:
+        hidden = Layout.padded(block.se.conv_reduce.out_channels, multiple)
+        block.se.conv_reduce = _remap(block.se.conv_reduce, mid, hidden)
+        block.se.conv_expand = _remap(block.se.conv_expand, hidden, mid)
+    out = _align_ghost(block.ghost2, mid, multiple)
+    if len(block.shortcut):
+        block.shortcut = nn.Sequential(_remap_depthwise(block.shortcut[0], inputs),
+                                       _remap(block.shortcut[1], inputs, out))
+    elif inputs != out:
+        raise ValueError(f"identity shortcut between different layouts ({inputs.size} and {out.size} channels)")
+    return out
+
+
+def _block_output_layout(block: FusedGhostBottleneck, multiple: int) -> Layout:
+    half = Layout.padded(block.ghost2.primary.out_channels, multiple)
+    return half.concat(half)
+
+
+@torch.no_grad()
+def align_channels(model: nn.Module, multiple: int = 16) -> nn.Module:
+    """Pad every channel count of a fused GhostNet (from `fuse`) to a multiple of `multiple`, in place.
+
+    Raises ValueError when the model is not a fused GhostNet that `can_align` accepts.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    if not can_align(model):
+        raise ValueError(f"align_channels needs a fused GhostNet classifier (ghostnet.deploy.fuse of a registered "
+                         f"GhostNet), got {type(model).__name__}")
+    blocks = _blocks(model)
+    # The stem writes what the first block reads; with an identity shortcut that must be the block's own layout.
+    stem_layout = (_block_output_layout(blocks[0], multiple) if not len(blocks[0].shortcut)
+                   else Layout.canonical(model.conv_stem.out_channels))
+    model.conv_stem = _remap(model.conv_stem, None, stem_layout)
+    layout = stem_layout
+    for block in blocks:
+        layout = _align_block(block, layout, multiple)
+    final = model.blocks[-1][0]
+    final.conv = _remap(final.conv, layout, None)
+    model.aligned_channels = multiple
+    return model
