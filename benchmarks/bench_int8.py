@@ -140,9 +140,11 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "ghostnet" / "bench_int8",
                         help="where the trained checkpoint and ONNX files are kept")
     parser.add_argument("--out", type=Path, default=Path("results/int8"), help="output prefix (.json and .md)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the latency column")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="threads for training and evaluation (on shared CPUs one thread is often fastest)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.torch_threads)
 
     train_x, train_y, test_x, test_y = load_cifar(args.data)
     ckpt = args.work_dir / f"cifar10_ghostnet_100_{args.epochs}ep.safetensors"
@@ -159,8 +161,7 @@ def main() -> None:
 
     fused = fuse(model, example_input=test_x[:1])
     fp32_path = export_onnx(fused, args.work_dir / "fp32.onnx", test_x[:1])
-    fp32_session = onnx_session(fp32_path)
-    fp32_ort = onnx_accuracy(fp32_session, test_x, test_y)
+    fp32_ort = onnx_accuracy(onnx_session(fp32_path, threads=args.torch_threads), test_x, test_y)
     print(f"fp32: torch {fp32_torch:.2f}%, onnxruntime {fp32_ort:.2f}%", flush=True)
 
     generator = torch.Generator().manual_seed(1)
@@ -171,7 +172,7 @@ def main() -> None:
         path = args.work_dir / f"int8_{i}.onnx"
         start = time.time()
         quantize_onnx(fp32_path, path, calibration_batches(calib_pool[:n_calib], 64), **kwargs)
-        acc = onnx_accuracy(onnx_session(path), test_x, test_y)
+        acc = onnx_accuracy(onnx_session(path, threads=args.torch_threads), test_x, test_y)
         rows.append({"setting": label, "calibration_images": n_calib, "top1": acc, "drop": fp32_ort - acc,
                      "quantize_s": time.time() - start})
         sessions[label] = onnx_session(path, threads=args.threads)

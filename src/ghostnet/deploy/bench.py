@@ -295,8 +295,10 @@ def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfi
         model = copy.deepcopy(prep.model).to(device, dtype=torch.float32, memory_format=memory_format)
         return _train_step(model, x.to(device, dtype), compiled=backend == "compile")
     if backend == "eager":
-        # Peers run the way their users run them: as created, contiguous (NCHW) weights.
-        model = copy.deepcopy(prep.model).to(device, dtype)
+        # Peers run the way their users run them: as created, contiguous (NCHW) weights on CPU; channels-last on
+        # CUDA, where every published GPU figure (timm's included) uses it.
+        eager_format = memory_format if device.type == "cuda" else torch.contiguous_format
+        model = copy.deepcopy(prep.model).to(device, dtype, memory_format=eager_format)
     elif backend == "fused":
         model = fuse(prep.model, example_input=x[:1].to(next(prep.model.parameters()).dtype))
         model = model.to(device, dtype, memory_format=memory_format)
@@ -304,6 +306,8 @@ def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfi
         base = fuse(prep.model, example_input=x[:1]) if prep.source == "ghostnet" else copy.deepcopy(prep.model)
         model = base.to(device, dtype, memory_format=memory_format)
     xd = x.to(device, dtype)
+    if device.type == "cuda":
+        xd = xd.contiguous(memory_format=memory_format)
     if backend == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings on shape checks; torch.jit's deprecation notice

@@ -1,11 +1,11 @@
 """Export to ONNX (dynamic batch), TorchScript (trace + freeze) and torch.export (.pt2).
 
-ONNX has two exporters in torch 2.14, both checked here against onnxruntime for every registered model:
+ONNX has two exporters in torch 2.14 (tests check the default one against onnxruntime for every registered model,
+the other on GhostNetV2):
 
 - "torchscript" (the default here): `torch.onnx.export(..., dynamo=False)`. Measured on this project's CPUs it
-  exports a GhostNet in 0.5-1 s of CPU time against 8-10 s for the dynamo exporter, which is what makes an
-  onnxruntime check of every registered model affordable in CI; it also works on every torch the package supports
-  (>= 2.4). It is deprecated upstream since torch 2.9.
+  exports a GhostNet in 0.3-1 s of CPU time against 5-10 s for the dynamo exporter, which is what makes an
+  onnxruntime check of every registered model affordable in CI. It is deprecated upstream since torch 2.9.
 - "dynamo": `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript), upstream's default. Its graphs are
   smaller (209 against 275 nodes for ghostnet_100, 335 against 1029 for ghostnetv2_100, whose DFC shape
   arithmetic the TorchScript exporter spells out), but after onnxruntime's graph optimizations both run at the same

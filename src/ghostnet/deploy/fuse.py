@@ -12,7 +12,7 @@
 
 The Ghost module keeps its concat. Replacing it by one depthwise conv with an identity kernel per intrinsic map
 (the "channel multiplier" form) was measured on this project's CPUs: oneDNN's depthwise kernel does not cover
-channel multipliers > 1 and the single conv takes 2-4x the time of the conv plus the concat it replaces (see
+channel multipliers > 1 and the single conv takes 2-9x the time of the conv plus the concat it replaces (see
 docs/deployment.md). On CPU the cost lives in per-op overhead, so the win is in fewer, leaner ops.
 """
 from __future__ import annotations
