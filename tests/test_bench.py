@@ -12,15 +12,7 @@ import torch
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy import bench
 from ghostnet.deploy.bench import BenchConfig, build_model, count_macs, run_benchmark, to_markdown, write_report
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on 2 threads stall on each other when the CPUs are shared: use one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from test_fuse import one_thread  # noqa: F401  (autouse: these tests run at one thread)
 
 
 @pytest.mark.parametrize("name, macs_m", [("ghostnet_050", 42.3), ("ghostnet_100", 141.2), ("ghostnetv2_100", 167.0)])

@@ -11,21 +11,13 @@ from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
 from ghostnet.deploy.export import (export_model, export_onnx, export_program, export_torchscript, load_exported,
                                     onnx_session, run_onnx)
+from test_fuse import one_thread  # noqa: F401  (autouse: these tests run at one thread)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 ATOL = 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on 2 threads stall on each other when the CPUs are shared: use one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _model(name: str) -> nn.Module:

@@ -15,6 +15,7 @@ Every function here writes atomically: a failed export leaves no file behind.
 """
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import warnings
@@ -86,8 +87,10 @@ def export_onnx(model: nn.Module, path: PathLike, example_input: torch.Tensor, o
             program.save(buffer)
         else:
             axes = {name: {0: "batch"} for name in ["input"] + output_names} if dynamic_batch else None
-            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=output_names, dynamic_axes=axes)
+            # torch >= 2.9 defaults to the dynamo exporter; releases before 2.5 have no `dynamo` argument
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(model, (example,), buffer, opset_version=opset, input_names=["input"],
+                              output_names=output_names, dynamic_axes=axes, **legacy)
     path = Path(path)
     with atomic_write(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
