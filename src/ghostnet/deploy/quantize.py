@@ -75,7 +75,11 @@ def quantize_onnx(
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     exclude_nodes: Sequence[str] = (),
 ) -> Path:
-    """Quantize an fp32 ONNX file to int8 (QDQ format, signed int8 weights and activations).
+    """Quantize an fp32 ONNX file to int8 (QDQ format, int8 weights, uint8 activations).
+
+    Activations are unsigned ("U8S8"): onnxruntime's x86 kernels multiply u8 by s8 (VPMADDUBSW / VNNI), and with
+    signed activations it fuses far fewer convolutions into QLinearConv (22 of 95 for ghostnet_100, against 54 with
+    uint8 activations; 12.4 against 11.5 ms at batch 1, one thread).
 
     Args:
         fp32_path: the model (e.g. from `export_onnx` of a fused model).
@@ -104,7 +108,7 @@ def quantize_onnx(
         with atomic_write(int8_path) as tmp:
             quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(op_types), per_channel=per_channel,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded, calibrate_method=calibrate_method,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     return Path(int8_path)
