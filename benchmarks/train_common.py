@@ -20,9 +20,7 @@ def cost(model_spec: str, input_size: int, **kwargs: Any) -> tuple[float, float]
     """(parameters in millions, multiply-accumulates in millions) of one image (torch.utils.flop_counter / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ghostnet.train import modelspec
-
-    model = modelspec.create(model_spec, **kwargs).eval()
+    model = modelspec_create(model_spec, **kwargs).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.randn(1, 3, input_size, input_size))
@@ -87,6 +85,9 @@ def arguments(description: str, data: str, subset: int, val_subset: int, epochs:
     parser.add_argument("--workers", type=int, default=workers, help="data-loading processes")
     parser.add_argument("--models", nargs="*", help="run only these of the models")
     parser.add_argument("--out", default=out, help="results JSON")
+    parser.add_argument("--throughput-rounds", type=int, default=3, help="rounds of the interleaved training-speed "
+                        "measurement after the runs (0: none)")
+    parser.add_argument("--skip-training", action="store_true", help="only measure the interleaved training speed")
     return parser
 
 
@@ -97,9 +98,8 @@ def run_all(args: argparse.Namespace, recipe: str, models: Sequence[tuple[str, d
         raise SystemExit(f"data not found at {args.data} (set GHOSTNET_DATA or --data)")
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"machine": machine(), "args": vars(args), "runs": []}
-    for name, kwargs in models:
-        if args.models and name not in args.models:
-            continue
+    models = [(name, kwargs) for name, kwargs in models if not args.models or name in args.models]
+    for name, kwargs in ([] if args.skip_training else models):
         params, macs = cost(name, input_size, num_classes=10, **kwargs)
         with tempfile.TemporaryDirectory() as out:
             record = run(recipe, dict(model=name, data=args.data, subset=args.subset or None,
@@ -113,4 +113,44 @@ def run_all(args: argparse.Namespace, recipe: str, models: Sequence[tuple[str, d
         print(f"{name}: top-1 {record['val_top1']:.2f}%  top-5 {record['val_top5']:.2f}%  {params:.3f}M params  "
               f"{macs:.1f}M MACs  {sum(times) / len(times):.0f} s/epoch  {record['wall_s']:.0f} s wall  "
               f"{record['train_img_s']:.1f} img/s", flush=True)
+    if args.throughput_rounds:
+        results["throughput_img_s"] = interleaved_throughput(models, input_size, rounds=args.throughput_rounds)
+        save(results, Path(args.out))
+        print("training speed, interleaved (img/s, batch 128, random data): " + ", ".join(
+            f"{name} {rate:.1f}" for name, rate in results["throughput_img_s"].items()), flush=True)
     return results
+
+
+def interleaved_throughput(models: Sequence[tuple[str, dict]], input_size: int, batch_size: int = 128,
+                           steps: int = 5, rounds: int = 3) -> dict[str, float]:
+    """Training images/s of each model (SGD step on random data, no loading), measured in turns, best round kept.
+
+    Taking turns inside one process puts every model under the same load, so the ratios are fair on a shared machine
+    even when the absolute numbers drift.
+    """
+    built = {}
+    for name, kwargs in models:
+        model = modelspec_create(name, num_classes=10, **kwargs)
+        built[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    x = torch.randn(batch_size, 3, input_size, input_size)
+    y = torch.randint(0, 10, (batch_size,))
+    best = {name: 0.0 for name in built}
+    for _ in range(rounds):
+        for name, (model, optimizer) in built.items():
+            model.train()
+            loss = torch.nn.functional.cross_entropy(model(x), y)  # warm-up step, untimed
+            loss.backward()
+            start = time.perf_counter()
+            for _ in range(steps):
+                optimizer.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+            best[name] = max(best[name], steps * batch_size / (time.perf_counter() - start))
+    return best
+
+
+def modelspec_create(name: str, **kwargs: Any) -> torch.nn.Module:
+    """A model by trainer name (registered, or timm:NAME)."""
+    from ghostnet.train import modelspec
+
+    return modelspec.create(name, **kwargs)

@@ -95,6 +95,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
     writer = _tensorboard(cfg, out) if dist.is_main else None
     torch.backends.cudnn.benchmark = not cfg.deterministic
     if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses deterministic mode without it
         torch.use_deterministic_algorithms(True, warn_only=False)
     seed_everything(cfg.seed)  # the same seed on every rank: identical initial weights
 
@@ -167,8 +168,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
             sums.copy_(torch.tensor(ranks[dist.rank]["sums"], dtype=torch.float64))
         else:
             # Another process count: the data order is the same, but per-rank RNG streams cannot be carried over.
-            _log(dist, f"resuming with {dist.world_size} processes instead of {len(ranks)}: dropout randomness and "
-                       "the current epoch's train metrics restart")
+            # The epoch's running sums are spread evenly, so that their all-reduced total is kept.
+            _log(dist, f"resuming with {dist.world_size} processes instead of {len(ranks)}: the data order is kept, "
+                       "dropout randomness is not")
             sums.copy_(torch.tensor([sum(r["sums"][i] for r in ranks) for i in range(3)]) / dist.world_size)
         _log(dist, f"resumed from {resume} at epoch {progress.epoch + 1}, step {progress.step_in_epoch}")
     if dist.is_main:
