@@ -28,7 +28,8 @@ def test_two_gloo_processes_match_one(tmp_path):
     train(make_config({**values, "output": str(tmp_path / "one")}))
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ghostnet",
-               "train", "--data", str(data), "--model", TINY["model"], "--model-kwargs", "{stem_stride: 1, drop_rate: 0}",
+               "train", "--data", str(data), "--model", TINY["model"],
+               "--model-kwargs", "{stem_stride: 1, drop_rate: 0}",
                "--preset", "cifar", "--img-size", "16", "--epochs", "2", "--batch-size", "8", "--lr", str(TINY["lr"]),
                "--freeze-bn", "--ema-decay", "0.5", "--color-jitter", "0.4", "--workers", "0", "--no-progress",
                "--no-plots", "--output", str(tmp_path / "two")]
@@ -42,7 +43,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert len(two["ranks"]) == 2 and one["progress"] == two["progress"]
     for key in ("model", "ema"):
         for name, tensor in one[key].items():
-            torch.testing.assert_close(two[key][name], tensor, msg=lambda m: f"{key} {name}: {m}")
+            torch.testing.assert_close(two[key][name], tensor, msg=lambda m, where=f"{key} {name}": f"{where}: {m}")
     # Train metrics are reduced over both processes; evaluation splits the val set and sums the counts.
     for row_one, row_two in zip(one["history"], two["history"]):
         assert row_two["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-5)

@@ -9,7 +9,7 @@ import torch
 from ghostnet.cli import main
 from ghostnet.data import TransformConfig, eval_transform, load_rgb
 from ghostnet.train import load_trained
-from test_train_support import one_thread, write_image_folder  # noqa: F401
+from test_train_support import one_thread, single_thread, write_image_folder  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = ("cat", "dog", "fox")
@@ -18,14 +18,12 @@ CLASSES = ("cat", "dog", "fox")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A one-epoch ImageFolder run with EMA, made through the command line."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = write_image_folder(tmp_path_factory.mktemp("images"), classes=CLASSES, per_class=6)
     out = tmp_path_factory.mktemp("run")
-    code = main(["train", "--data", str(root), "--model", "ghostnet_050", "--model-kwargs", "{stem_stride: 1}",
-                 "--preset", "cifar", "--img-size", "16", "--epochs", "1", "--batch-size", "6", "--workers", "0",
-                 "--ema-decay", "0.5", "--no-progress", "--no-plots", "--output", str(out)])
-    torch.set_num_threads(threads)
+    with single_thread():
+        code = main(["train", "--data", str(root), "--model", "ghostnet_050", "--model-kwargs", "{stem_stride: 1}",
+                     "--preset", "cifar", "--img-size", "16", "--epochs", "1", "--batch-size", "6", "--workers", "0",
+                     "--ema-decay", "0.5", "--no-progress", "--no-plots", "--output", str(out)])
     assert code == 0
     return root, out
 
@@ -74,7 +72,8 @@ def test_eval_of_a_safetensors_export_and_class_count_check(trained, tmp_path, c
 def test_predict_top_k_with_names(trained, tmp_path, capsys):
     root, out = trained
     files = sorted((root / "val").rglob("*.png"))[:2]
-    assert main(["predict", "--checkpoint", str(out / "last.pt"), "--topk", "2", "--json"] + [str(f) for f in files]) == 0
+    args = ["predict", "--checkpoint", str(out / "last.pt"), "--topk", "2", "--json"]
+    assert main(args + [str(f) for f in files]) == 0
     results = json.loads(capsys.readouterr().out)
     probs = direct_logits(out / "last.pt", files).softmax(-1)
     for item, p in zip(results, probs):

@@ -6,7 +6,7 @@ import torch
 
 from ghostnet.cli import main
 from ghostnet.train import make_config, read_training_state, train
-from test_train_support import one_thread, tiny_config, write_npz_data  # noqa: F401  (one_thread is a fixture)
+from test_train_support import one_thread, single_thread, tiny_config, write_npz_data  # noqa: F401  (one_thread is a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,11 +34,9 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
     """The uninterrupted two-epoch run's final checkpoint."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("straight")
-    train(make_config(tiny_config(data, out, **SETTINGS)))
-    torch.set_num_threads(threads)
+    with single_thread():
+        train(make_config(tiny_config(data, out, **SETTINGS)))
     return read_training_state(out / "last.pt")
 
 

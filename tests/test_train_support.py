@@ -1,8 +1,9 @@
 """Helpers for the training tests (tiny synthetic data sets, a tiny config, one CPU thread); holds no tests itself."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -13,13 +14,22 @@ TINY = dict(model="ghostnet_050", model_kwargs={"stem_stride": 1, "drop_rate": 0
             batch_size=8, lr=0.05, workers=0, progress=False, plots=False)
 
 
-@pytest.fixture
-def one_thread():
-    """Run with one intra-op thread: on a shared 2-core machine, tiny ops are far faster without thread hand-offs."""
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine, tiny ops are far faster without thread hand-offs."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """`single_thread` for one test."""
+    with single_thread():
+        yield
 
 
 def tiny_config(data: Path, output: Path, **overrides: Any) -> dict[str, Any]:

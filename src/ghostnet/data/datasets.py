@@ -77,7 +77,8 @@ class ImageFolderDataset(Dataset):
         self.targets = self.folder.targets
         self.transform = transform
         self.skip_corrupt = skip_corrupt
-        self.classes = _display_names(self.folder.classes, (self.root / "classes.txt", self.root.parent / "classes.txt"))
+        nearby = (self.root / "classes.txt", self.root.parent / "classes.txt")
+        self.classes = _display_names(self.folder.classes, nearby)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     temperature: float = 1.0) -> torch.Tensor:
     """Cross-entropy of the student's softened prediction against the teacher's, times T^2 (mean over the batch)."""
     t = temperature
     teacher_probs = F.softmax(teacher_logits.float() / t, dim=-1)

@@ -71,7 +71,8 @@ def _log(dist: DistInfo, message: str) -> None:
         tqdm.write(message)
 
 
-def train(cfg: TrainConfig, resume: Optional[PathLike] = None, on_step: Optional[StepCallback] = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: Optional[PathLike] = None,
+          on_step: Optional[StepCallback] = None) -> dict[str, Any]:
     """Train as `cfg` says (continuing the run saved in `resume`, if given); returns the run's history and best."""
     dist = init_distributed(cfg.device)
     try:
@@ -143,7 +144,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     teacher = None
     if cfg.teacher:
-        teacher = build_teacher(cfg.teacher, cfg.teacher_pretrained, len(classes)).to(device, memory_format=memory_format)
+        teacher = build_teacher(cfg.teacher, cfg.teacher_pretrained, len(classes))
+        teacher.to(device, memory_format=memory_format)
 
     # ---- resume: weights, optimizer, EMA, scaler, position, running sums and every rank's RNG state
     progress, history = Progress(), []
