@@ -38,16 +38,17 @@ from ghostnet.utils import atomic_write
 SHARED_DATA = Path(os.environ.get("GHOSTNET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODEL_KWARGS = dict(num_classes=10, stem_stride=1, drop_rate=0.2)
 
-#: (label, quantize_onnx keyword arguments, number of calibration images)
+#: (label, quantize_onnx keyword arguments, number of calibration images). The first is onnxruntime's
+#: quantize_static with its defaults: every quantizable op, one scale per weight tensor, int8 activations.
 SETTINGS = [
-    ("naive: per-tensor, depthwise int8, minmax", dict(per_channel=False, keep_depthwise_float=False), 512),
-    ("per-channel, depthwise int8, minmax", dict(per_channel=True, keep_depthwise_float=False), 512),
-    ("per-channel, depthwise int8, percentile", dict(per_channel=True, keep_depthwise_float=False,
-                                                     method="percentile"), 512),
-    ("per-channel, depthwise float, minmax", dict(per_channel=True, keep_depthwise_float=True), 512),
-    ("per-channel, depthwise float, minmax, 64 images", dict(per_channel=True, keep_depthwise_float=True), 64),
-    ("per-channel, depthwise float, percentile", dict(per_channel=True, keep_depthwise_float=True,
-                                                      method="percentile"), 512),
+    ("naive: all ops, per-tensor, int8 activations", dict(op_types=None, per_channel=False,
+                                                          keep_depthwise_float=False, activations="int8"), 512),
+    ("convs only, per-tensor, depthwise int8", dict(per_channel=False, keep_depthwise_float=False), 512),
+    ("convs only, per-channel, depthwise int8", dict(keep_depthwise_float=False), 512),
+    ("default: convs only, per-channel, depthwise float", dict(), 512),
+    ("default, 64 calibration images", dict(), 64),
+    ("default, 8 calibration images", dict(), 8),
+    ("default, percentile calibration", dict(method="percentile"), 512),
 ]
 
 

@@ -97,6 +97,8 @@ def test_naive_per_tensor_quantizes_every_conv(fp32_path, calibration, tmp_path)
 def test_quantize_errors(fp32_path, tmp_path):
     with pytest.raises(ValueError, match="unknown calibration method"):
         quantize_onnx(fp32_path, tmp_path / "x.onnx", [torch.randn(2, 3, 32, 32)], method="kl")
+    with pytest.raises(ValueError, match="activations must be one of"):
+        quantize_onnx(fp32_path, tmp_path / "x.onnx", [torch.randn(2, 3, 32, 32)], activations="fp8")
     with pytest.raises(FileNotFoundError):
         quantize_onnx(tmp_path / "missing.onnx", tmp_path / "x.onnx", [torch.randn(2, 3, 32, 32)])
     with pytest.raises(ValueError, match="non-empty"):

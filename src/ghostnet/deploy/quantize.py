@@ -19,11 +19,12 @@ from ..utils import atomic_write
 PathLike = Union[str, os.PathLike]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_TYPES = ("uint8", "int8")
 #: Ops quantized by default. Elementwise ops (Add, Mul, Concat, Sigmoid, Resize) stay float: quantizing them saves
 #: little time on CPU and each one adds a requantization error.
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
-__all__ = ["CALIBRATION_METHODS", "DEFAULT_OP_TYPES", "calibration_batches", "depthwise_conv_nodes",
+__all__ = ["ACTIVATION_TYPES", "CALIBRATION_METHODS", "DEFAULT_OP_TYPES", "calibration_batches", "depthwise_conv_nodes",
            "load_calibration_images", "onnx_accuracy", "quantize_onnx"]
 
 
@@ -72,8 +73,9 @@ def quantize_onnx(
     per_channel: bool = True,
     keep_depthwise_float: bool = True,
     method: str = "minmax",
-    op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    op_types: Optional[Sequence[str]] = DEFAULT_OP_TYPES,
     exclude_nodes: Sequence[str] = (),
+    activations: str = "uint8",
 ) -> Path:
     """Quantize an fp32 ONNX file to int8 (QDQ format, int8 weights, uint8 activations).
 
@@ -88,7 +90,9 @@ def quantize_onnx(
         per_channel: one weight scale per output channel (one per tensor otherwise).
         keep_depthwise_float: leave Conv nodes with group > 1 in float.
         method: "minmax", "entropy" or "percentile" (99.999%) calibration of activation ranges.
-        op_types: which op types to quantize; exclude_nodes: further node names to leave in float.
+        op_types: which op types to quantize (None: every op onnxruntime can quantize); exclude_nodes: further node
+            names to leave in float.
+        activations: "uint8" (default) or "int8".
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -98,6 +102,9 @@ def quantize_onnx(
     if not fp32_path.exists():
         raise FileNotFoundError(f"no ONNX model at {fp32_path}")
     calibrate_method = _calibrate_method(method)
+    if activations not in ACTIVATION_TYPES:
+        raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, got {activations!r}")
+    activation_type = QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory() as tmp_dir:
         # Shape inference and ORT's own graph cleanup first, as onnxruntime recommends before quantize_static.
         prepared = Path(tmp_dir) / "prepared.onnx"
@@ -107,8 +114,8 @@ def quantize_onnx(
         reader = _TensorReader(model.graph.input[0].name, calibration)
         with atomic_write(int8_path) as tmp:
             quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(op_types), per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=None if op_types is None else list(op_types),
+                            per_channel=per_channel, activation_type=activation_type, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded, calibrate_method=calibrate_method,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     return Path(int8_path)
