@@ -8,6 +8,16 @@ from .models import GhostNet, create_model, list_models
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The trainer pulls in the data pipeline; import it only when `ghostnet.load_trained` is used.
+    if name == "load_trained":
+        from .train import load_trained
+
+        return load_trained
+    raise AttributeError(f"module 'ghostnet' has no attribute {name!r}")
+
+
 __all__ = ["CheckpointError", "GhostBottleneck", "GhostModule", "GhostModuleV3", "GhostNet", "SqueezeExcite",
-           "create_model", "ghostify", "list_models", "load_checkpoint", "profile", "reparameterize_model",
+           "create_model", "ghostify", "list_models", "load_checkpoint", "load_trained", "profile", "reparameterize_model",
            "__version__"]
