@@ -92,7 +92,7 @@ def main() -> None:
                             threads=[1], batch_size=256, rounds=args.rounds, reps=args.reps, device="cuda",
                             dtype="bfloat16", mode="train")]
     else:
-        backends = ["compile"] if args.compile else ["eager", "fused", "torchscript", "onnxruntime", "int8"]
+        backends = ["eager", "compile"] if args.compile else ["eager", "fused", "torchscript", "onnxruntime", "int8"]
         runs = [BenchConfig(models=args.models, peers=PEERS, backends=backends, threads=[1, 2], batch_size=1,
                             rounds=args.rounds, reps=args.reps)]
         if args.throughput_batch and not args.compile:

@@ -228,7 +228,10 @@ def _onnx_file(prep: _Prepared, x: torch.Tensor, workdir: Path, variant: str, al
         # Timing only: random calibration data gives the same graph and kernels as real images would.
         generator = torch.Generator().manual_seed(0)
         calibration = [torch.randn(x[:8].shape, generator=generator) for _ in range(2)]
-        path = quantize_onnx(_onnx_file(prep, x, workdir, "plain", 0), stem.with_suffix(".int8.onnx"), calibration)
+        # The fastest int8 graph onnxruntime runs here: every op quantized, depthwise convs included (per-channel
+        # weights, uint8 activations); benchmarks/bench_int8.py measures its accuracy.
+        path = quantize_onnx(_onnx_file(prep, x, workdir, "plain", 0), stem.with_suffix(".int8.onnx"), calibration,
+                             keep_depthwise_float=False, op_types=None)
     else:
         # Our models are exported fused (what `ghostnet export` writes) and, for onnxruntime's blocked CPU
         # kernels, channel-aligned; peers as they are, since onnxruntime folds their batch norms itself.
@@ -477,37 +480,37 @@ def _fmt_load(load: Optional[Sequence[float]]) -> str:
 
 def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
     """PNG of best-round latency against MACs, one panel per thread count, one marker per backend."""
-    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import ScalarFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    thread_counts = sorted({r.threads for r in result.rows})
-    fig, axes = plt.subplots(1, len(thread_counts), figsize=(6 * len(thread_counts), 4.5), squeeze=False)
+    colors = {"ghostnet": "tab:blue", "timm": "tab:orange", "torchvision": "tab:green"}
     markers = dict(zip(BACKENDS, "osD^vP"))
-    for ax, threads in zip(axes[0], thread_counts):
+    thread_counts = sorted({r.threads for r in result.rows})
+    fig = Figure(figsize=(6 * len(thread_counts), 4.5))  # no pyplot: leaves the caller's backend alone
+    axes = fig.subplots(1, len(thread_counts), squeeze=False)[0]
+    for ax, threads in zip(axes, thread_counts):
         for row in (r for r in result.rows if r.threads == threads):
-            color = {"ghostnet": "tab:blue", "timm": "tab:orange", "torchvision": "tab:green"}[row.source]
-            ax.scatter(row.macs / 1e6, row.best_round_ms, marker=markers[row.backend], color=color)
-            ax.annotate(f"{row.model.split('/')[-1]} {row.backend}", (row.macs / 1e6, row.best_round_ms),
+            ax.scatter(row.macs / 1e6, row.best_round_ms, marker=markers[row.backend], color=colors[row.source])
+            ax.annotate(f"{row.model} {row.backend}", (row.macs / 1e6, row.best_round_ms),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")
+        first = result.rows[0]
         ax.set_xlabel("MACs per image (M)")
         ax.set_ylabel("latency, best-round median (ms)")
         ax.set_yscale("log")
-        first = result.rows[0]
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_title(f"{threads} thread(s), batch {first.batch_size}, {first.device}")
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker=m, linestyle="", color="gray", label=b) for b, m in markers.items()
+    handles = [Line2D([], [], marker=m, linestyle="", color="gray", label=b) for b, m in markers.items()
                if any(r.backend == b for r in result.rows)]
-    handles += [plt.Line2D([], [], marker="o", linestyle="", color=c, label=s)
-                for s, c in (("ghostnet", "tab:blue"), ("timm", "tab:orange"), ("torchvision", "tab:green"))
+    handles += [Line2D([], [], marker="o", linestyle="", color=c, label=s) for s, c in colors.items()
                 if any(r.source == s for r in result.rows)]
-    axes[0][-1].legend(handles=handles, fontsize=7, loc="best")
+    axes[-1].legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
     return path
 
 
