@@ -154,7 +154,7 @@ class _FailsOnTrace(nn.Module):
 
 
 def test_failed_export_leaves_no_file(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="broken model"):
         export_torchscript(_FailsOnTrace().eval(), tmp_path / "m.pt", torch.randn(1, 3, 4, 4))
     assert list(tmp_path.iterdir()) == []
 

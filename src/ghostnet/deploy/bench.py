@@ -12,6 +12,7 @@ throughput), and `cuda_graphs=True` replays a captured graph instead of launchin
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import platform
@@ -285,10 +286,9 @@ def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfi
     if backend in ("onnxruntime", "int8"):
         if device.type != "cpu":
             raise BackendUnavailable("onnxruntime is measured on CPU only")
-        try:
-            from .export import onnx_session, run_onnx
-        except ImportError as exc:  # pragma: no cover - onnxruntime is a dev dependency
-            raise BackendUnavailable("onnxruntime is not installed") from exc
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise BackendUnavailable("onnxruntime is not installed")
+        from .export import onnx_session
         align = nchwc_block_size() if cfg.align_channels is None else cfg.align_channels
         path = _onnx_file(prep, x, workdir, "int8" if backend == "int8" else "fp32", align)
         session = onnx_session(path, threads=threads)
@@ -357,7 +357,7 @@ def _quantile(values: Sequence[float], q: float) -> float:
 
 def _measure(runners: list[tuple[_Prepared, str, Callable[[], Any]]], cfg: BenchConfig, threads: int,
              progress: Optional[Callable[[str], None]]) -> list[BenchRow]:
-    for prep, backend, fn in runners:
+    for _, _, fn in runners:
         for _ in range(cfg.warmup):
             fn()
     samples: dict[int, list[list[float]]] = {i: [] for i in range(len(runners))}

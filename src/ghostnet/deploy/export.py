@@ -36,8 +36,8 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 17
 ONNX_EXPORTERS = ("torchscript", "dynamo")
 
-__all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "FORMAT_SUFFIX", "ONNX_EXPORTERS", "export_model", "export_onnx", "export_program",
-           "export_torchscript", "load_exported", "onnx_session", "run_onnx"]
+__all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "FORMAT_SUFFIX", "ONNX_EXPORTERS", "export_model", "export_onnx",
+           "export_program", "export_torchscript", "load_exported", "onnx_session", "run_onnx"]
 
 
 def _export_batch(example_input: torch.Tensor) -> torch.Tensor:

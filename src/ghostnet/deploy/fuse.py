@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -313,7 +313,3 @@ def fuse(model: nn.Module, example_input: Optional[torch.Tensor] = None, inplace
     model.is_fused = True
     return model
 
-
-def count_modules(model: nn.Module, kinds: Any) -> int:
-    """How many modules of `model` are instances of `kinds` (a type or tuple of types)."""
-    return sum(isinstance(m, kinds) for m in model.modules())
