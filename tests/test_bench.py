@@ -74,6 +74,7 @@ def test_train_mode_measures_steps():
     (dict(backends=["tensorrt"]), "unknown backend"),
     (dict(mode="serve"), "mode must be"),
     (dict(mode="train", backends=["onnxruntime"]), "train mode"),
+    (dict(mode="train", backends=["eager"], dtype="float16"), "train mode runs"),
     (dict(dtype="bfloat16"), "only float32"),
     (dict(cuda_graphs=True), "cuda_graphs needs"),
     (dict(threads=[0]), "threads"),

@@ -78,6 +78,8 @@ class BenchConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "train" and set(self.backends) - {"eager", "compile"}:
             raise ValueError("train mode measures the 'eager' and 'compile' backends only")
+        if self.mode == "train" and (self.cuda_graphs or self.dtype == "float16"):
+            raise ValueError("train mode runs float32 or bfloat16 autocast, without CUDA graphs")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.device == "cpu" and self.dtype != "float32":
