@@ -49,6 +49,7 @@ SETTINGS = [
     ("default, 64 calibration images", dict(), 64),
     ("default, 8 calibration images", dict(), 8),
     ("default, percentile calibration", dict(method="percentile"), 512),
+    ("fast: all ops, per-channel, depthwise int8", dict(op_types=None, keep_depthwise_float=False), 512),
 ]
 
 

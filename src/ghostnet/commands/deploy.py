@@ -56,6 +56,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="one weight scale per output channel")
     p.add_argument("--quantize-depthwise", action="store_true",
                    help="quantize depthwise convs too (kept in float by default: int8 collapses there)")
+    p.add_argument("--all-ops", action="store_true",
+                   help="quantize every op onnxruntime can (Add, Concat, ...), not only Conv/Gemm/MatMul")
     p.add_argument("--method", default="minmax", choices=CALIBRATION_METHODS)
     p.set_defaults(func=run_quantize)
 
@@ -126,14 +128,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from ..deploy.quantize import calibration_batches, load_calibration_images, quantize_onnx
+    from ..deploy.quantize import DEFAULT_OP_TYPES, calibration_batches, load_calibration_images, quantize_onnx
     from ..models import get_model_entry
 
     data_config = get_model_entry(args.model).default_cfg
     images = load_calibration_images(args.calibration_data, data_config, args.num_images, args.split)
     output = args.output or args.onnx.with_suffix(".int8.onnx")
     quantize_onnx(args.onnx, output, calibration_batches(images), per_channel=args.per_channel,
-                  keep_depthwise_float=not args.quantize_depthwise, method=args.method)
+                  keep_depthwise_float=not args.quantize_depthwise, method=args.method,
+                  op_types=None if args.all_ops else DEFAULT_OP_TYPES)
     print(f"wrote {output} (int8, calibrated on {len(images)} images)")
     return 0
 
