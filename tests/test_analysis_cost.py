@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from test_analysis_formulas import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from torch.utils.flop_counter import FlopCounterMode
 
 import ghostnet
 from ghostnet.analysis import profile
 from ghostnet.layers import GhostBottleneckV3
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ghostnet-facts.md section 1.1 "Widths [calc]" (params, MACs at 224x224); v3 is counted after reparameterize().
 PUBLISHED = {

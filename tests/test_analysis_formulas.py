@@ -15,15 +15,7 @@ from ghostnet.layers import GhostModule
 SIZE = 9  # odd, so that stride 2 exercises the floor in the output size
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small inputs: a second intra-op thread only adds synchronisation (10x slower on a busy 2-core machine).
-
-    The other tests/test_analysis_*.py files and tests/test_cli_profile.py import this fixture."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def counted_conv(c: int, n: int, k: int, stride: int) -> tuple[int, int]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from test_analysis_formulas import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 import ghostnet
 from ghostnet.analysis import estimate_peak, profile, trace_forward
 from ghostnet.analysis.memory import _peaks_from_events
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

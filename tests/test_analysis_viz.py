@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_analysis_formulas import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 import ghostnet
 from ghostnet.cli import main
 from ghostnet.convert.checkpoints import save_checkpoint
 from ghostnet.viz import ghost_feature_maps
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

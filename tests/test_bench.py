@@ -12,7 +12,8 @@ import torch
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy import bench
 from ghostnet.deploy.bench import BenchConfig, build_model, count_macs, run_benchmark, to_markdown, write_report
-from test_fuse import one_thread  # noqa: F401  (autouse: these tests run at one thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name, macs_m", [("ghostnet_050", 42.3), ("ghostnet_100", 141.2), ("ghostnetv2_100", 167.0)])

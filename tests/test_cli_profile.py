@@ -5,10 +5,11 @@ import csv
 import json
 
 import pytest
-from test_analysis_formulas import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from ghostnet.analysis import profile
 from ghostnet.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--input-size", "64", "64"]

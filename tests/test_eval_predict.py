@@ -9,7 +9,8 @@ import torch
 from ghostnet.cli import main
 from ghostnet.data import TransformConfig, eval_transform, load_rgb
 from ghostnet.train import load_trained
-from test_train_support import one_thread, single_thread, write_image_folder  # noqa: F401
+from conftest import single_thread
+from test_train_support import write_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = ("cat", "dog", "fox")

@@ -11,11 +11,12 @@ from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
 from ghostnet.deploy.export import (export_model, export_onnx, export_program, export_torchscript, load_exported,
                                     onnx_session, run_onnx)
-from test_fuse import one_thread  # noqa: F401  (autouse: these tests run at one thread)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ATOL = 1e-4
 

@@ -15,13 +15,7 @@ from ghostnet.layers import GhostModule
 RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on 2 threads stall on each other when the CPUs are shared (10 ms per op seen): use one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class GroupedConvAsEinsum(TorchFunctionMode):

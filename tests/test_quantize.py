@@ -11,10 +11,11 @@ from ghostnet.deploy import fuse
 from ghostnet.deploy.export import export_onnx, onnx_session, run_onnx
 from ghostnet.deploy.quantize import (calibration_batches, depthwise_conv_nodes, load_calibration_images,
                                       quantize_onnx)
-from test_fuse import one_thread  # noqa: F401  (autouse: these tests run at one thread)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 numpy_helper = onnx.numpy_helper
 
 CIFAR_CFG = ghostnet.create_model("resnet20_cifar").pretrained_cfg  # 32x32, CIFAR-10 mean and std

@@ -11,7 +11,8 @@ import ghostnet
 from ghostnet.train import (distillation_loss, export_checkpoint, load_trained, lr_at, make_config, param_groups,
                             read_training_state, soft_target_loss, train)
 from ghostnet.train import modelspec
-from test_train_support import one_thread, single_thread, tiny_config, write_npz_data  # noqa: F401
+from conftest import single_thread
+from test_train_support import tiny_config, write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

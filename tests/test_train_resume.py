@@ -6,7 +6,8 @@ import torch
 
 from ghostnet.cli import main
 from ghostnet.train import make_config, read_training_state, train
-from test_train_support import one_thread, single_thread, tiny_config, write_npz_data  # noqa: F401  (one_thread is a fixture)
+from conftest import single_thread
+from test_train_support import tiny_config, write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

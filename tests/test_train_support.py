@@ -1,35 +1,14 @@
 """Helpers for the training tests (tiny synthetic data sets, a tiny config, one CPU thread); holds no tests itself."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import pytest
-import torch
 
 #: The tiny model of the training tests: GhostNet 0.5x with the CIFAR stem accepts 16x16 inputs.
 TINY = dict(model="ghostnet_050", model_kwargs={"stem_stride": 1, "drop_rate": 0.2}, preset="cifar", img_size=16,
             batch_size=8, lr=0.05, workers=0, progress=False, plots=False)
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, tiny ops are far faster without thread hand-offs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture
-def one_thread():
-    """`single_thread` for one test."""
-    with single_thread():
-        yield
 
 
 def tiny_config(data: Path, output: Path, **overrides: Any) -> dict[str, Any]:
