@@ -216,11 +216,13 @@ class GhostNet(nn.Module):
         return [outputs[i] for i in indices]
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
+        # Adaptive pools rather than mean/amax: the same numbers, exported as GlobalAveragePool / GlobalMaxPool,
+        # which onnxruntime runs in its blocked layout (a ReduceMean costs two layout reorders there).
         if self.global_pool_type == "avg":
-            return x.mean((2, 3), keepdim=True)
+            return F.adaptive_avg_pool2d(x, 1)
         if self.global_pool_type == "max":
-            return x.amax((2, 3), keepdim=True)
-        return 0.5 * (x.mean((2, 3), keepdim=True) + x.amax((2, 3), keepdim=True))
+            return F.adaptive_max_pool2d(x, 1)
+        return 0.5 * (F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global pool -> 1x1 conv to 1280 (bias, no BN) -> ReLU -> dropout -> classifier."""
