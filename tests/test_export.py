@@ -106,11 +106,29 @@ def test_channel_aligned_onnx_matches(name, tmp_path):
     from ghostnet.deploy.align import align_channels
 
     model = _model(name)
-    aligned = align_channels(fuse(model, example_input=_images(1)), 16)
+    fused = fuse(model, example_input=_images(1))
+    concats = _op_count(export_onnx(fused, tmp_path / "f.onnx", _images(1)), "Concat")
+    aligned = align_channels(fused, 16)
     path = export_onnx(aligned, tmp_path / "a.onnx", _images(1))
     x = _images(3)
     with torch.no_grad():
         assert (run_onnx(onnx_session(path, threads=1), x) - model(x)).abs().max().item() <= ATOL
+    # Single-path Ghost modules (where padding would waste channels) leave no concat behind.
+    single_path = sum(getattr(m, "single_path", False) for m in aligned.modules())
+    assert single_path == 15 and _op_count(path, "Concat") == concats - single_path
+
+
+def _op_count(path, op_type: str) -> int:
+    return sum(node.op_type == op_type for node in onnx.load(str(path)).graph.node)
+
+
+def test_cli_export_single_path(tmp_path, capsys):
+    out = tmp_path / "sp.onnx"
+    assert cli_main(["export", "ghostnet_050", "--image-size", "32", "--single-path", "all", "-o", str(out),
+                     "--check"]) == 0
+    assert _op_count(out, "Concat") == 0
+    assert cli_main(["export", "ghostnet_050", "--single-path", "all", "--no-fuse", "-o", str(out)]) == 2
+    assert "need the fused model" in capsys.readouterr().err
 
 
 def test_unfused_export_also_matches(tmp_path):

@@ -9,7 +9,7 @@ from conftest import randomize_bn
 from torch.overrides import TorchFunctionMode
 
 import ghostnet
-from ghostnet.deploy import FusedGhostBottleneck, FusedGhostModule, fold_batchnorms, fuse
+from ghostnet.deploy import FusedGhostBottleneck, FusedGhostModule, fold_batchnorms, fuse, single_path_ghost_modules
 from ghostnet.layers import GhostModule
 
 RTOL = 1e-5
@@ -86,6 +86,13 @@ def test_fused_matches_original_float64(name):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     assert not any(isinstance(m, GhostModule) for m in fused.modules())
     assert fused.pretrained_cfg == cfg and fused.model_name == name
+    # The concat-free form of every Ghost module that allows it computes the same function too.
+    if name.startswith("ghostnet"):  # ReLU Ghost modules with depthwise cheap ops: all of them allow it
+        assert single_path_ghost_modules(fused) == sum(isinstance(m, FusedGhostModule) for m in fused.modules()) > 0
+    else:
+        single_path_ghost_modules(fused)
+    with torch.no_grad(), GroupedConvAsEinsum():
+        assert _relative_error(fused(x), expected) <= RTOL
 
 
 def test_fuse_leaves_the_original_alone():
@@ -194,6 +201,42 @@ def test_fuse_without_input_size_asks_for_an_example():
         fuse(_SharedOutput())
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(out_chs=16),  # s = 2, ReLU on both halves
+    dict(out_chs=15),  # odd: the last cheap map is sliced off
+    dict(out_chs=18, ratio=3),  # two cheap maps per intrinsic map
+    dict(out_chs=16, dw_size=5, dilation=2),
+    dict(out_chs=16, act_layer=None),  # a bottleneck's second module
+    dict(out_chs=16, kernel_size=3, stride=2, act_layer=nn.ReLU6),
+])
+def test_single_path_ghost_module_is_exact_and_concat_free(kwargs):
+    module = randomize_bn(GhostModule(8, **kwargs)).double().eval()
+    x = torch.randn(2, 8, 11, 9, dtype=torch.float64)
+    expected = module(x)
+    fused = fuse(nn.Sequential(module), example_input=x)[0]
+    assert isinstance(fused, FusedGhostModule) and fused.can_be_single_path()
+    assert fused.to_single_path() is fused and not fused.can_be_single_path()  # converts once
+    assert fused.primary.out_channels == fused.cheap.out_channels == kwargs["out_chs"]
+    ops = _OpCounter()
+    with torch.no_grad(), ops:
+        got = fused(x)
+    assert "cat" not in ops.names and ops.names.count("conv2d") == 2
+    assert _relative_error(got, expected) <= RTOL
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    (dict(cheap_op="pointwise"), "cheap maps read every intrinsic map"),
+    (dict(act_layer=nn.Hardswish), "hardswish(hardswish(x)) != hardswish(x)"),
+])
+def test_single_path_refuses_what_it_cannot_rewrite(kwargs, reason):
+    module = GhostModule(8, 16, **kwargs).eval()
+    fused = fuse(nn.Sequential(module), example_input=torch.randn(1, 8, 6, 6))[0]
+    assert not fused.can_be_single_path(), reason
+    with pytest.raises(ValueError, match="cannot be rewritten without its concat"):
+        fused.to_single_path()
+    assert single_path_ghost_modules(fused) == 0
+
+
 @pytest.mark.parametrize("name", ghostnet.list_models("ghostnet*"))
 def test_aligned_channels_compute_the_same_function(name):
     from ghostnet.deploy.align import align_channels
@@ -202,11 +245,33 @@ def test_aligned_channels_compute_the_same_function(name):
     x = _input_for(model)
     with torch.no_grad(), GroupedConvAsEinsum():
         expected = model(x)
-        aligned = align_channels(fuse(model, example_input=x, inplace=True), 16)
+        fused = fuse(model, example_input=x, inplace=True)
+        ghosts = [m for m in fused.modules() if isinstance(m, FusedGhostModule)]
+        intrinsic = [g.primary.out_channels for g in ghosts]
+        aligned = align_channels(fused, 16)
         got = aligned(x)
     assert _relative_error(got, expected) <= RTOL
     convs = [m for m in aligned.blocks.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.out_channels % 16 == 0 and (c.in_channels // c.groups) % 16 in (0, 1) for c in convs)
+    # Single path exactly where it saves padding: the 2h maps padded once take fewer channels than two padded halves.
+    padded = lambda c: -(-c // 16) * 16  # noqa: E731
+    assert [g.single_path for g in ghosts] == [padded(2 * h) < 2 * padded(h) for h in intrinsic]
+    assert any(g.single_path for g in ghosts) and not all(g.single_path for g in ghosts)
+
+
+@pytest.mark.parametrize("single_path", [True, False])
+def test_aligned_channels_with_or_without_single_path(single_path):
+    from ghostnet.deploy.align import align_channels
+
+    model = randomize_bn(ghostnet.create_model("ghostnetv2_100")).double().eval()
+    x = _input_for(model)
+    with torch.no_grad(), GroupedConvAsEinsum():
+        expected = model(x)
+        aligned = align_channels(fuse(model, example_input=x, inplace=True), 16, single_path=single_path)
+        got = aligned(x)
+    assert _relative_error(got, expected) <= RTOL
+    ghosts = [m for m in aligned.modules() if isinstance(m, FusedGhostModule)]
+    assert len(ghosts) == 32 and all(g.single_path == single_path for g in ghosts)
 
 
 def test_align_refuses_what_it_cannot_pad():

@@ -38,6 +38,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--align-channels", type=int, default=0, metavar="N",
                    help="pad a fused GhostNet's channels to multiples of N for onnxruntime's blocked CPU kernels "
                    "(16 with AVX-512, 8 with AVX2; 0: off)")
+    p.add_argument("--single-path", default="auto", choices=("auto", "all", "none"),
+                   help="Ghost modules without their concat (primary outputs duplicated, identity kernels in the "
+                   "cheap conv): auto = where channel alignment would pad anyway (only with --align-channels), "
+                   "all = every module that allows it, none = keep the concat")
     p.add_argument("--check", action="store_true", help="run the written file and compare it with the model")
     p.set_defaults(func=run_export)
 
@@ -105,12 +109,17 @@ def run_export(args: argparse.Namespace) -> int:
     model = create_model(args.model, pretrained=args.weights, **kwargs).eval()
     x = example_input_for(model, batch_size=2, image_size=args.image_size)
     export_form = fuse(model, example_input=x) if args.fuse else model
+    if (args.align_channels or args.single_path == "all") and not args.fuse:
+        raise ValueError("--align-channels and --single-path all need the fused model (drop --no-fuse)")
     if args.align_channels:
         from ..deploy.align import align_channels
 
-        if not args.fuse:
-            raise ValueError("--align-channels needs the fused model (drop --no-fuse)")
-        export_form = align_channels(export_form, args.align_channels)
+        single_path = {"auto": None, "all": True, "none": False}[args.single_path]
+        export_form = align_channels(export_form, args.align_channels, single_path)
+    elif args.single_path == "all":
+        from ..deploy.fuse import single_path_ghost_modules
+
+        single_path_ghost_modules(export_form)
     output = args.output or Path(args.model + FORMAT_SUFFIX[args.format])
     extra = {} if args.format == "torchscript" else {"dynamic_batch": args.dynamic_batch}
     if args.format == "onnx":

@@ -29,10 +29,10 @@ from torch.utils._pytree import tree_leaves
 
 from ..layers import GhostBottleneck, GhostBottleneckV3, GhostModule, GhostModuleV3, SqueezeExcite, reparameterize_model
 from ..layers.ghost import dfc_attention
-from ..layers.helpers import HardSigmoid, fuse_conv_bn_weights
+from ..layers.helpers import HardSigmoid, bias_or_zeros, conv_from, fuse_conv_bn_weights, identity_kernel
 
 __all__ = ["FusedGhostBottleneck", "FusedGhostModule", "FusedSqueezeExcite", "example_input_for", "fold_batchnorms",
-           "fuse"]
+           "fuse", "single_path_ghost_modules"]
 
 
 def example_input_for(model: nn.Module, batch_size: int = 1, image_size: Optional[int] = None) -> torch.Tensor:
@@ -164,6 +164,10 @@ def _conv_act(seq: nn.Module) -> Optional[tuple[nn.Conv2d, Optional[nn.Module]]]
     return modules[0], act
 
 
+#: Activations with act(act(x)) == act(x): a single-path Ghost module applies the cheap op's to the intrinsic maps too.
+_IDEMPOTENT_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+
+
 def _apply_act(act: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
     if act is None:
         return x
@@ -183,6 +187,7 @@ class FusedGhostModule(nn.Module):
         self.out_chs = out_chs
         self.short_conv = short_conv
         self.sliced = primary.out_channels + cheap.out_channels != out_chs
+        self.single_path = False  # see `to_single_path`
 
     @classmethod
     def from_module(cls, module: nn.Module) -> Optional["FusedGhostModule"]:
@@ -198,10 +203,53 @@ class FusedGhostModule(nn.Module):
             short_conv = nn.Sequential(*convs)
         return cls(primary[0], primary[1], cheap[0], cheap[1], module.out_chs, short_conv)
 
+    def can_be_single_path(self) -> bool:
+        """Whether `to_single_path` applies: a dense primary conv, each cheap map reading one intrinsic map ('same'-padded, stride 1,
+        groups == intrinsic maps), and the cheap op's activation leaves the primary's activated output unchanged."""
+        primary, cheap = self.primary, self.cheap
+        same = all(p * 2 == d * (k - 1) for p, d, k in zip(cheap.padding, cheap.dilation, cheap.kernel_size))
+        acts_ok = self.cheap_act is None or (type(self.cheap_act) is type(self.primary_act)
+                                             and isinstance(self.cheap_act, _IDEMPOTENT_ACTS))
+        return (not self.single_path and primary.groups == 1 and isinstance(cheap.padding, tuple) and same
+                and cheap.stride == (1, 1)
+                and cheap.groups == cheap.in_channels == primary.out_channels and acts_ok
+                and cheap.padding_mode == "zeros")
+
+    @torch.no_grad()
+    def to_single_path(self) -> "FusedGhostModule":
+        """Rewrite in place into two convs and no concat: the primary conv computes every intrinsic map twice, once
+        for the output and once as the input of its cheap maps, and one grouped conv then passes the first copies
+        through (identity kernel) and applies the cheap kernels to the second.
+
+        Costs more multiply-adds (the primary conv's duplicated outputs) and saves the concat copy and, in a
+        bottleneck's second module, lets a runtime fuse the residual add into the conv; `align_channels` uses it
+        where the duplicates fill what channel padding would waste anyway. Raises ValueError where
+        `can_be_single_path` is False.
+        """
+        if not self.can_be_single_path():
+            raise ValueError("this Ghost module cannot be rewritten without its concat (see can_be_single_path)")
+        primary, cheap = self.primary, self.cheap
+        intrinsic = primary.out_channels
+        n_cheap = self.out_chs - intrinsic  # cheap maps kept after the slice
+        per_map = cheap.out_channels // cheap.in_channels  # cheap maps derived from each intrinsic map
+        source = torch.arange(n_cheap, device=primary.weight.device) // per_map
+        bias = bias_or_zeros(primary)
+        self.primary = conv_from(primary, torch.cat([primary.weight, primary.weight[source]]),
+                                 torch.cat([bias, bias[source]]))
+        kernels = torch.cat([identity_kernel(intrinsic, intrinsic, cheap.kernel_size, cheap.weight),
+                             cheap.weight[:n_cheap]])
+        biases = torch.cat([bias.new_zeros(intrinsic), bias_or_zeros(cheap)[:n_cheap]])
+        self.cheap = conv_from(cheap, kernels, biases, groups=self.out_chs)
+        self.single_path, self.sliced = True, False
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = _apply_act(self.primary_act, _conv(self.primary, x))
-        x2 = _apply_act(self.cheap_act, _conv(self.cheap, x1))
-        out = torch.cat([x1, x2], dim=1)
+        if self.single_path:
+            out = _apply_act(self.cheap_act, _conv(self.cheap, x1))
+        else:
+            x2 = _apply_act(self.cheap_act, _conv(self.cheap, x1))
+            out = torch.cat([x1, x2], dim=1)
         if self.sliced:
             out = out[:, : self.out_chs]
         if self.short_conv is not None:
@@ -218,7 +266,8 @@ class FusedSqueezeExcite(nn.Module):
         self.gate = None if isinstance(se.gate, (HardSigmoid, nn.Hardsigmoid)) else se.gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = _conv(self.conv_expand, _apply_act(self.act1, _conv(self.conv_reduce, x.mean((2, 3), keepdim=True))))
+        pooled = F.adaptive_avg_pool2d(x, 1)  # GlobalAveragePool in ONNX: onnxruntime keeps it in its blocked layout
+        s = _conv(self.conv_expand, _apply_act(self.act1, _conv(self.conv_reduce, pooled)))
         return x * (F.hardsigmoid(s) if self.gate is None else self.gate(s))
 
 
@@ -313,3 +362,14 @@ def fuse(model: nn.Module, example_input: Optional[torch.Tensor] = None, inplace
     model.is_fused = True
     return model
 
+
+def single_path_ghost_modules(model: nn.Module) -> int:
+    """Rewrite, in place, every fused Ghost module of `model` that allows it into its concat-free single-path form
+    (`FusedGhostModule.to_single_path`); returns how many were rewritten. For runtimes where a concat costs more
+    than the duplicated primary outputs; `align_channels` makes this choice per module for onnxruntime."""
+    rewritten = 0
+    for module in model.modules():
+        if isinstance(module, FusedGhostModule) and module.can_be_single_path():
+            module.to_single_path()
+            rewritten += 1
+    return rewritten

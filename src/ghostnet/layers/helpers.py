@@ -1,7 +1,7 @@
 """Small building blocks shared by every GhostNet variant."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Type
+from typing import Callable, Optional, Type, Union
 
 import torch
 import torch.nn as nn
@@ -82,11 +82,14 @@ def fuse_conv_bn_weights(conv_weight: torch.Tensor, conv_bias: Optional[torch.Te
     return weight, (bias - bn.running_mean) * scale + shift
 
 
-def conv_from(template: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
-    """A new Conv2d with `template`'s geometry and the given weight and bias."""
+def conv_from(template: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor],
+              groups: Optional[int] = None) -> nn.Conv2d:
+    """A new Conv2d with `template`'s kernel geometry and the given weight and bias; the channel counts follow from
+    the weight's shape and `groups` (default: the template's)."""
+    groups = template.groups if groups is None else groups
     conv = nn.Conv2d(
-        template.in_channels, template.out_channels, template.kernel_size, template.stride,
-        template.padding, template.dilation, template.groups, bias=bias is not None,
+        weight.shape[1] * groups, weight.shape[0], template.kernel_size, template.stride,
+        template.padding, template.dilation, groups, bias=bias is not None,
         padding_mode=template.padding_mode, device=weight.device, dtype=weight.dtype,
     )
     conv.weight.data.copy_(weight)
@@ -95,13 +98,19 @@ def conv_from(template: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Te
     return conv
 
 
-def identity_kernel(channels: int, groups: int, kernel_size: int, like: torch.Tensor) -> torch.Tensor:
-    """Conv weight that maps each channel to itself (grouped conv with `groups` groups)."""
+def bias_or_zeros(conv: nn.Conv2d) -> torch.Tensor:
+    """The conv's bias, or zeros where it has none."""
+    return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+
+
+def identity_kernel(channels: int, groups: int, kernel_size: Union[int, tuple[int, int]],
+                    like: torch.Tensor) -> torch.Tensor:
+    """Conv weight that maps each channel to itself (grouped conv with `groups` groups, 'same' padding)."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     in_per_group = channels // groups
-    kernel = torch.zeros(channels, in_per_group, kernel_size, kernel_size, dtype=like.dtype, device=like.device)
-    centre = kernel_size // 2
+    kernel = torch.zeros(channels, in_per_group, kh, kw, dtype=like.dtype, device=like.device)
     for c in range(channels):
-        kernel[c, c % in_per_group, centre, centre] = 1.0
+        kernel[c, c % in_per_group, kh // 2, kw // 2] = 1.0
     return kernel
 
 
