@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ghostnet import GhostModule, create_model, ghostify, list_models
-from ghostnet.models.cifar import CIFAR10_MEAN, CifarResNet, CifarVGG
+from ghostnet.models.cifar import CIFAR10_MEAN, CifarBasicBlock, CifarResNet, CifarVGG
 
 # GhostNet paper, Table 3 (reference/ghostnet-facts.md section 2): params, MACs.
 PAPER = {
@@ -140,3 +140,24 @@ def test_bad_arguments_give_clear_errors(build, message):
 def test_bad_input_gives_clear_error(name, shape, message):
     with pytest.raises(ValueError, match=message):
         create_model(name)(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("name", ["resnet20_cifar", "ghost_resnet20_cifar"])
+def test_zero_init_last_bn_starts_every_block_as_its_shortcut(name):
+    torch.manual_seed(0)
+    model = create_model(name, zero_init_last_bn=True)
+    plain = create_model(name)
+    x = torch.randn(2, 3, 32, 32)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        blocks = [m for m in model.modules() if isinstance(m, CifarBasicBlock)]
+        assert len(blocks) == 9
+        h = model.relu(model.bn1(model.conv1(x)))
+        for block in blocks:
+            expected = F.relu(block.shortcut(h))
+            h = block(h)
+            torch.testing.assert_close(h, expected, rtol=0, atol=0)
+    # Off by default (He et al.): the residual branches start non-zero.
+    block = next(m for m in plain.modules() if isinstance(m, CifarBasicBlock)).eval()
+    h = torch.randn(2, 16, 8, 8)
+    assert not torch.equal(block(h), F.relu(block.shortcut(h)))

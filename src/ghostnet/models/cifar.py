@@ -109,6 +109,14 @@ class CifarBasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
+    @torch.no_grad()
+    def zero_init_last_bn(self) -> None:
+        """Zero the scale of the residual branch's last batch norm(s): the branch then outputs exactly zero."""
+        last = [self.bn2] if isinstance(self.bn2, nn.BatchNorm2d) else [
+            m for m in self.conv2.modules() if isinstance(m, nn.BatchNorm2d)]  # a Ghost module: both halves' BNs
+        for bn in last:
+            bn.weight.zero_()
+
 
 class CifarResNet(nn.Module):
     """The CIFAR ResNet of He et al. (depth 6n+2), or its Ghost twin when `ratio` is given.
@@ -118,10 +126,13 @@ class CifarResNet(nn.Module):
         num_classes, in_chans: classifier outputs and input channels.
         shortcut: "A" (identity / zero padding, He et al.'s CIFAR choice) or "B" (1x1 projections).
         ratio, dw_size: s and d of the Ghost modules; ratio=None builds the plain network.
+        zero_init_last_bn: start every residual branch at zero (the last BN's scale, or in a Ghost twin the scales
+            of the last Ghost module's two BNs), so that each block begins as its shortcut (Goyal et al., 2017).
+            Off by default, as in He et al. and the paper; it steadies the first steps of short schedules.
     """
 
     def __init__(self, depth: int = 56, num_classes: int = 10, in_chans: int = 3, shortcut: str = "A",
-                 ratio: Optional[int] = None, dw_size: int = 3) -> None:
+                 ratio: Optional[int] = None, dw_size: int = 3, zero_init_last_bn: bool = False) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
@@ -151,6 +162,10 @@ class CifarResNet(nn.Module):
         self.num_features = chs
         self.fc = nn.Linear(chs, num_classes)
         kaiming_init_(self)
+        if zero_init_last_bn:
+            for block in self.modules():
+                if isinstance(block, CifarBasicBlock):
+                    block.zero_init_last_bn()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 64-channel map before pooling."""
