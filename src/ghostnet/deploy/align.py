@@ -15,7 +15,7 @@ Where a Ghost module's h intrinsic maps are not a block multiple (h = 8, 24, 36,
 each half separately wastes channels; there the module is written in its single-path form instead
 (`FusedGhostModule.to_single_path`): the duplicated intrinsic maps fill channels that padding would waste, the
 concat disappears, and in a bottleneck's second module onnxruntime fuses the residual add into the last conv.
-On this project's CPU that takes another 15-20% off ghostnet_100 in onnxruntime (docs/benchmarks.md).
+On this project's CPU that takes another 11-18% off ghostnet_100 in onnxruntime (docs/benchmarks.md).
 """
 from __future__ import annotations
 
