@@ -127,6 +127,7 @@ def test_cli_export_single_path(tmp_path, capsys):
     assert cli_main(["export", "ghostnet_050", "--image-size", "32", "--single-path", "all", "-o", str(out),
                      "--check"]) == 0
     assert _op_count(out, "Concat") == 0
+    assert "fused, 32 single-path Ghost modules" in capsys.readouterr().out
     assert cli_main(["export", "ghostnet_050", "--single-path", "all", "--no-fuse", "-o", str(out)]) == 2
     assert "need the fused model" in capsys.readouterr().err
 

@@ -125,7 +125,13 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         extra.update(opset=args.opset, exporter=args.exporter)
     export_model(export_form, output, x, args.format, **extra)
-    print(f"wrote {output} ({args.format}{', fused' if args.fuse else ''})")
+    form = [args.format] + (["fused"] if args.fuse else [])
+    if args.align_channels:
+        form.append(f"channels aligned to {args.align_channels}")
+    single_path = sum(getattr(m, "single_path", False) for m in export_form.modules())
+    if single_path:
+        form.append(f"{single_path} single-path Ghost modules")
+    print(f"wrote {output} ({', '.join(form)})")
     if args.check:
         exported = load_exported(output)
         batch = x if not args.dynamic_batch else torch.cat([x, x[:1]])  # a batch size the export did not see
