@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+import ghostnet
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy import bench
 from ghostnet.deploy.bench import BenchConfig, build_model, count_macs, run_benchmark, to_markdown, write_report
@@ -69,6 +70,17 @@ def test_train_mode_measures_steps():
                       batch_size=4, rounds=1, reps=1, warmup=1, mode="train")
     (row,) = run_benchmark(cfg).rows
     assert row.mode == "train" and row.images_per_s > 0
+
+
+def test_bfloat16_train_step_runs_under_autocast():
+    """The GPU preset trains with bf16 inputs and float32 weights; CPU autocast runs the same code path."""
+    from ghostnet.deploy.bench import _train_step
+
+    model = ghostnet.create_model("ghostnet_050", stem_stride=1, num_classes=10)
+    before = model.conv_stem.weight.detach().clone()
+    _train_step(model, torch.randn(4, 3, 16, 16).to(torch.bfloat16), compiled=False)()
+    assert model.conv_stem.weight.dtype == torch.float32
+    assert not torch.equal(model.conv_stem.weight, before)  # a real step was taken
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -263,16 +263,22 @@ def _cuda_graph_runner(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Ca
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, compiled: bool) -> Callable[[], Any]:
+    """One SGD step on `x` (float32 weights; bfloat16 autocast when `x` is bfloat16, as mixed-precision training)."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.dtype == torch.bfloat16)
+
+    with torch.no_grad(), autocast():  # the eager model, so that a compiled one first sees the timed batch size
+        num_classes = model(x[:2]).shape[-1]
     forward = torch.compile(model) if compiled else model
-    num_classes = forward(x[:2]).shape[-1]
     target = torch.randint(0, num_classes, (x.shape[0],), device=x.device)
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.dtype == torch.bfloat16):
+        with autocast():
             loss = loss_fn(forward(x).float(), target)
         loss.backward()
         optimizer.step()
