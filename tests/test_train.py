@@ -145,3 +145,15 @@ def test_timm_models_train_with_the_same_recipe():
 def test_cosine_reaches_min_lr_at_the_last_step():
     c = cfg(schedule="cosine", min_lr=0.0, warmup_epochs=0)
     assert lr_at(c, 99, 10) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+
+
+def test_bf16_autocast_run_trains_and_keeps_float32_weights(tmp_path):
+    """amp bf16 (the GPU recipes' mixed precision) through the whole loop, run here with CPU autocast."""
+    data = write_npz_data(tmp_path / "d")
+    with single_thread():
+        result = train(make_config(tiny_config(data, tmp_path / "run", epochs=1, amp="bf16", ema_decay=0.5)))
+    state = read_training_state(tmp_path / "run" / "last.pt")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(rows[0]["train_loss"]) and 0.0 <= rows[0]["val_top1"] <= 100.0
+    assert result["best_epoch"] == 1 and len(result["history"]) == 1  # epochs count from 1
