@@ -23,6 +23,7 @@ from pathlib import Path
 from ghostnet.deploy.bench import BenchConfig, BenchResult, run_benchmark, to_markdown, write_report
 
 PEERS = ("timm:ghostnet_100", "timm:mobilenetv3_large_100", "torchvision:mobilenet_v3_large")
+GPU_TARGETS = {"infer": 40_000, "train": 9_000}  # issue 6: images/s on an H100, batch 256, bf16
 
 
 def best_of(results: list[BenchResult]) -> BenchResult:
@@ -69,6 +70,12 @@ def summary(result: BenchResult) -> str:
                 value = ratio(rows, model, backend, ref_model, ref_backend, threads, field)
                 if value != "n/a":
                     lines.append(f"{threads} thread(s), {field}: {label}: {value}")
+    for row in result.rows:  # the GPU targets: images/s of ghostnet_100 at batch 256, bf16
+        if row.device == "cuda" and row.model == "ghostnet_100":
+            target = GPU_TARGETS[row.mode]
+            verdict = "met" if row.images_per_s >= target else "not met"
+            lines.append(f"cuda {row.mode}, ghostnet_100 {row.backend}, batch {row.batch_size} {row.dtype}: "
+                         f"{row.images_per_s:,.0f} images/s (target >= {target:,}: {verdict})")
     return "\n".join(lines)
 
 

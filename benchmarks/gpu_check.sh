@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The prepared check for a lent GPU machine, in one call (about 8 minutes on an H100; run it with the device
+# tool's timeout_s=570 so that the limits below, not the tool's, end a stuck step):
+#   1. tests/test_cuda.py and the CUDA tests of the benchmark harness: fused / single-path forms against a float64
+#      reference, bf16 channels-last inference, AMP training (bf16, fp16), CUDA memory measurement;
+#   2. bench_latency.py's GPU preset: batch 256, bf16, channels-last; inference with CUDA graphs (eager and fused)
+#      and training steps, ours against timm's ghostnet_100 / mobilenetv3_large_100 and torchvision's;
+#      its summary checks the issue's targets (>= 40,000 images/s inference, >= 9,000 training);
+#   3. torch.compile of ghostnet_100 alone (inference), beside the fused eager form.
+# The machine's own python3 (with torch, timm, onnx) runs the package from src/, nothing is installed.
+# Outputs (at most 8 files come back from the device): log.txt, gpu.{json,md}, gpu_train_b256.{json,md},
+# compile.{json,md} in ${OUT:-benchmarks/results/gpu}.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out_dir=$(realpath -m "${OUT:-benchmarks/results/gpu}")
+mkdir -p "$out_dir"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $py -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
+  echo "== 1. CUDA tests"
+  timeout 180 $py -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_bench.py::test_cuda_bf16_channels_last"
+  echo "== 2. GPU benchmark preset"
+  (cd benchmarks && timeout 240 $py bench_latency.py --device cuda --rounds 5 --reps 10 --out "$out_dir/gpu")
+  echo "== 3. torch.compile, ghostnet_100"
+  timeout 120 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
+    --backends fused,compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile --no-plot
+} 2>&1 | tee "$out_dir/log.txt"
+rm -f "$out_dir"/*.png  # keep within the 8 files that come back
