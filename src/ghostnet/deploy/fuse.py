@@ -10,10 +10,11 @@
    `FusedSqueezeExcite`: one forward each, calling convolutions directly instead of through nested containers;
    Identity modules left where batch norms were are dropped from Sequentials.
 
-The Ghost module keeps its concat. Replacing it by one depthwise conv with an identity kernel per intrinsic map
-(the "channel multiplier" form) was measured on this project's CPUs: oneDNN's depthwise kernel does not cover
-channel multipliers > 1 and the single conv takes 2-9x the time of the conv plus the concat it replaces (see
-docs/deployment.md). On CPU the cost lives in per-op overhead, so the win is in fewer, leaner ops.
+The Ghost module keeps its concat here. Its concat-free single-path form (`FusedGhostModule.to_single_path`,
+`single_path_ghost_modules`) duplicates the primary conv's outputs, which eager PyTorch does not repay;
+`align.align_channels` uses it for onnxruntime where channel padding would waste those channels anyway. The
+"channel multiplier" form (one grouped conv from the intrinsic maps to both halves) was measured 2-9x slower than
+the conv plus concat it replaces: oneDNN's depthwise kernel does not cover multipliers > 1 (docs/deployment.md).
 """
 from __future__ import annotations
 
@@ -204,22 +205,23 @@ class FusedGhostModule(nn.Module):
         return cls(primary[0], primary[1], cheap[0], cheap[1], module.out_chs, short_conv)
 
     def can_be_single_path(self) -> bool:
-        """Whether `to_single_path` applies: a dense primary conv, each cheap map reading one intrinsic map ('same'-padded, stride 1,
-        groups == intrinsic maps), and the cheap op's activation leaves the primary's activated output unchanged."""
+        """Whether `to_single_path` applies: a dense primary conv; a cheap conv in which each map reads one intrinsic
+        map (groups == intrinsic maps), stride 1, zero 'same' padding; and a cheap-op activation that leaves the
+        primary's activated output unchanged (none, or the primary's own when it is idempotent)."""
         primary, cheap = self.primary, self.cheap
-        same = all(p * 2 == d * (k - 1) for p, d, k in zip(cheap.padding, cheap.dilation, cheap.kernel_size))
+        same = isinstance(cheap.padding, tuple) and cheap.padding_mode == "zeros" and all(
+            p * 2 == d * (k - 1) for p, d, k in zip(cheap.padding, cheap.dilation, cheap.kernel_size))
         acts_ok = self.cheap_act is None or (type(self.cheap_act) is type(self.primary_act)
                                              and isinstance(self.cheap_act, _IDEMPOTENT_ACTS))
-        return (not self.single_path and primary.groups == 1 and isinstance(cheap.padding, tuple) and same
-                and cheap.stride == (1, 1)
-                and cheap.groups == cheap.in_channels == primary.out_channels and acts_ok
-                and cheap.padding_mode == "zeros")
+        return (not self.single_path and primary.groups == 1 and same and cheap.stride == (1, 1)
+                and cheap.groups == cheap.in_channels == primary.out_channels and acts_ok)
 
     @torch.no_grad()
     def to_single_path(self) -> "FusedGhostModule":
         """Rewrite in place into two convs and no concat: the primary conv computes every intrinsic map twice, once
-        for the output and once as the input of its cheap maps, and one grouped conv then passes the first copies
-        through (identity kernel) and applies the cheap kernels to the second.
+        for the output and once as the input of its cheap maps, and one depthwise conv then passes the first copies
+        through (identity kernels) and applies the cheap kernels to the second. The output is the concat's, channel
+        for channel.
 
         Costs more multiply-adds (the primary conv's duplicated outputs) and saves the concat copy and, in a
         bottleneck's second module, lets a runtime fuse the residual add into the conv; `align_channels` uses it
