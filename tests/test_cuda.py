@@ -60,8 +60,8 @@ def test_bf16_channels_last_inference_on_cuda(name):
         fused = fuse(model, example_input=x[:1], channels_last=True).cuda().to(torch.bfloat16)
         got = fused(x.cuda().to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float().cpu()
     assert torch.isfinite(got).all()
-    assert _relative_error(got, reference) <= 5e-2  # bf16 keeps 8 bits of mantissa
-    assert (got.argmax(1) == reference.argmax(1)).float().mean().item() >= 0.75
+    # bf16 keeps 8 bits of mantissa; on CPU the same comparison gives 0.4-0.6% for these three models.
+    assert _relative_error(got, reference) <= 2e-2
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
