@@ -92,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.device == "cuda":
-        backends = ["eager", "fused"] + (["compile"] if args.compile else [])
+        backends = ["eager", "fused", "single-path"] + (["compile"] if args.compile else [])
         runs = [BenchConfig(models=args.models, peers=PEERS, backends=backends, threads=[1], batch_size=256,
                             rounds=args.rounds, reps=args.reps, device="cuda", dtype="bfloat16", cuda_graphs=True),
                 BenchConfig(models=args.models, peers=PEERS, backends=["eager"] + (["compile"] if args.compile else []),

@@ -3,7 +3,8 @@
 # tool's timeout_s=570 so that the limits below, not the tool's, end a stuck step):
 #   1. tests/test_cuda.py and the CUDA tests of the benchmark harness: fused / single-path forms against a float64
 #      reference, bf16 channels-last inference, AMP training (bf16, fp16), CUDA memory measurement;
-#   2. bench_latency.py's GPU preset: batch 256, bf16, channels-last; inference with CUDA graphs (eager and fused)
+#   2. bench_latency.py's GPU preset: batch 256, bf16, channels-last; inference with CUDA graphs (eager, fused,
+#      and single-path: is the concat's memory traffic worth the duplicated primary outputs on a GPU?)
 #      and training steps, ours against timm's ghostnet_100 / mobilenetv3_large_100 and torchvision's;
 #      its summary checks the targets (>= 40,000 images/s inference, >= 9,000 training);
 #   3. torch.compile of ghostnet_100 alone (inference), beside the fused eager form.

@@ -41,13 +41,13 @@ def test_run_benchmark_rows_and_reports(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("timm")
     cfg = BenchConfig(models=["ghostnet_050"], peers=["timm:ghostnet_050"],
-                      backends=["eager", "fused", "onnxruntime"], threads=[1], image_size=32, rounds=2, reps=2,
-                      warmup=1)
+                      backends=["eager", "fused", "single-path", "onnxruntime"], threads=[1], image_size=32,
+                      rounds=2, reps=2, warmup=1)
     result = run_benchmark(cfg)
     got = {(r.model, r.backend) for r in result.rows}
-    # "fused" is for our models only; every other backend runs for ours and the peer alike
-    assert got == {("ghostnet_050", "eager"), ("ghostnet_050", "fused"), ("ghostnet_050", "onnxruntime"),
-                   ("timm/ghostnet_050", "eager"), ("timm/ghostnet_050", "onnxruntime")}
+    # "fused" and "single-path" are for our models only; every other backend runs for ours and the peer alike
+    assert got == {("ghostnet_050", "eager"), ("ghostnet_050", "fused"), ("ghostnet_050", "single-path"),
+                   ("ghostnet_050", "onnxruntime"), ("timm/ghostnet_050", "eager"), ("timm/ghostnet_050", "onnxruntime")}
     macs = {r.model: r.macs for r in result.rows}
     assert macs["ghostnet_050"] == macs["timm/ghostnet_050"] > 0  # same architecture, same count
     assert all(r.calls == 4 and r.images_per_s > 0 and r.threads == 1 for r in result.rows)
@@ -56,7 +56,7 @@ def test_run_benchmark_rows_and_reports(tmp_path):
     paths = write_report(result, tmp_path, "b", reference="timm/ghostnet_050/eager")
     assert [p.name for p in paths] == ["b.json", "b.md", "b.png"]
     data = json.loads(paths[0].read_text())
-    assert len(data["rows"]) == 5 and data["environment"]["torch"] == torch.__version__
+    assert len(data["rows"]) == 6 and data["environment"]["torch"] == torch.__version__
     assert "load_average_after" in data["environment"]
     markdown = paths[1].read_text()
     assert "ratio vs timm/ghostnet_050/eager" in markdown and markdown.count("| ghostnet_050 |") == 3
@@ -113,11 +113,11 @@ def test_unknown_peer_source():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cuda_graphs", [False, True])
 def test_cuda_bf16_channels_last(cuda_graphs, tmp_path):
-    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["eager", "fused"], threads=[1], image_size=64,
-                      batch_size=8, rounds=1, reps=2, warmup=1, device="cuda", dtype="bfloat16",
+    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["eager", "fused", "single-path"], threads=[1],
+                      image_size=64, batch_size=8, rounds=1, reps=2, warmup=1, device="cuda", dtype="bfloat16",
                       cuda_graphs=cuda_graphs)
     result = run_benchmark(cfg)
-    assert {r.backend for r in result.rows} == {"eager", "fused"}
+    assert {r.backend for r in result.rows} == {"eager", "fused", "single-path"}
     assert all(r.device == "cuda" and r.median_ms > 0 for r in result.rows)
 
 

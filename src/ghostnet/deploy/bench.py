@@ -29,14 +29,14 @@ import torch.nn as nn
 
 from ..utils import atomic_write
 from .align import nchwc_block_size
-from .fuse import fuse
+from .fuse import fuse, single_path_ghost_modules
 
 PathLike = Union[str, os.PathLike]
 
-BACKENDS = ("eager", "fused", "torchscript", "compile", "onnxruntime", "int8")
+BACKENDS = ("eager", "fused", "single-path", "torchscript", "compile", "onnxruntime", "int8")
 MODES = ("infer", "train")
 #: Backends that only make sense for our own models (peers have no Ghost-aware fusion).
-OWN_ONLY_BACKENDS = ("fused",)
+OWN_ONLY_BACKENDS = ("fused", "single-path")
 DEFAULT_PEERS = ("timm:ghostnet_100", "timm:mobilenetv3_large_100", "torchvision:mobilenet_v3_large")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -310,8 +310,10 @@ def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfi
         # CUDA, where every published GPU figure (timm's included) uses it.
         eager_format = memory_format if device.type == "cuda" else torch.contiguous_format
         model = copy.deepcopy(prep.model).to(device, dtype, memory_format=eager_format)
-    elif backend == "fused":
+    elif backend in ("fused", "single-path"):
         model = fuse(prep.model, example_input=x[:1].to(next(prep.model.parameters()).dtype))
+        if backend == "single-path":  # no concats: duplicated primary outputs (see FusedGhostModule.to_single_path)
+            single_path_ghost_modules(model)
         model = model.to(device, dtype, memory_format=memory_format)
     else:
         base = fuse(prep.model, example_input=x[:1]) if prep.source == "ghostnet" else copy.deepcopy(prep.model)
@@ -493,7 +495,7 @@ def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
     from matplotlib.ticker import ScalarFormatter
 
     colors = {"ghostnet": "tab:blue", "timm": "tab:orange", "torchvision": "tab:green"}
-    markers = dict(zip(BACKENDS, "osD^vP"))
+    markers = dict(zip(BACKENDS, "osXD^vP"))
     thread_counts = sorted({r.threads for r in result.rows})
     fig = Figure(figsize=(6 * len(thread_counts), 4.5))  # no pyplot: leaves the caller's backend alone
     axes = fig.subplots(1, len(thread_counts), squeeze=False)[0]
