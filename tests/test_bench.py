@@ -47,7 +47,8 @@ def test_run_benchmark_rows_and_reports(tmp_path):
     got = {(r.model, r.backend) for r in result.rows}
     # "fused" and "single-path" are for our models only; every other backend runs for ours and the peer alike
     assert got == {("ghostnet_050", "eager"), ("ghostnet_050", "fused"), ("ghostnet_050", "single-path"),
-                   ("ghostnet_050", "onnxruntime"), ("timm/ghostnet_050", "eager"), ("timm/ghostnet_050", "onnxruntime")}
+                   ("ghostnet_050", "onnxruntime"), ("timm/ghostnet_050", "eager"),
+                   ("timm/ghostnet_050", "onnxruntime")}
     macs = {r.model: r.macs for r in result.rows}
     assert macs["ghostnet_050"] == macs["timm/ghostnet_050"] > 0  # same architecture, same count
     assert all(r.calls == 4 and r.images_per_s > 0 and r.threads == 1 for r in result.rows)
@@ -59,7 +60,7 @@ def test_run_benchmark_rows_and_reports(tmp_path):
     assert len(data["rows"]) == 6 and data["environment"]["torch"] == torch.__version__
     assert "load_average_after" in data["environment"]
     markdown = paths[1].read_text()
-    assert "ratio vs timm/ghostnet_050/eager" in markdown and markdown.count("| ghostnet_050 |") == 3
+    assert "ratio vs timm/ghostnet_050/eager" in markdown and markdown.count("| ghostnet_050 |") == 4
     assert f"| timm/ghostnet_050 | eager | {macs['ghostnet_050'] / 1e6:.1f} |" in markdown
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert to_markdown(result, reference=None).count("ratio vs") == 0
