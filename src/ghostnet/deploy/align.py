@@ -197,6 +197,7 @@ def align_channels(model: nn.Module, multiple: int = 16, single_path: Optional[b
     `single_path`: write Ghost modules without their concat (`FusedGhostModule.to_single_path`) everywhere that
     applies (True), nowhere (False), or (None) where the duplicated maps fill channels padding would waste anyway:
     where the 2h maps padded once take fewer channels than the two halves padded separately (h = 8, 24, 36, ...).
+    Modules already in single-path form stay so.
 
     Raises ValueError when the model is not a fused GhostNet that `can_align` accepts.
     """
