@@ -5,7 +5,8 @@
 2. Fuse it, export it to ONNX and measure the fp32 onnxruntime accuracy on the 10,000 test images.
 3. Quantize it with several settings (per-tensor / per-channel weights, depthwise convs quantized or kept in
    float, calibration method, number of calibration images drawn from the training set) and measure each one's
-   accuracy and its drop against fp32, plus its batch-1 latency at one thread, interleaved with the fp32 model.
+   accuracy and its drop against fp32, plus its batch-1 latency at one thread, interleaved with the fp32 model;
+   the last two settings quantize the channel-aligned export (the graph `ghostnet export --align-channels` writes).
 
     python benchmarks/bench_int8.py [--epochs 6] [--data ../shared/data/cifar10] [--out results/int8]
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from ghostnet import create_model
 from ghostnet.convert.checkpoints import load_checkpoint, save_checkpoint
 from ghostnet.deploy import fuse
+from ghostnet.deploy.align import align_channels, nchwc_block_size
 from ghostnet.deploy.bench import environment
 from ghostnet.deploy.export import export_onnx, onnx_session
 from ghostnet.deploy.quantize import calibration_batches, onnx_accuracy, quantize_onnx
@@ -50,7 +52,12 @@ SETTINGS = [
     ("default, 8 calibration images", dict(), 8),
     ("default, percentile calibration", dict(method="percentile"), 512),
     ("fast: all ops, per-channel, depthwise int8", dict(op_types=None, keep_depthwise_float=False), 512),
+    ("default, from the aligned export", dict(), 512),
+    ("fast, from the aligned export", dict(op_types=None, keep_depthwise_float=False), 512),
 ]
+#: Settings quantized from the channel-aligned export (align_channels: zero channels, single-path Ghost modules);
+#: the others from the plain fused export.
+ALIGNED_PREFIXES = ("default, from the aligned", "fast, from the aligned")
 
 
 def load_cifar(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,15 +172,19 @@ def main() -> None:
     fp32_path = export_onnx(fused, args.work_dir / "fp32.onnx", test_x[:1])
     fp32_ort = onnx_accuracy(onnx_session(fp32_path, threads=args.torch_threads), test_x, test_y)
     print(f"fp32: torch {fp32_torch:.2f}%, onnxruntime {fp32_ort:.2f}%", flush=True)
+    aligned = align_channels(fuse(model, example_input=test_x[:1]), nchwc_block_size() or 16)
+    aligned_path = export_onnx(aligned, args.work_dir / "fp32_aligned.onnx", test_x[:1])
 
     generator = torch.Generator().manual_seed(1)
     calib_pool = train_x[torch.randperm(len(train_x), generator=generator)[:512]]
     rows = []
-    sessions = {"fp32": onnx_session(fp32_path, threads=args.threads)}
+    sessions = {"fp32": onnx_session(fp32_path, threads=args.threads),
+                "fp32, aligned": onnx_session(aligned_path, threads=args.threads)}
     for i, (label, kwargs, n_calib) in enumerate(SETTINGS):
         path = args.work_dir / f"int8_{i}.onnx"
         start = time.time()
-        quantize_onnx(fp32_path, path, calibration_batches(calib_pool[:n_calib], 64), **kwargs)
+        source = aligned_path if label.startswith(ALIGNED_PREFIXES) else fp32_path
+        quantize_onnx(source, path, calibration_batches(calib_pool[:n_calib], 64), **kwargs)
         acc = onnx_accuracy(onnx_session(path, threads=args.torch_threads), test_x, test_y)
         rows.append({"setting": label, "calibration_images": n_calib, "top1": acc, "drop": fp32_ort - acc,
                      "quantize_s": time.time() - start})
@@ -184,11 +195,12 @@ def main() -> None:
         row["latency_ms"] = latencies[row["setting"]]
 
     result = {"environment": environment(), "epochs": args.epochs, "fp32_torch_top1": fp32_torch,
-              "fp32_onnxruntime_top1": fp32_ort, "fp32_latency_ms": latencies["fp32"], "threads": args.threads,
+              "fp32_onnxruntime_top1": fp32_ort, "fp32_latency_ms": latencies["fp32"],
+              "fp32_aligned_latency_ms": latencies["fp32, aligned"], "threads": args.threads,
               "rows": rows, "command": " ".join(sys.argv)}
     lines = [f"GhostNet 1.0x (CIFAR stem), {args.epochs} epochs on CIFAR-10: fp32 top-1 {fp32_torch:.2f}% in torch, "
              f"{fp32_ort:.2f}% in onnxruntime; batch-1 latency at {args.threads} thread(s): fp32 "
-             f"{latencies['fp32']:.2f} ms.", "",
+             f"{latencies['fp32']:.2f} ms (aligned export: {latencies['fp32, aligned']:.2f} ms).", "",
              "| setting | calibration images | int8 top-1 | drop (points) | latency ms | vs fp32 |",
              "|---|---|---|---|---|---|"]
     for row in rows:
