@@ -228,7 +228,7 @@ def _onnx_file(prep: _Prepared, x: torch.Tensor, workdir: Path, variant: str, al
     stem = workdir / prep.label.replace("/", "_")
     if variant == "int8":
         # Quantized from the fp32 graph the "onnxruntime" backend runs (for ours: channel-aligned, single-path
-        # modules), which onnxruntime's int8 kernels run 25-30% faster than the plain export's.
+        # modules), which onnxruntime's int8 kernels run 25-35% faster than the plain export's.
         # Timing only: random calibration data gives the same graph and kernels as real images would.
         generator = torch.Generator().manual_seed(0)
         calibration = [torch.randn(x[:8].shape, generator=generator) for _ in range(2)]
