@@ -115,7 +115,7 @@ def test_channel_aligned_onnx_matches(name, tmp_path):
         assert (run_onnx(onnx_session(path, threads=1), x) - model(x)).abs().max().item() <= ATOL
     # Single-path Ghost modules (where padding would waste channels) leave no concat behind.
     single_path = sum(getattr(m, "single_path", False) for m in aligned.modules())
-    assert single_path == 15 and _op_count(path, "Concat") == concats - single_path
+    assert single_path == 8 and _op_count(path, "Concat") == concats - single_path
 
 
 def _op_count(path, op_type: str) -> int:

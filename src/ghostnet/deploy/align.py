@@ -12,10 +12,11 @@ activations because ReLU(0) = 0, and zero weights out), and consumers ignore the
 where its real channels sit inside the padded tensor.
 
 Where a Ghost module's h intrinsic maps are not a block multiple (h = 8, 24, 36, ... in ghostnet_100), padding
-each half separately wastes channels; there the module is written in its single-path form instead
-(`FusedGhostModule.to_single_path`): the duplicated intrinsic maps fill channels that padding would waste, the
-concat disappears, and in a bottleneck's second module onnxruntime fuses the residual add into the last conv.
-On this project's CPU that takes another 11-18% off ghostnet_100 in onnxruntime (docs/benchmarks.md).
+each half separately wastes channels; where that waste is most of what the duplicates need, the module is written
+in its single-path form instead (`FusedGhostModule.to_single_path`): the duplicated intrinsic maps fill channels
+that padding would waste, the concat disappears, and in a bottleneck's second module onnxruntime fuses the
+residual add into the last conv. On this project's CPU that takes 10-30% off GhostNet in onnxruntime
+(docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -138,26 +139,53 @@ def _padded(channels: int, multiple: int) -> int:
     return math.ceil(channels / multiple) * multiple
 
 
+#: The single-path form adds primary outputs (the duplicates, less the padding they replace), each costing per pixel
+#: its conv's input channels x kernel area plus the cheap kernel's area in multiply-adds, and saves the concat, which
+#: copies each of its channels once per pixel. It is chosen where the added multiply-adds are at most this many per
+#: copied channel: measured in onnxruntime (AVX-512, 1 and 2 threads), 16 and 32 gave the same latencies on
+#: ghostnet_050, ghostnet_100 and ghostnetv2_100 (11-30% below keeping every concat) and both kept ghostnet_130's
+#: concats, where filling all the padding instead made it 14% slower.
+MACS_PER_COPIED_CHANNEL = 32
+
+
 def _use_single_path(ghost: FusedGhostModule, multiple: int, single_path: Optional[bool]) -> bool:
     """Whether the module is aligned in its single-path form (see `align_channels`)."""
     if ghost.single_path:
         return True
     if single_path is False or not ghost.can_be_single_path():
         return False
-    half = ghost.primary.out_channels
-    return single_path or _padded(2 * half, multiple) < 2 * _padded(half, multiple)
+    if single_path:
+        return True
+    half = _padded(ghost.primary.out_channels, multiple)
+    added = _padded(2 * ghost.primary.out_channels, multiple) - half  # primary outputs beyond the padded half
+    if added >= half:  # no padding to fill: the duplicates would double the primary conv
+        return False
+    per_output = (_padded(ghost.primary.in_channels, multiple) * math.prod(ghost.primary.kernel_size)
+                  + math.prod(ghost.cheap.kernel_size))
+    return added * per_output <= MACS_PER_COPIED_CHANNEL * 2 * half
 
 
-def _ghost_output_layout(ghost: FusedGhostModule, multiple: int, single_path: Optional[bool]) -> Layout:
-    if _use_single_path(ghost, multiple, single_path):
+def _ghost_output_layout(ghost: FusedGhostModule, multiple: int, single: bool) -> Layout:
+    if single:
         return Layout.padded(ghost.out_chs, multiple)
     half = Layout.padded(ghost.primary.out_channels, multiple)
     return half.concat(half)
 
 
-def _align_ghost(ghost: FusedGhostModule, inputs: Layout, multiple: int, single_path: Optional[bool]) -> Layout:
-    out = _ghost_output_layout(ghost, multiple, single_path)
-    if _use_single_path(ghost, multiple, single_path):
+def _form_for_layout(ghost: FusedGhostModule, layout: Layout, multiple: int, preferred: bool) -> bool:
+    """The form (True: single path) whose output layout is `layout`, `preferred` where both are, for a module that
+    must match its input (an identity shortcut adds them); ValueError if neither form gives it."""
+    for single in (preferred, not preferred):
+        possible = ghost.single_path or ghost.can_be_single_path() if single else not ghost.single_path
+        if possible and _ghost_output_layout(ghost, multiple, single) == layout:
+            return single
+    raise ValueError(f"identity shortcut between different layouts: the block reads {layout.size} channels and no "
+                     f"form of its last Ghost module writes them in that layout")
+
+
+def _align_ghost(ghost: FusedGhostModule, inputs: Layout, multiple: int, single: bool) -> Layout:
+    out = _ghost_output_layout(ghost, multiple, single)
+    if single:
         if not ghost.single_path:
             ghost.to_single_path()
         ghost.primary = _remap(ghost.primary, inputs, out)
@@ -174,19 +202,20 @@ def _align_ghost(ghost: FusedGhostModule, inputs: Layout, multiple: int, single_
 
 
 def _align_block(block: FusedGhostBottleneck, inputs: Layout, multiple: int, single_path: Optional[bool]) -> Layout:
-    mid = _align_ghost(block.ghost1, inputs, multiple, single_path)
+    mid = _align_ghost(block.ghost1, inputs, multiple, _use_single_path(block.ghost1, multiple, single_path))
     if block.conv_dw is not None:
         block.conv_dw = _remap_depthwise(block.conv_dw, mid)
     if block.se is not None:
         hidden = Layout.padded(block.se.conv_reduce.out_channels, multiple)
         block.se.conv_reduce = _remap(block.se.conv_reduce, mid, hidden)
         block.se.conv_expand = _remap(block.se.conv_expand, hidden, mid)
-    out = _align_ghost(block.ghost2, mid, multiple, single_path)
     if len(block.shortcut):
+        out = _align_ghost(block.ghost2, mid, multiple, _use_single_path(block.ghost2, multiple, single_path))
         block.shortcut = nn.Sequential(_remap_depthwise(block.shortcut[0], inputs),
                                        _remap(block.shortcut[1], inputs, out))
-    elif inputs != out:
-        raise ValueError(f"identity shortcut between different layouts ({inputs.size} and {out.size} channels)")
+    else:  # the residual stream keeps one layout: the form of the stage's first module decides
+        preferred = _use_single_path(block.ghost2, multiple, single_path)
+        out = _align_ghost(block.ghost2, mid, multiple, _form_for_layout(block.ghost2, inputs, multiple, preferred))
     return out
 
 
@@ -195,9 +224,11 @@ def align_channels(model: nn.Module, multiple: int = 16, single_path: Optional[b
     """Pad every channel count of a fused GhostNet (from `fuse`) to a multiple of `multiple`, in place.
 
     `single_path`: write Ghost modules without their concat (`FusedGhostModule.to_single_path`) everywhere that
-    applies (True), nowhere (False), or (None) where the duplicated maps fill channels padding would waste anyway:
-    where the 2h maps padded once take fewer channels than the two halves padded separately (h = 8, 24, 36, ...).
-    Modules already in single-path form stay so.
+    applies (True), nowhere (False), or (None) where the duplicated maps mostly fill channels that padding would
+    waste anyway: the 2h maps padded once take fewer channels than the two halves padded separately (h = 8, 24,
+    36, ...) and the few primary outputs this adds cost less than the concat saves (`MACS_PER_COPIED_CHANNEL`).
+    Modules already in single-path form stay so; along an identity shortcut every block follows the form of the
+    stage's first, so that the residual stream keeps one layout.
 
     Raises ValueError when the model is not a fused GhostNet that `can_align` accepts.
     """
@@ -208,8 +239,9 @@ def align_channels(model: nn.Module, multiple: int = 16, single_path: Optional[b
                          f"GhostNet), got {type(model).__name__}")
     blocks = _blocks(model)
     # The stem writes what the first block reads; with an identity shortcut that must be the block's own layout.
-    stem_layout = (_ghost_output_layout(blocks[0].ghost2, multiple, single_path) if not len(blocks[0].shortcut)
-                   else Layout.canonical(model.conv_stem.out_channels))
+    first = blocks[0].ghost2
+    stem_layout = (_ghost_output_layout(first, multiple, _use_single_path(first, multiple, single_path))
+                   if not len(blocks[0].shortcut) else Layout.canonical(model.conv_stem.out_channels))
     model.conv_stem = _remap(model.conv_stem, None, stem_layout)
     layout = stem_layout
     for block in blocks:
