@@ -143,7 +143,7 @@ def _padded(channels: int, multiple: int) -> int:
 #: its conv's input channels x kernel area plus the cheap kernel's area in multiply-adds, and saves the concat, which
 #: copies each of its channels once per pixel. It is chosen where the added multiply-adds are at most this many per
 #: copied channel: measured in onnxruntime (AVX-512, 1 and 2 threads), 16 and 32 gave the same latencies on
-#: ghostnet_050, ghostnet_100 and ghostnetv2_100 (11-30% below keeping every concat) and both kept ghostnet_130's
+#: ghostnet_050, ghostnet_100 and ghostnetv2_100 (10-30% below keeping every concat) and both kept ghostnet_130's
 #: concats, where filling all the padding instead made it 14% slower.
 MACS_PER_COPIED_CHANNEL = 32
 
