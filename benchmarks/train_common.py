@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -18,13 +17,11 @@ SHARED_DATA = Path(os.environ.get("GHOSTNET_DATA", Path(__file__).resolve().pare
 
 def cost(model_spec: str, input_size: int, **kwargs: Any) -> tuple[float, float]:
     """(parameters in millions, multiply-accumulates in millions) of one image (torch.utils.flop_counter / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from ghostnet.deploy.bench import count_macs
 
     model = modelspec_create(model_spec, **kwargs).eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.randn(1, 3, input_size, input_size))
-    return sum(p.numel() for p in model.parameters()) / 1e6, counter.get_total_flops() / 2e6
+    macs = count_macs(model, torch.randn(1, 3, input_size, input_size))
+    return sum(p.numel() for p in model.parameters()) / 1e6, macs / 1e6
 
 
 def run(recipe: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -46,21 +43,13 @@ def run(recipe: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def machine() -> dict[str, str]:
     """Versions and processor of this machine."""
-    import torchvision
+    from ghostnet.deploy.bench import environment
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "threads": str(torch.get_num_threads()), "cpus": str(os.cpu_count())}
-    try:
-        import timm
-
-        info["timm"] = timm.__version__
-    except ImportError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
+    env = environment()
+    info = {key: str(env[key]) for key in ("python", "torch", "torchvision")}
+    info.update(threads=str(torch.get_num_threads()), cpus=str(env["cpu_count"]), cpu=env["cpu"])
+    if env["timm"]:
+        info["timm"] = env["timm"]
     return info
 
 

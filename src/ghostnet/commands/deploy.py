@@ -16,7 +16,7 @@ def _csv(kind):
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    from ..deploy.bench import BACKENDS, DEFAULT_PEERS, MODES
+    from ..deploy.bench import BACKENDS, DEFAULT_PEERS, DTYPES, MODES
     from ..deploy.export import DEFAULT_OPSET, EXPORT_FORMATS, ONNX_EXPORTERS
     from ..deploy.quantize import CALIBRATION_METHODS
 
@@ -40,7 +40,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    "(16 with AVX-512, 8 with AVX2; 0: off)")
     p.add_argument("--single-path", default="auto", choices=("auto", "all", "none"),
                    help="Ghost modules without their concat (primary outputs duplicated, identity kernels in the "
-                   "cheap conv): auto = where channel alignment would pad anyway (only with --align-channels), "
+                   "cheap conv): auto = where it pays with channel alignment (only with --align-channels), "
                    "all = every module that allows it, none = keep the concat")
     p.add_argument("--check", action="store_true", help="run the written file and compare it with the model")
     p.set_defaults(func=run_export)
@@ -81,7 +81,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reps", type=int, default=20, help="timed calls per candidate per round")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels-last weights for the fused, torchscript and compile backends")
     p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs (CUDA only)")

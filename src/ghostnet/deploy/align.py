@@ -39,6 +39,10 @@ def nchwc_block_size() -> int:
     return 16 if capability.startswith("AVX512") else 8 if capability == "AVX2" else 0
 
 
+def _padded(channels: int, multiple: int) -> int:
+    return math.ceil(channels / multiple) * multiple
+
+
 @dataclass(frozen=True)
 class Layout:
     """Real channel c of a tensor lives at padded position `positions[c]`; the padded tensor has `size` channels."""
@@ -52,7 +56,7 @@ class Layout:
 
     @staticmethod
     def padded(channels: int, multiple: int) -> "Layout":
-        return Layout(tuple(range(channels)), math.ceil(channels / multiple) * multiple)
+        return Layout(tuple(range(channels)), _padded(channels, multiple))
 
     def concat(self, other: "Layout") -> "Layout":
         return Layout(self.positions + tuple(p + self.size for p in other.positions), self.size + other.size)
@@ -133,10 +137,6 @@ def can_align(model: nn.Module) -> bool:
         if len(block.shortcut) not in (0, 2) or (len(block.shortcut) == 2 and not _is_depthwise(block.shortcut[0])):
             return False
     return True
-
-
-def _padded(channels: int, multiple: int) -> int:
-    return math.ceil(channels / multiple) * multiple
 
 
 #: The single-path form adds primary outputs (the duplicates, less the padding they replace), each costing per pixel

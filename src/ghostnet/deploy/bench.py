@@ -158,13 +158,17 @@ def _version(module: str) -> Optional[str]:
         return None
 
 
+def _load_average() -> Optional[list[float]]:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def environment(device: str = "cpu") -> dict[str, Any]:
     """Machine, library versions and the current load average."""
     env = {
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": _version("torchvision"), "timm": _version("timm"), "onnxruntime": _version("onnxruntime"),
-        "onnx": _version("onnx"), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "onnx": _version("onnx"), "load_average": _load_average(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if device == "cuda" and torch.cuda.is_available():
@@ -192,11 +196,11 @@ def build_model(spec: str, num_classes: Optional[int] = None) -> tuple[str, str,
 
         return name, "ghostnet", create_model(name, **kwargs).eval()
     if source == "timm":
-        try:
-            import timm
-        except ImportError as exc:
-            raise BackendUnavailable("timm is not installed") from exc
-        return f"timm/{name}", "timm", timm.create_model(name, pretrained=False, **kwargs).eval()
+        if importlib.util.find_spec("timm") is None:
+            raise BackendUnavailable("timm is not installed")
+        from ..train.modelspec import TIMM_PREFIX, create
+
+        return f"timm/{name}", "timm", create(TIMM_PREFIX + name, **kwargs).eval()
     if source == "torchvision":
         import torchvision
 
@@ -435,7 +439,7 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
                 result.rows.extend(_measure(runners, cfg, threads, progress))
     finally:
         torch.set_num_threads(previous_threads)
-    result.environment["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result.environment["load_average_after"] = _load_average()
     return result
 
 

@@ -12,7 +12,7 @@
 
 The Ghost module keeps its concat here. Its concat-free single-path form (`FusedGhostModule.to_single_path`,
 `single_path_ghost_modules`) duplicates the primary conv's outputs, which eager PyTorch does not repay;
-`align.align_channels` uses it for onnxruntime where channel padding would waste those channels anyway. The
+`align.align_channels` uses it for onnxruntime where it pays (`align.MACS_PER_COPIED_CHANNEL`). The
 "channel multiplier" form (one grouped conv from the intrinsic maps to both halves) was measured 2-9x slower than
 the conv plus concat it replaces: oneDNN's depthwise kernel does not cover multipliers > 1 (docs/deployment.md).
 """
@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from ..layers import GhostBottleneck, GhostBottleneckV3, GhostModule, GhostModuleV3, SqueezeExcite, reparameterize_model
-from ..layers.ghost import dfc_attention
+from ..layers.ghost import apply_dfc_gate
 from ..layers.helpers import HardSigmoid, bias_or_zeros, conv_from, fuse_conv_bn_weights, identity_kernel
 
 __all__ = ["FusedGhostBottleneck", "FusedGhostModule", "FusedSqueezeExcite", "example_input_for", "fold_batchnorms",
@@ -225,7 +225,7 @@ class FusedGhostModule(nn.Module):
 
         Costs more multiply-adds (the primary conv's duplicated outputs) and saves the concat copy and, in a
         bottleneck's second module, lets a runtime fuse the residual add into the conv; `align_channels` uses it
-        where the duplicates fill what channel padding would waste anyway. Raises ValueError where
+        where the duplicates mostly fill channels that padding would waste anyway. Raises ValueError where
         `can_be_single_path` is False.
         """
         if not self.can_be_single_path():
@@ -252,11 +252,9 @@ class FusedGhostModule(nn.Module):
         else:
             x2 = _apply_act(self.cheap_act, _conv(self.cheap, x1))
             out = torch.cat([x1, x2], dim=1)
-        if self.sliced:
-            out = out[:, : self.out_chs]
-        if self.short_conv is not None:
-            out = out * dfc_attention(self.short_conv, x, (out.shape[-2], out.shape[-1]))
-        return out
+            if self.sliced:
+                out = out[:, : self.out_chs]
+        return apply_dfc_gate(out, x, self.short_conv)
 
 
 class FusedSqueezeExcite(nn.Module):

@@ -98,14 +98,19 @@ def make_short_conv(in_chs: int, out_chs: int, kernel_size: int, stride: int) ->
     )
 
 
+def apply_dfc_gate(out: torch.Tensor, x: torch.Tensor, short_conv: Optional[nn.Module]) -> torch.Tensor:
+    """`out` times the DFC attention computed from the module input `x` (GhostNetV2), or `out` where there is none."""
+    if short_conv is None:
+        return out
+    return out * dfc_attention(short_conv, x, (out.shape[-2], out.shape[-1]))
+
+
 def merge_ghost_maps(module: nn.Module, x: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """Concatenate intrinsic and ghost maps, cut to `module.out_chs`, and apply the DFC gate if the module has one."""
     out = torch.cat([x1, x2], dim=1)
     if module.init_chs + module.new_chs != module.out_chs:
         out = out[:, : module.out_chs]
-    if module.short_conv is not None:
-        out = out * dfc_attention(module.short_conv, x, (out.shape[-2], out.shape[-1]))
-    return out
+    return apply_dfc_gate(out, x, module.short_conv)
 
 
 class GhostModule(nn.Module):
