@@ -139,6 +139,26 @@ def test_transform_presets(tmp_path):
         TransformConfig(preset="coco")
 
 
+def test_transform_config_from_model_cfg_and_eval_dict_round_trip():
+    from ghostnet.models import get_model_entry
+
+    cfg = TransformConfig.from_model_cfg(get_model_entry("ghostnet_100").default_cfg)  # the official evaluation
+    assert (cfg.img_size, cfg.crop_pct, cfg.interpolation) == (224, 0.875, "bicubic")  # timm, facts §1.5
+    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.preset == "imagenet"
+    cifar = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 1.0,
+             "interpolation": "bicubic"}
+    cfg = TransformConfig.from_model_cfg(cifar, preset="cifar", crop_pct=None)  # None does not override
+    assert (cfg.preset, cfg.img_size, cfg.crop_pct, cfg.interpolation, cfg.std) == \
+        ("cifar", 32, 1.0, "bicubic", (0.25, 0.25, 0.25))
+    stored = cfg.eval_dict()
+    assert stored["mean"] == [0.5, 0.5, 0.5] and stored["img_size"] == 32  # plain types for weights_only loads
+    back = TransformConfig.from_eval_dict(stored)
+    assert back.eval_dict() == stored
+    assert TransformConfig.from_eval_dict(stored, img_size=48).img_size == 48
+    with pytest.raises(ValueError, match="unknown interpolation"):
+        TransformConfig.from_model_cfg({"interpolation": "lanczos"})
+
+
 def test_subset_is_fixed_and_mixes_classes(tmp_path):
     root = write_image_folder(tmp_path, per_class=4)
     dataset = open_split(root, "train")

@@ -145,9 +145,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     from ..deploy.quantize import DEFAULT_OP_TYPES, calibration_batches, load_calibration_images, quantize_onnx
-    from ..models import get_model_entry
+    from ..train.modelspec import data_defaults
 
-    data_config = get_model_entry(args.model).default_cfg
+    data_config = data_defaults(args.model)
     images = load_calibration_images(args.calibration_data, data_config, args.num_images, args.split)
     output = args.output or args.onnx.with_suffix(".int8.onnx")
     quantize_onnx(args.onnx, output, calibration_batches(images), per_channel=args.per_channel,

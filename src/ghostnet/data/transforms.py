@@ -10,13 +10,14 @@ augmentation does not depend on worker count, world size or where a resumed run 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 PRESETS = ("imagenet", "cifar")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 RE_MODES = ("pixel", "const")
+EVAL_KEYS = ("preset", "img_size", "crop_pct", "interpolation", "mean", "std")  # what evaluation needs
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -51,6 +52,28 @@ class TransformConfig:
             raise ValueError(f"img_size must be >= 1 and crop_pct in (0, 1], got {self.img_size} and {self.crop_pct}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got {list(self.mean)} and {list(self.std)}")
+
+    @classmethod
+    def from_model_cfg(cls, model_cfg: Mapping[str, Any], **overrides: Any) -> "TransformConfig":
+        """Settings from a model's data config (timm's pretrained_cfg keys: input_size, mean, std, crop_pct,
+        interpolation); `overrides` that are not None win, other fields keep their defaults."""
+        values: dict[str, Any] = {"img_size": int(model_cfg["input_size"][-1])} if "input_size" in model_cfg else {}
+        values.update({k: model_cfg[k] for k in ("crop_pct", "interpolation") if k in model_cfg})
+        values.update({k: tuple(model_cfg[k]) for k in ("mean", "std") if k in model_cfg})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def from_eval_dict(cls, data_config: Mapping[str, Any], img_size: Optional[int] = None) -> "TransformConfig":
+        """The inverse of `eval_dict` (optionally at another image size); unknown keys are ignored."""
+        values = {k: data_config[k] for k in EVAL_KEYS if k in data_config}
+        if img_size:
+            values["img_size"] = img_size
+        return cls(**values)
+
+    def eval_dict(self) -> dict[str, Any]:
+        """The evaluation settings as plain types: what checkpoints store as their `data_config`."""
+        return {k: list(v) if k in ("mean", "std") else v for k, v in ((k, getattr(self, k)) for k in EVAL_KEYS)}
 
 
 def _interpolation(name: str):

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
 from ..utils import atomic_write
+
+if TYPE_CHECKING:
+    from ..data import TransformConfig
 
 PathLike = Union[str, os.PathLike]
 
@@ -26,7 +29,7 @@ ACTIVATION_TYPES = ("uint8", "int8")
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
 __all__ = ["ACTIVATION_TYPES", "CALIBRATION_METHODS", "DEFAULT_OP_TYPES", "calibration_batches", "depthwise_conv_nodes",
-           "load_calibration_images", "onnx_accuracy", "quantize_onnx"]
+           "load_calibration_images", "load_images", "onnx_accuracy", "quantize_onnx"]
 
 
 def depthwise_conv_nodes(model) -> list[str]:
@@ -137,17 +140,22 @@ def load_calibration_images(data: PathLike, data_config: dict, num_images: int =
     `data_config` is a model's `pretrained_cfg` (input_size, mean, std, crop_pct, interpolation). Images are
     preprocessed with the evaluation transform: calibration must see what inference will see.
     """
-    from ..data import TransformConfig, eval_transform, open_split, subset
+    from ..data import TransformConfig
 
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    size = data_config["input_size"][-1]
-    crop_pct = data_config.get("crop_pct", 0.875)
-    cfg = TransformConfig(preset="cifar" if crop_pct >= 1.0 else "imagenet", img_size=size,
-                          mean=tuple(data_config["mean"]), std=tuple(data_config["std"]), crop_pct=crop_pct,
-                          interpolation=data_config.get("interpolation", "bilinear"))
-    dataset = subset(open_split(data, split, eval_transform(cfg)), num_images, seed)
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+    return load_images(data, TransformConfig.from_model_cfg(data_config), split, num_images, seed)[0]
+
+
+def load_images(data: PathLike, transform_config: TransformConfig, split: str = "val", num_images: Optional[int] = None,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a split as tensors, through its evaluation transform; all of it, or a fixed
+    pseudo-random selection of `num_images` (the same for every call with the same seed)."""
+    from ..data import eval_transform, open_split, subset
+
+    dataset = subset(open_split(data, split, eval_transform(transform_config)), num_images, seed)
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(images), torch.tensor(labels)
 
 
 def onnx_accuracy(session, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:

@@ -133,14 +133,10 @@ class TrainConfig:
 
     def transform_config(self, model_cfg: Optional[dict] = None) -> TransformConfig:
         """The transform settings, taking unset sizes/normalization from the model's data config."""
-        model_cfg = model_cfg or {}
-        size = self.img_size or int(model_cfg.get("input_size", (3, 224, 224))[-1])
-        return TransformConfig(
-            preset=self.preset, img_size=size,
-            mean=tuple(self.mean or model_cfg.get("mean", (0.485, 0.456, 0.406))),
-            std=tuple(self.std or model_cfg.get("std", (0.229, 0.224, 0.225))),
-            crop_pct=self.crop_pct or float(model_cfg.get("crop_pct", 0.875)),
-            interpolation=self.interpolation or model_cfg.get("interpolation", "bilinear"),
+        return TransformConfig.from_model_cfg(
+            model_cfg or {}, preset=self.preset, img_size=self.img_size or None,
+            mean=tuple(self.mean) if self.mean else None, std=tuple(self.std) if self.std else None,
+            crop_pct=self.crop_pct or None, interpolation=self.interpolation or None,
             scale=tuple(self.scale), hflip=self.hflip, color_jitter=self.color_jitter, randaugment=self.randaugment,
             random_erasing=self.random_erasing, re_mode=self.re_mode, padding=self.padding)
 

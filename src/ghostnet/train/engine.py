@@ -127,9 +127,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
     if cfg.pretrained:
         skipped = load_initial_weights(model, cfg.pretrained)
         _log(dist, f"initialized from {cfg.pretrained}" + (f" (kept random: {', '.join(skipped)})" if skipped else ""))
-    data_config = {k: getattr(tcfg, k) for k in ("preset", "img_size", "crop_pct", "interpolation")}
-    data_config.update(mean=list(tcfg.mean), std=list(tcfg.std))
-    info = model_info(cfg.model, model_kwargs, classes, data_config)
+    info = model_info(cfg.model, model_kwargs, classes, tcfg.eval_dict())
     if cfg.sync_bn and dist.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

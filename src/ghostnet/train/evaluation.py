@@ -36,18 +36,8 @@ def load_for_inference(checkpoint: PathLike, use_ema: bool = False, model_name: 
     model = create(model_name, **kwargs)
     load_checkpoint(model, checkpoint, use_ema=use_ema)
     model.eval()
-    data_config = {"preset": "imagenet", "img_size": int(cfg["input_size"][-1]), "crop_pct": cfg["crop_pct"],
-                   "interpolation": cfg["interpolation"], "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+    data_config = TransformConfig.from_model_cfg(cfg).eval_dict()
     return TrainedModel(model, [], data_config, {"model": model_name, "model_kwargs": kwargs})
-
-
-def transform_config(data_config: dict[str, Any], img_size: Optional[int] = None) -> TransformConfig:
-    """The TransformConfig a checkpoint's data config describes (optionally at another image size)."""
-    keys = ("preset", "img_size", "crop_pct", "interpolation", "mean", "std")
-    values = {k: data_config[k] for k in keys if k in data_config}
-    if img_size:
-        values["img_size"] = img_size
-    return TransformConfig(**values)
 
 
 @dataclass
@@ -67,7 +57,7 @@ def evaluate_checkpoint(checkpoint: PathLike, data: PathLike, split: str = "val"
                         skip_corrupt: bool = False, progress: bool = True) -> Evaluation:
     """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on one split of `data`."""
     trained = load_for_inference(checkpoint, use_ema, model_name)
-    tcfg = transform_config(trained.data_config, img_size)
+    tcfg = TransformConfig.from_eval_dict(trained.data_config, img_size)
     dataset = open_split(data, split, eval_transform(tcfg), skip_corrupt=skip_corrupt)
     data_classes = dataset_classes(dataset)
     num_classes = _num_classes(trained.model)
@@ -120,7 +110,7 @@ def predict(trained: TrainedModel, images: Sequence[PathLike], topk: int = 5, la
     names = class_names(trained, labels)
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
-    transform = eval_transform(transform_config(trained.data_config))
+    transform = eval_transform(TransformConfig.from_eval_dict(trained.data_config))
     dev = pick_device(device)
     model = trained.model.to(dev).eval()
     k = min(topk, len(names))
