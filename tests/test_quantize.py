@@ -10,7 +10,7 @@ from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
 from ghostnet.deploy.export import export_onnx, onnx_session, run_onnx
 from ghostnet.deploy.quantize import (calibration_batches, depthwise_conv_nodes, load_calibration_images,
-                                      quantize_onnx)
+                                      load_images, quantize_onnx)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -107,6 +107,24 @@ def test_quantize_errors(fp32_path, tmp_path):
     with pytest.raises(ValueError, match="num_images"):
         load_calibration_images(tmp_path, CIFAR_CFG, num_images=0)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_load_images_keeps_labels_with_their_images(tmp_path):
+    import numpy as np
+
+    from ghostnet.data import TransformConfig
+
+    # image k is filled with the value 10 * k, label k % 3: a wrong pairing or order shows
+    images = np.stack([np.full((8, 8, 3), 10 * k, dtype=np.uint8) for k in range(12)])
+    np.savez(tmp_path / "val.npz", images=images, labels=np.arange(12) % 3)
+    cfg = TransformConfig(preset="cifar", img_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    x, y = load_images(tmp_path, cfg, "val")
+    assert x.shape == (12, 3, 8, 8) and y.tolist() == [k % 3 for k in range(12)]
+    assert torch.allclose(x[:, 0, 0, 0], torch.arange(12) * 10 / 255.0)
+    x5, y5 = load_images(tmp_path, cfg, "val", num_images=5, seed=3)
+    k = torch.round(x5[:, 0, 0, 0] * 25.5).long()  # which images were drawn
+    assert len(set(k.tolist())) == 5 and y5.tolist() == (k % 3).tolist()
+    assert torch.equal(load_images(tmp_path, cfg, "val", num_images=5, seed=3)[0], x5)  # a fixed selection
 
 
 def test_cli_quantize(calibration, tmp_path, capsys):
