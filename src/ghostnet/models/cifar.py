@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..convert.ghostify import kaiming_init_
 from ..layers import GhostModule
+from ..layers.checkpointing import run_stage
 from .registry import register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -141,6 +142,7 @@ class CifarResNet(nn.Module):
         if num_classes < 1 or in_chans < 1:
             raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
         self.depth, self.in_chans, self.num_classes = depth, in_chans, num_classes
+        self.grad_checkpointing = False
         self.ratio, self.dw_size = ratio, dw_size
         conv_bn = conv_bn_factory(ratio, dw_size)
         blocks_per_stage = (depth - 2) // 6
@@ -167,11 +169,17 @@ class CifarResNet(nn.Module):
                 if isinstance(block, CifarBasicBlock):
                     block.zero_init_last_bn()
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass instead of storing them (see GhostNet's)."""
+        self.grad_checkpointing = enable
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 64-channel map before pooling."""
         check_input(x, self.in_chans)
         x = self.relu(self.bn1(self.conv1(x)))
-        return self.layer3(self.layer2(self.layer1(x)))
+        for stage in (self.layer1, self.layer2, self.layer3):
+            x = run_stage(stage, x, self.grad_checkpointing)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1))

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import ConvBnAct, GhostBottleneck, GhostBottleneckV3, make_divisible, reparameterize_model
+from ..layers.checkpointing import run_stage
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class GhostNet(nn.Module):
             raise ValueError(f"out_indices must be in 0..{len(self.feature_info_all) - 1}, got {tuple(out_indices)}")
         self.out_indices = tuple(out_indices)
         self.min_input_size = stem_stride * 16  # one pixel per cell of the undilated stride-32 grid
+        self.grad_checkpointing = False
 
         if features_only:
             # Drop the stages after the last requested tap so that no unused parameters remain.
@@ -196,9 +198,17 @@ class GhostNet(nn.Module):
         self._check_input(x)
         return self.act1(self.bn1(self.conv_stem(x)))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass instead of storing them: less activation memory
+        for about one more forward pass of compute; outputs, gradients and BN statistics stay those of a plain step."""
+        self.grad_checkpointing = enable
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and all stages: the final (num_features)-channel map."""
-        return self.blocks(self.forward_stem(x))
+        x = self.forward_stem(x)
+        for stage in self.blocks:
+            x = run_stage(stage, x, self.grad_checkpointing)
+        return x
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
         """Feature maps at the requested taps (default: `out_indices`)."""
@@ -208,7 +218,7 @@ class GhostNet(nn.Module):
         x = self.forward_stem(x)
         last = max(wanted)
         for stage_idx, stage in enumerate(self.blocks):
-            x = stage(x)
+            x = run_stage(stage, x, self.grad_checkpointing)
             if stage_idx in wanted:
                 outputs[wanted[stage_idx]] = x
             if stage_idx == last:

@@ -85,6 +85,8 @@ class TrainConfig:
     ema_decay: Optional[float] = _f(None, "keep an EMA of the weights with this decay, e.g. 0.9999")
     amp: str = _f("none", f"mixed precision: {', '.join(AMP_MODES)} (fp16 needs CUDA)")
     channels_last: bool = _f(False, "channels_last memory format")
+    grad_checkpointing: bool = _f(False, "recompute each stage's activations in the backward pass: less memory, "
+                                         "one more forward pass of compute, same results")
     # --- distillation
     teacher: Optional[str] = _f(None, "teacher model: a registered name or timm:NAME")
     teacher_pretrained: Optional[str] = _f(None, "teacher weights: a file, or 'true' for published weights")

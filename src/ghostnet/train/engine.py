@@ -21,6 +21,7 @@ import torch.nn as nn
 from ..convert.checkpoints import adapt_keys, extract_state_dict, read_checkpoint
 from ..data import (ResumableSampler, SeededDataset, ShardSampler, dataset_classes, eval_transform, make_loader,
                     open_split, subset, train_transform)
+from ..layers.checkpointing import set_grad_checkpointing
 from ..utils import atomic_write
 from .checkpoint import (Progress, export_weights, model_info, read_training_state, rng_state, save_training_state,
                          set_rng_state)
@@ -124,6 +125,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
         raise ValueError(f"model_kwargs num_classes={model_kwargs['num_classes']} but the data has {len(classes)} "
                          "classes")
     model = modelspec.create(cfg.model, **model_kwargs)
+    if cfg.grad_checkpointing:
+        set_grad_checkpointing(model)
     if cfg.pretrained:
         skipped = load_initial_weights(model, cfg.pretrained)
         _log(dist, f"initialized from {cfg.pretrained}" + (f" (kept random: {', '.join(skipped)})" if skipped else ""))
