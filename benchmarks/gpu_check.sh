@@ -2,7 +2,8 @@
 # The prepared check for a lent GPU machine, in one call (about 8 minutes on an H100; run it with the device
 # tool's timeout_s=570 so that the limits below, not the tool's, end a stuck step):
 #   1. tests/test_cuda.py and the CUDA tests of the benchmark harness: fused / single-path forms against a float64
-#      reference, bf16 channels-last inference, AMP training (bf16, fp16), CUDA memory measurement;
+#      reference, bf16 channels-last inference, AMP training (bf16, fp16), CUDA memory measurement, the memory
+#      saved by gradient checkpointing (printed);
 #   2. bench_latency.py's GPU preset: batch 256, bf16, channels-last; inference with CUDA graphs (eager, fused,
 #      and single-path: is the concat's memory traffic worth the duplicated primary outputs on a GPU?)
 #      and training steps, ours against timm's ghostnet_100 / mobilenetv3_large_100 and torchvision's;
@@ -21,7 +22,7 @@ py=${PYTHON:-python3}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $py -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
   echo "== 1. CUDA tests"
-  timeout 180 $py -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_bench.py::test_cuda_bf16_channels_last"
+  timeout 180 $py -m pytest -q -s -p no:cacheprovider tests/test_cuda.py "tests/test_bench.py::test_cuda_bf16_channels_last"
   echo "== 2. GPU benchmark preset"
   (cd benchmarks && timeout 240 $py bench_latency.py --device cuda --rounds 5 --reps 10 --out "$out_dir/gpu")
   echo "== 3. torch.compile, ghostnet_100"

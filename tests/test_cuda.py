@@ -1,4 +1,5 @@
-"""CUDA paths: fused and single-path forms, bf16 / channels-last inference, AMP training, memory measurement.
+"""CUDA paths: fused and single-path forms, bf16 / channels-last inference, AMP training, memory measurement,
+gradient checkpointing.
 
 Every test here needs a GPU and skips without one (the rest of the suite covers the same code on CPU);
 `benchmarks/gpu_check.sh` runs this file first on a lent GPU machine.
@@ -80,3 +81,27 @@ def test_memory_is_measured_with_the_cuda_allocator():
     # The allocator also holds cuDNN workspaces, so the measured peak is at least the activations estimated from
     # tensor lifetimes, and of the same order.
     assert memory.peak_estimated_bytes * 0.9 <= memory.peak_measured_bytes <= memory.peak_estimated_bytes * 4
+
+
+def test_grad_checkpointing_lowers_peak_cuda_memory_and_keeps_the_step():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3, 224, 224, device="cuda"), torch.randint(0, 1000, (64,), device="cuda")
+    peaks, losses = [], []
+    for enable in (False, True):
+        torch.manual_seed(0)
+        model = ghostnet.create_model("ghostnet_100").cuda().train()
+        model.set_grad_checkpointing(enable)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        torch.manual_seed(1)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - start)
+        losses.append(loss.item())
+        del model, loss
+    print(f"ghostnet_100 batch 64 training step, peak CUDA memory: plain {peaks[0] / 2**20:.0f} MiB, "
+          f"checkpointed {peaks[1] / 2**20:.0f} MiB")
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert peaks[1] < 0.8 * peaks[0]
