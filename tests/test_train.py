@@ -157,3 +157,24 @@ def test_bf16_autocast_run_trains_and_keeps_float32_weights(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(rows[0]["train_loss"]) and 0.0 <= rows[0]["val_top1"] <= 100.0
     assert result["best_epoch"] == 1 and len(result["history"]) == 1  # epochs count from 1
+
+
+@pytest.mark.parametrize("mode,checkpointing", [("default", False), ("max-autotune", True)])
+def test_compiled_training_run_ends_where_the_plain_run_ends(tmp_path, monkeypatch, mode, checkpointing):
+    """--compile wraps the training model in torch.compile; here with the aot_eager backend (dynamo and AOT
+    autograd without inductor's code generation, which takes minutes on CPU), so the same numbers must come out."""
+    data = write_npz_data(tmp_path / "d")
+    calls, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: calls.append(mode) or
+                        real_compile(model, backend="aot_eager"))
+    states = []
+    for label, compile_mode in (("plain", "none"), ("compiled", mode)):
+        with single_thread():
+            train(make_config(tiny_config(data, tmp_path / label, epochs=1, compile=compile_mode,
+                                          grad_checkpointing=checkpointing)))
+        states.append(read_training_state(tmp_path / label / "last.pt")["model"])
+    assert calls == [None if mode == "default" else mode]
+    for key, value in states[0].items():
+        assert torch.allclose(value.double(), states[1][key].double(), rtol=1e-4, atol=1e-5), key
+    with pytest.raises(ValueError, match="compile must be one of"):
+        make_config(tiny_config(data, tmp_path / "x", compile="fast"))

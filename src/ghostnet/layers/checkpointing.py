@@ -34,6 +34,10 @@ def batchnorm_stats_kept(module: nn.Module) -> Iterator[None]:
 def checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`module(x)` without storing its inner activations: they are recomputed in the backward pass, with the
     same random numbers (dropout) and without a second update of batch-norm statistics."""
+    if torch.compiler.is_compiling():
+        # Under torch.compile the region is traced once and AOT autograd recomputes it as a pure function: buffer
+        # updates happen once, and dynamo accepts no custom context_fn.
+        return checkpoint(module, x, use_reentrant=False)
     return checkpoint(module, x, use_reentrant=False,
                       context_fn=lambda: (contextlib.nullcontext(), batchnorm_stats_kept(module)))
 

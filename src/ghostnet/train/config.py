@@ -19,6 +19,7 @@ RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 OPTIMIZERS = ("sgd", "adamw", "rmsproptf")
 SCHEDULES = ("cosine", "multistep", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -85,6 +86,8 @@ class TrainConfig:
     ema_decay: Optional[float] = _f(None, "keep an EMA of the weights with this decay, e.g. 0.9999")
     amp: str = _f("none", f"mixed precision: {', '.join(AMP_MODES)} (fp16 needs CUDA)")
     channels_last: bool = _f(False, "channels_last memory format")
+    compile: str = _f("none", f"torch.compile the training model: {', '.join(COMPILE_MODES)} (the first steps "
+                               "compile; evaluation runs uncompiled)")
     grad_checkpointing: bool = _f(False, "recompute each stage's activations in the backward pass: less memory, "
                                          "one more forward pass of compute, same results")
     # --- distillation
@@ -108,7 +111,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError for values that cannot work."""
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "device": DEVICES}
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "device": DEVICES,
+                   "compile": COMPILE_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -184,6 +184,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile != "none":  # after DDP, as torch's DDP + compile guide does it
+        train_model = torch.compile(train_model, mode=None if cfg.compile == "default" else cfg.compile)
 
     def save(path: Path) -> None:
         # Collective: every rank contributes its RNG state and running sums; only rank 0 writes.
