@@ -8,7 +8,7 @@
 #      and single-path: is the concat's memory traffic worth the duplicated primary outputs on a GPU?)
 #      and training steps, ours against timm's ghostnet_100 / mobilenetv3_large_100 and torchvision's;
 #      its summary checks the targets (>= 40,000 images/s inference, >= 9,000 training);
-#   3. torch.compile of ghostnet_100 alone (inference), beside the fused eager form.
+#   3. torch.compile of ghostnet_100 alone in training (whether compiling reaches the training target).
 # The machine's own python3 (with torch, timm, onnx) runs the package from src/, nothing is installed.
 # Outputs (at most 8 files come back from the device): log.txt, gpu.{json,md}, gpu_train_b256.{json,md},
 # compile.{json,md} in ${OUT:-benchmarks/results/gpu}.
@@ -25,8 +25,8 @@ py=${PYTHON:-python3}
   timeout 180 $py -m pytest -q -s -p no:cacheprovider tests/test_cuda.py "tests/test_bench.py::test_cuda_bf16_channels_last"
   echo "== 2. GPU benchmark preset"
   (cd benchmarks && timeout 240 $py bench_latency.py --device cuda --rounds 5 --reps 10 --out "$out_dir/gpu")
-  echo "== 3. torch.compile, ghostnet_100"
-  timeout 120 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
-    --backends fused,compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile --no-plot
+  echo "== 3. torch.compile, ghostnet_100 training (the 9,000 images/s target; eager is in step 2)"
+  timeout 150 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
+    --mode train --backends compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile --no-plot
 } 2>&1 | tee "$out_dir/log.txt"
 rm -f "$out_dir"/*.png  # keep within the 8 files that come back
