@@ -22,7 +22,8 @@ py=${PYTHON:-python3}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $py -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
   echo "== 1. CUDA tests"
-  timeout 180 $py -m pytest -q -s -p no:cacheprovider tests/test_cuda.py "tests/test_bench.py::test_cuda_bf16_channels_last"
+  timeout 180 $py -m pytest -q -s -p no:cacheprovider tests/test_cuda.py \
+    "tests/test_bench.py::test_cuda_bf16_channels_last"
   echo "== 2. GPU benchmark preset"
   (cd benchmarks && timeout 240 $py bench_latency.py --device cuda --rounds 5 --reps 10 --out "$out_dir/gpu")
   echo "== 3. torch.compile, ghostnet_100 training (the 9,000 images/s target; eager is in step 2)"

@@ -125,6 +125,11 @@ def test_load_images_keeps_labels_with_their_images(tmp_path):
     k = torch.round(x5[:, 0, 0, 0] * 25.5).long()  # which images were drawn
     assert len(set(k.tolist())) == 5 and y5.tolist() == (k % 3).tolist()
     assert torch.equal(load_images(tmp_path, cfg, "val", num_images=5, seed=3)[0], x5)  # a fixed selection
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    np.savez(empty / "val.npz", images=images[:0], labels=np.zeros(0, dtype=np.int64))
+    with pytest.raises(ValueError, match="holds no images"):
+        load_images(empty, cfg, "val")
 
 
 def test_cli_quantize(calibration, tmp_path, capsys):

@@ -154,6 +154,8 @@ def load_images(data: PathLike, transform_config: TransformConfig, split: str = 
     from ..data import eval_transform, open_split, subset
 
     dataset = subset(open_split(data, split, eval_transform(transform_config)), num_images, seed)
+    if len(dataset) == 0:
+        raise ValueError(f"{data}: the {split} split holds no images")
     images, labels = zip(*(dataset[i] for i in range(len(dataset))))
     return torch.stack(images), torch.tensor(labels)
 
