@@ -178,3 +178,23 @@ def test_compiled_training_run_ends_where_the_plain_run_ends(tmp_path, monkeypat
         assert torch.allclose(value.double(), states[1][key].double(), rtol=1e-4, atol=1e-5), key
     with pytest.raises(ValueError, match="compile must be one of"):
         make_config(tiny_config(data, tmp_path / "x", compile="fast"))
+
+
+def test_lr_noise_matches_timms_scheduler_for_the_v2_command():
+    """The GhostNetV2 command trained with timm's train.py and --lr-noise 0.42 0.9: its scheduler is the golden."""
+    from timm.scheduler import create_scheduler_v2
+
+    c = ghostnet.train.load_recipe("imagenet_ghostnetv2")
+    assert c.lr_noise == [0.42, 0.9]
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=c.lr)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="step", num_epochs=c.epochs, decay_epochs=c.decay_epochs,
+                                       decay_rate=c.gamma, warmup_lr=c.warmup_lr, warmup_epochs=int(c.warmup_epochs),
+                                       noise=c.lr_noise)
+    noisy = 0
+    for epoch in range(c.epochs):
+        scheduler.step(epoch)
+        assert lr_at(c, epoch * 5, 5) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12), epoch
+        noisy += lr_at(c, epoch * 5, 5) != lr_at(make_config({**c.to_dict(), "lr_noise": None}), epoch * 5, 5)
+    assert noisy == round(0.9 * 450) - round(0.42 * 450)  # epochs 189..404 carry noise, the rest none
+    with pytest.raises(ValueError, match="lr_noise must be"):
+        cfg(lr_noise=[0.5, 0.9, 1.0])

@@ -81,6 +81,11 @@ class TrainConfig:
     milestones: list = _f([], "multistep: epochs at which lr is multiplied by gamma")
     decay_epochs: float = _f(1.0, "step: multiply lr by gamma every this many epochs")
     gamma: float = _f(0.1, "multistep/step decay factor")
+    lr_noise: Optional[list] = _f(None, "timm's lr noise: [start, end] fractions of the epochs (or [start]) in which "
+                                        "each epoch's lr is multiplied by 1 + a clipped normal draw")
+    lr_noise_pct: float = _f(0.67, "lr noise: draws are redrawn until |noise| < this")
+    lr_noise_std: float = _f(1.0, "lr noise: standard deviation of the draw")
+    lr_noise_seed: int = _f(42, "lr noise: seed (each epoch draws from seed + epoch)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
     grad_clip: Optional[float] = _f(None, "clip the gradient norm to this value")
     ema_decay: Optional[float] = _f(None, "keep an EMA of the weights with this decay, e.g. 0.9999")
@@ -132,6 +137,10 @@ class TrainConfig:
             raise ValueError(f"decay_epochs must be > 0, got {self.decay_epochs}")
         if sorted(self.milestones) != list(self.milestones):
             raise ValueError(f"milestones must be increasing, got {self.milestones}")
+        if self.lr_noise is not None and not (1 <= len(self.lr_noise) <= 2 and all(0 <= f for f in self.lr_noise)):
+            raise ValueError(f"lr_noise must be [start] or [start, end] fractions of the epochs, got {self.lr_noise}")
+        if self.lr_noise_pct <= 0:
+            raise ValueError(f"lr_noise_pct must be > 0, got {self.lr_noise_pct}")
         if self.kd_temperature <= 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         # Building the transform config checks preset, interpolation and erasing mode.
