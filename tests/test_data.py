@@ -139,6 +139,20 @@ def test_transform_presets(tmp_path):
         TransformConfig(preset="coco")
 
 
+def test_randaugment_magnitude_is_on_timms_0_to_10_scale():
+    from torchvision.transforms import v2
+
+    ra = next(t for t in train_transform(TransformConfig(img_size=64, randaugment=9)).transforms
+              if isinstance(t, v2.RandAugment))
+    def magnitude(op: str) -> float:  # what torchvision applies for `op` at this transform's magnitude
+        return ra._AUGMENTATION_SPACE[op][0](ra.num_magnitude_bins, 64, 64)[ra.magnitude].item()
+
+    assert magnitude("Rotate") == pytest.approx(27.0)  # timm m9: 0.9 x 30 degrees
+    assert magnitude("ShearX") == pytest.approx(0.27)  # timm m9: 0.9 x 0.3
+    with pytest.raises(ValueError, match="randaugment magnitude"):
+        TransformConfig(randaugment=15)
+
+
 def test_transform_config_from_model_cfg_and_eval_dict_round_trip():
     from ghostnet.models import get_model_entry
 

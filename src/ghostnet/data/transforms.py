@@ -17,6 +17,7 @@ import torch
 PRESETS = ("imagenet", "cifar")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 RE_MODES = ("pixel", "const")
+RANDAUGMENT_LEVELS = 10  # magnitudes 0..10, as in the RandAugment paper and timm
 EVAL_KEYS = ("preset", "img_size", "crop_pct", "interpolation", "mean", "std")  # what evaluation needs
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -36,7 +37,7 @@ class TransformConfig:
     ratio: Sequence[float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     color_jitter: float = 0.4
-    randaugment: Optional[int] = None  # magnitude; two ops per image as in RandAugment's paper and timm's "m9"
+    randaugment: Optional[int] = None  # magnitude 0..10; two ops per image as in RandAugment's paper and timm's "m9"
     random_erasing: float = 0.0
     re_mode: str = "pixel"
     padding: int = 4
@@ -48,6 +49,8 @@ class TransformConfig:
             raise ValueError(f"unknown interpolation {self.interpolation!r}; expected one of {INTERPOLATIONS}")
         if self.re_mode not in RE_MODES:
             raise ValueError(f"unknown random-erasing mode {self.re_mode!r}; expected one of {RE_MODES}")
+        if self.randaugment is not None and not 0 <= self.randaugment <= RANDAUGMENT_LEVELS:
+            raise ValueError(f"randaugment magnitude must be in 0..{RANDAUGMENT_LEVELS}, got {self.randaugment}")
         if self.img_size < 1 or not 0 < self.crop_pct <= 1:
             raise ValueError(f"img_size must be >= 1 and crop_pct in (0, 1], got {self.img_size} and {self.crop_pct}")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -104,7 +107,10 @@ def train_transform(cfg: TransformConfig):
         # Its rotations and shears take only nearest/bilinear on tensors (the .npz data sets), so bicubic becomes
         # bilinear here, for PIL images too, so that both kinds of data get the same augmentation.
         affine_interp = interp if cfg.interpolation == "nearest" else _interpolation("bilinear")
-        ops.append(v2.RandAugment(num_ops=2, magnitude=cfg.randaugment, interpolation=affine_interp))
+        # Magnitudes on the 0-10 scale of the RandAugment paper and timm ("m9" = 90% of each op's range), not
+        # torchvision's default 0-30 (31 bins), on which 9 would be a third of timm's strength.
+        ops.append(v2.RandAugment(num_ops=2, magnitude=cfg.randaugment, num_magnitude_bins=RANDAUGMENT_LEVELS + 1,
+                                  interpolation=affine_interp))
     elif cfg.color_jitter > 0:
         ops.append(v2.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
     ops += _to_normalized_tensor(cfg)

@@ -58,7 +58,7 @@ class TrainConfig:
     scale: list = _f([0.08, 1.0], "RandomResizedCrop area range")
     hflip: float = _f(0.5, "horizontal flip probability")
     color_jitter: float = _f(0.4, "ColorJitter strength (0 = off; ignored with RandAugment)")
-    randaugment: Optional[int] = _f(None, "RandAugment magnitude (2 ops), e.g. 9")
+    randaugment: Optional[int] = _f(None, "RandAugment magnitude 0..10 (2 ops; timm's scale: 9 = timm's m9)")
     random_erasing: float = _f(0.0, "RandomErasing probability")
     re_mode: str = _f("pixel", "RandomErasing fill: pixel (noise) or const")
     padding: int = _f(4, "cifar preset: padding before the random crop")
