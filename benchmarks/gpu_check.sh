@@ -8,10 +8,12 @@
 #      and single-path: is the concat's memory traffic worth the duplicated primary outputs on a GPU?)
 #      and training steps, ours against timm's ghostnet_100 / mobilenetv3_large_100 and torchvision's;
 #      its summary checks the issue's targets (>= 40,000 images/s inference, >= 9,000 training);
-#   3. torch.compile of ghostnet_100 alone in training (whether compiling reaches the training target).
+#   3. torch.compile of ghostnet_100 alone in training (whether compiling reaches the training target);
+#   4. last, as it may not fit the time: torch.compile of ghostnet_100 in inference, beside the fused eager form.
 # The machine's own python3 (with torch, timm, onnx) runs the package from src/, nothing is installed.
 # Outputs (at most 8 files come back from the device): log.txt, gpu.{json,md}, gpu_train_b256.{json,md},
-# compile.{json,md} in ${OUT:-benchmarks/results/gpu}.
+# compile.{json,md}, compile_infer.md in ${OUT:-benchmarks/results/gpu}; each step writes its files as it ends, so
+# a run stopped by the device's limit still returns the steps before.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir=$(realpath -m "${OUT:-benchmarks/results/gpu}")
@@ -29,5 +31,8 @@ py=${PYTHON:-python3}
   echo "== 3. torch.compile, ghostnet_100 training (the 9,000 images/s target; eager is in step 2)"
   timeout 150 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
     --mode train --backends compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile --no-plot
+  echo "== 4. torch.compile, ghostnet_100 inference"
+  timeout 100 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
+    --backends fused,compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile_infer --no-plot
+  rm -f "$out_dir"/*.png "$out_dir"/compile_infer.json  # keep within the 8 files that come back
 } 2>&1 | tee "$out_dir/log.txt"
-rm -f "$out_dir"/*.png  # keep within the 8 files that come back
