@@ -28,11 +28,12 @@ py=${PYTHON:-python3}
     "tests/test_bench.py::test_cuda_bf16_channels_last"
   echo "== 2. GPU benchmark preset"
   (cd benchmarks && timeout 240 $py bench_latency.py --device cuda --rounds 5 --reps 10 --out "$out_dir/gpu")
+  rm -f "$out_dir"/*.png  # keep within the 8 files that come back, also if a later step is cut off
   echo "== 3. torch.compile, ghostnet_100 training (the 9,000 images/s target; eager is in step 2)"
   timeout 150 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
     --mode train --backends compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile --no-plot
   echo "== 4. torch.compile, ghostnet_100 inference"
   timeout 100 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
     --backends fused,compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile_infer --no-plot
-  rm -f "$out_dir"/*.png "$out_dir"/compile_infer.json  # keep within the 8 files that come back
+  rm -f "$out_dir"/compile_infer.json
 } 2>&1 | tee "$out_dir/log.txt"
