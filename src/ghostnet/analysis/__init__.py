@@ -2,9 +2,10 @@
 from .cost import (DTYPES, GhostModuleRow, LayerRow, MemorySummary, Profile, StageRow, build_model,
                    default_input_size, ghost_modules, is_ghost_module, profile)
 from .memory import MeasuredPeak, PeakEstimate, estimate_peak, measure_peak, trace_forward
+from .training_memory import TrainingMemory, training_memory
 
 __all__ = [
     "DTYPES", "GhostModuleRow", "LayerRow", "MeasuredPeak", "MemorySummary", "PeakEstimate", "Profile", "StageRow",
     "build_model", "default_input_size", "estimate_peak", "ghost_modules", "is_ghost_module", "measure_peak",
-    "profile", "trace_forward",
+    "profile", "trace_forward", "TrainingMemory", "training_memory",
 ]

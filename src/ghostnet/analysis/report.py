@@ -4,10 +4,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from ..utils import atomic_write
 from .cost import LayerRow, Profile
+
+if TYPE_CHECKING:
+    from .training_memory import TrainingMemory
 
 CSV_COLUMNS = ("model", "path", "type", "stage", "ops", "output_shape", "params", "macs", "flops",
                "bytes_written", "bytes_allocated")
@@ -131,6 +134,25 @@ def render_comparison(profiles: Sequence[Profile]) -> str:
         rows.append([label, *[fmt(v) for v in values], *ratios])
     rows.append(["Ghost modules", *[str(len(p.ghost_modules)) for p in profiles], *["" for _ in profiles[1:]]])
     return _table(headers, rows, "l" + "r" * (len(headers) - 1))
+
+
+def render_training_memory(name: str, tm: TrainingMemory) -> str:
+    """What one training step keeps for backward, per module, and its measured totals."""
+    total = tm.saved_bytes or 1
+    rows = [[module, fmt_bytes(n), f"{100 * n / total:.1f}%"] for module, n in tm.saved_by_module.items() if n]
+    mode = "with gradient checkpointing" if tm.grad_checkpointing else "no checkpointing"
+    size = "x".join(str(d) for d in tm.input_size)
+    lines = [f"{name}: one training step, batch {tm.batch_size}, {size}, {mode}",
+             _table(["module", "saved for backward", "share"], rows, "lrr"),
+             f"saved for backward {fmt_bytes(tm.saved_bytes)} (autograd's saved tensors, parameters left out); "
+             f"measured: {fmt_bytes(tm.retained_bytes)} alive when backward starts, step peak "
+             f"{fmt_bytes(tm.peak_bytes)} above the start ({tm.method})",
+             f"weights {fmt_bytes(tm.weights_bytes)}, gradients {fmt_bytes(tm.gradient_bytes)}, "
+             f"SGD momentum {fmt_bytes(tm.momentum_bytes)}"]
+    if tm.grad_checkpointing:
+        lines.append("checkpointed stages save nothing of their own; the inputs they keep are counted under "
+                     "(model), and their recomputation is in the peak")
+    return "\n".join(lines)
 
 
 def profiles_json(profiles: Sequence[Profile]) -> str:

@@ -22,6 +22,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", action="store_true", help="print the per-layer table")
     p.add_argument("--ghost", action="store_true", help="print the per-Ghost-module formula table")
     p.add_argument("--no-measure", action="store_true", help="skip the measured memory pass")
+    p.add_argument("--train", action="store_true",
+                   help="also measure one training step (SGD with momentum) at --batch-size: what each stage saves "
+                        "for backward, the memory alive when backward starts, and the step's peak")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="with --train: the same step with gradient checkpointing")
     p.set_defaults(func=run_profile)
 
     p = subparsers.add_parser(
@@ -48,6 +53,8 @@ def run_profile(args: argparse.Namespace) -> int:
 
     if args.plot is not None:
         _check_png(args.plot, "--plot")
+    if args.grad_checkpointing and not args.train:
+        raise ValueError("--grad-checkpointing goes with --train")
     specs = [args.model] + ([args.compare] if args.compare else [])
     models = [build_model(spec) for spec in specs]
     # Every model sees the same image size (the first model's unless given), in its own channel count.
@@ -60,6 +67,15 @@ def run_profile(args: argparse.Namespace) -> int:
     for p in profiles:
         print(render_text(p, layers=args.layers, ghost=args.ghost))
         print()
+    if args.train:
+        from ..analysis.report import render_training_memory
+        from ..analysis.training_memory import training_memory
+
+        for spec, p in zip(specs, profiles):
+            model = build_model(spec)  # a fresh copy: the step changes weights and BN statistics
+            tm = training_memory(model, p.input_size, args.batch_size, args.grad_checkpointing)
+            print(render_training_memory(p.model, tm))
+            print()
     if len(profiles) > 1:
         print(render_comparison(profiles))
     if args.json:
