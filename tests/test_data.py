@@ -153,6 +153,44 @@ def test_randaugment_magnitude_is_on_timms_0_to_10_scale():
         TransformConfig(randaugment=15)
 
 
+def test_timm_randaugment_is_the_v2_commands_and_follows_the_sample_seed():
+    pytest.importorskip("timm")
+    from PIL import Image
+
+    cfg = TransformConfig(img_size=64, randaugment=9, randaugment_impl="timm", randaugment_mstd=0.5)
+    transform = train_transform(cfg)
+    ra = next(t for t in transform.transforms if type(t).__name__ == "_OnPILImages").transform
+    # timm's "rand-m9-mstd0.5": two ops per image, each applied with probability 0.5, magnitude 9 with noise 0.5
+    assert ra.num_layers == 2 and len(ra.ops) > 10
+    assert {(op.magnitude, op.magnitude_std, op.prob) for op in ra.ops} == {(9, 0.5, 0.5)}
+
+    rng = np.random.default_rng(0)
+    pil = Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
+    images = [pil, torch.from_numpy(np.array(pil)).permute(2, 0, 1)]  # as ImageFolder and .npz data give them
+
+    class Transformed(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return transform(images[i])
+
+    seeded = SeededDataset(Transformed())
+    import random
+
+    for seed in range(12):  # the same seed gives the same image, whatever the global generators did in between
+        first = seeded[(0, seed)]
+        random.random(), np.random.rand(), torch.rand(1)
+        assert torch.equal(first, seeded[(0, seed)]), seed
+    first = [seeded[(i, 7)] for i in (0, 1)]
+    assert first[1].shape == first[0].shape == (3, 64, 64)  # image tensors (the .npz data sets) go through too
+    assert not all(torch.equal(first[0], seeded[(0, s)]) for s in range(8, 12))  # other seeds, other draws
+    with pytest.raises(ValueError, match="randaugment_mstd"):
+        TransformConfig(randaugment=9, randaugment_mstd=0.5)  # torchvision's has no magnitude noise
+    with pytest.raises(ValueError, match="randaugment_impl"):
+        TransformConfig(randaugment=9, randaugment_impl="albumentations")
+
+
 def test_transform_config_from_model_cfg_and_eval_dict_round_trip():
     from ghostnet.models import get_model_entry
 

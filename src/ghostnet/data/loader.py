@@ -2,16 +2,19 @@
 
 - `ResumableSampler` is torch's DistributedSampler (the same permutation for any world size, one shard per rank)
   that can start mid-epoch and hands out `(index, sample_seed)` pairs.
-- `SeededDataset` seeds torch's generator from `sample_seed` before the transform runs, so the augmentation of a
-  sample depends only on (seed, epoch, index): not on workers, world size, or where a resumed run starts.
+- `SeededDataset` seeds torch's generator (and Python's and NumPy's) from `sample_seed` before the transform runs, so
+  the augmentation of a sample depends only on (seed, epoch, index): not on workers, world size, or where a resumed
+  run starts.
 - `collate_skipping` drops the `SkippedSample`s of unreadable images and reports them with the batch.
 """
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler, Subset
 from torch.utils.data import default_collate
@@ -62,7 +65,8 @@ class ShardSampler(Sampler[int]):
 
 
 class SeededDataset(Dataset):
-    """Wraps a data set so that item `(index, seed)` is transformed under `torch.manual_seed(seed)`."""
+    """Wraps a data set so that item `(index, seed)` is transformed under `torch.manual_seed(seed)` (and seeded
+    Python and NumPy generators, for transforms that draw from them)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -74,9 +78,17 @@ class SeededDataset(Dataset):
         index, seed = key
         # fork_rng restores the caller's generator afterwards: with num_workers=0 this runs in the training process,
         # whose generator also drives dropout and must not be disturbed.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[index]
+        # timm's RandAugment draws from Python's random and NumPy's global generator: seed those too.
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 @dataclass

@@ -18,6 +18,7 @@ PRESETS = ("imagenet", "cifar")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 RE_MODES = ("pixel", "const")
 RANDAUGMENT_LEVELS = 10  # magnitudes 0..10, as in the RandAugment paper and timm
+RANDAUGMENT_IMPLS = ("torchvision", "timm")
 EVAL_KEYS = ("preset", "img_size", "crop_pct", "interpolation", "mean", "std")  # what evaluation needs
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -38,6 +39,8 @@ class TransformConfig:
     hflip: float = 0.5
     color_jitter: float = 0.4
     randaugment: Optional[int] = None  # magnitude 0..10; two ops per image as in RandAugment's paper and timm's "m9"
+    randaugment_impl: str = "torchvision"  # or "timm": timm's own RandAugment, as the official v2 command used it
+    randaugment_mstd: float = 0.0  # timm only: standard deviation of the per-op magnitude noise ("mstd0.5")
     random_erasing: float = 0.0
     re_mode: str = "pixel"
     padding: int = 4
@@ -49,6 +52,11 @@ class TransformConfig:
             raise ValueError(f"unknown interpolation {self.interpolation!r}; expected one of {INTERPOLATIONS}")
         if self.re_mode not in RE_MODES:
             raise ValueError(f"unknown random-erasing mode {self.re_mode!r}; expected one of {RE_MODES}")
+        if self.randaugment_impl not in RANDAUGMENT_IMPLS:
+            raise ValueError(f"randaugment_impl must be one of {RANDAUGMENT_IMPLS}, got {self.randaugment_impl!r}")
+        if self.randaugment_mstd < 0 or (self.randaugment_mstd and self.randaugment_impl != "timm"):
+            raise ValueError(f"randaugment_mstd (magnitude noise) needs randaugment_impl 'timm' and must be >= 0, got "
+                             f"{self.randaugment_mstd} with {self.randaugment_impl!r}")
         if self.randaugment is not None and not 0 <= self.randaugment <= RANDAUGMENT_LEVELS:
             raise ValueError(f"randaugment magnitude must be in 0..{RANDAUGMENT_LEVELS}, got {self.randaugment}")
         if self.img_size < 1 or not 0 < self.crop_pct <= 1:
@@ -103,7 +111,9 @@ def train_transform(cfg: TransformConfig):
         ops = [v2.RandomResizedCrop(cfg.img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), interpolation=interp)]
     if cfg.hflip > 0:
         ops.append(v2.RandomHorizontalFlip(cfg.hflip))
-    if cfg.randaugment is not None:
+    if cfg.randaugment is not None and cfg.randaugment_impl == "timm":
+        ops.append(_timm_randaugment(cfg))
+    elif cfg.randaugment is not None:
         # Its rotations and shears take only nearest/bilinear on tensors (the .npz data sets), so bicubic becomes
         # bilinear here, for PIL images too, so that both kinds of data get the same augmentation.
         affine_interp = interp if cfg.interpolation == "nearest" else _interpolation("bilinear")
@@ -118,6 +128,39 @@ def train_transform(cfg: TransformConfig):
         # "pixel" fills with per-pixel normal noise (timm's --remode pixel); "const" with zeros (the mean).
         ops.append(v2.RandomErasing(cfg.random_erasing, value="random" if cfg.re_mode == "pixel" else 0))
     return v2.Compose(ops)
+
+
+class _OnPILImages:
+    """Runs a PIL-only transform (timm's RandAugment) on PIL images and on image tensors (the .npz data sets)."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image):
+        if isinstance(image, torch.Tensor):
+            from torchvision.transforms import v2
+
+            return v2.PILToTensor()(self.transform(v2.ToPILImage()(image)))
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform!r})"
+
+
+def _timm_randaugment(cfg: TransformConfig):
+    """timm's RandAugment, set up as timm's training transform sets it up ("rand-m{M}[-mstd{S}]", its defaults
+    otherwise: 2 ops, each applied with probability 0.5). It draws from Python's `random`, which the loader seeds
+    per sample as it seeds torch."""
+    try:
+        from timm.data.auto_augment import rand_augment_transform
+        from timm.data.transforms import str_to_pil_interp
+    except ImportError as exc:
+        raise ValueError("randaugment_impl 'timm' needs timm (pip install timm, or the [timm] extra)") from exc
+    config = f"rand-m{cfg.randaugment}" + (f"-mstd{cfg.randaugment_mstd:g}" if cfg.randaugment_mstd else "")
+    hparams = {"translate_const": int(cfg.img_size * 0.45),
+               "img_mean": tuple(min(255, round(255 * m)) for m in cfg.mean),
+               "interpolation": str_to_pil_interp(cfg.interpolation)}
+    return _OnPILImages(rand_augment_transform(config, hparams))
 
 
 def eval_transform(cfg: TransformConfig):

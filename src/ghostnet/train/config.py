@@ -59,6 +59,9 @@ class TrainConfig:
     hflip: float = _f(0.5, "horizontal flip probability")
     color_jitter: float = _f(0.4, "ColorJitter strength (0 = off; ignored with RandAugment)")
     randaugment: Optional[int] = _f(None, "RandAugment magnitude 0..10 (2 ops; timm's scale: 9 = timm's m9)")
+    randaugment_impl: str = _f("torchvision", "RandAugment implementation: torchvision, or timm (timm's own, as the "
+                                             "official GhostNetV2 command used it; needs timm)")
+    randaugment_mstd: float = _f(0.0, "timm RandAugment: standard deviation of the magnitude noise (mstd)")
     random_erasing: float = _f(0.0, "RandomErasing probability")
     re_mode: str = _f("pixel", "RandomErasing fill: pixel (noise) or const")
     padding: int = _f(4, "cifar preset: padding before the random crop")
@@ -153,6 +156,7 @@ class TrainConfig:
             mean=tuple(self.mean) if self.mean else None, std=tuple(self.std) if self.std else None,
             crop_pct=self.crop_pct or None, interpolation=self.interpolation or None,
             scale=tuple(self.scale), hflip=self.hflip, color_jitter=self.color_jitter, randaugment=self.randaugment,
+            randaugment_impl=self.randaugment_impl, randaugment_mstd=self.randaugment_mstd,
             random_erasing=self.random_erasing, re_mode=self.re_mode, padding=self.padding)
 
     def to_dict(self) -> dict[str, Any]:
