@@ -185,6 +185,15 @@ def test_timm_randaugment_is_the_v2_commands_and_follows_the_sample_seed():
     first = [seeded[(i, 7)] for i in (0, 1)]
     assert first[1].shape == first[0].shape == (3, 64, 64)  # image tensors (the .npz data sets) go through too
     assert not all(torch.equal(first[0], seeded[(0, s)]) for s in range(8, 12))  # other seeds, other draws
+    # timm's "random" training interpolation: the crop picks bilinear or bicubic, and timm's ops pick their own
+    randomly = train_transform(TransformConfig(img_size=64, randaugment=9, randaugment_impl="timm",
+                                               train_interpolation="random"))
+    crops = randomly.transforms[0].transforms
+    assert sorted(c.interpolation.value for c in crops) == ["bicubic", "bilinear"]
+    ra_random = next(t for t in randomly.transforms if type(t).__name__ == "_OnPILImages").transform
+    assert "interpolation" not in ra_random.ops[0].hparams and "interpolation" in ra.ops[0].hparams
+    with pytest.raises(ValueError, match="train_interpolation"):
+        TransformConfig(train_interpolation="lanczos")
     with pytest.raises(ValueError, match="randaugment_mstd"):
         TransformConfig(randaugment=9, randaugment_mstd=0.5)  # torchvision's has no magnitude noise
     with pytest.raises(ValueError, match="randaugment_impl"):

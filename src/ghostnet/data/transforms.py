@@ -19,6 +19,7 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 RE_MODES = ("pixel", "const")
 RANDAUGMENT_LEVELS = 10  # magnitudes 0..10, as in the RandAugment paper and timm
 RANDAUGMENT_IMPLS = ("torchvision", "timm")
+RANDOM_INTERPOLATIONS = ("bilinear", "bicubic")  # what timm's "random" training interpolation chooses from
 EVAL_KEYS = ("preset", "img_size", "crop_pct", "interpolation", "mean", "std")  # what evaluation needs
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -34,6 +35,7 @@ class TransformConfig:
     std: Sequence[float] = (0.229, 0.224, 0.225)
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
+    train_interpolation: Optional[str] = None  # training resize: None (as `interpolation`), one of those, or "random"
     scale: Sequence[float] = (0.08, 1.0)
     ratio: Sequence[float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
@@ -52,6 +54,9 @@ class TransformConfig:
             raise ValueError(f"unknown interpolation {self.interpolation!r}; expected one of {INTERPOLATIONS}")
         if self.re_mode not in RE_MODES:
             raise ValueError(f"unknown random-erasing mode {self.re_mode!r}; expected one of {RE_MODES}")
+        if self.train_interpolation not in (None, "random", *INTERPOLATIONS):
+            raise ValueError(f"train_interpolation must be 'random' or one of {INTERPOLATIONS}, got "
+                             f"{self.train_interpolation!r}")
         if self.randaugment_impl not in RANDAUGMENT_IMPLS:
             raise ValueError(f"randaugment_impl must be one of {RANDAUGMENT_IMPLS}, got {self.randaugment_impl!r}")
         if self.randaugment_mstd < 0 or (self.randaugment_mstd and self.randaugment_impl != "timm"):
@@ -99,6 +104,20 @@ def _to_normalized_tensor(cfg: TransformConfig) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
 
 
+def _random_resized_crop(cfg: TransformConfig):
+    """RandomResizedCrop with the training interpolation; "random" picks bilinear or bicubic per image (timm's
+    train.py default)."""
+    from torchvision.transforms import v2
+
+    def crop(name: str):
+        return v2.RandomResizedCrop(cfg.img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+                                    interpolation=_interpolation(name))
+
+    if cfg.train_interpolation == "random":
+        return v2.RandomChoice([crop(name) for name in RANDOM_INTERPOLATIONS])
+    return crop(cfg.train_interpolation or cfg.interpolation)
+
+
 def train_transform(cfg: TransformConfig):
     """The training-time augmentation of `cfg.preset`."""
     from torchvision.transforms import v2
@@ -108,7 +127,7 @@ def train_transform(cfg: TransformConfig):
         ops = [v2.Resize(cfg.img_size, interpolation=interp),
                v2.RandomCrop(cfg.img_size, padding=cfg.padding)]
     else:
-        ops = [v2.RandomResizedCrop(cfg.img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), interpolation=interp)]
+        ops = [_random_resized_crop(cfg)]
     if cfg.hflip > 0:
         ops.append(v2.RandomHorizontalFlip(cfg.hflip))
     if cfg.randaugment is not None and cfg.randaugment_impl == "timm":
@@ -158,8 +177,10 @@ def _timm_randaugment(cfg: TransformConfig):
         raise ValueError("randaugment_impl 'timm' needs timm (pip install timm, or the [timm] extra)") from exc
     config = f"rand-m{cfg.randaugment}" + (f"-mstd{cfg.randaugment_mstd:g}" if cfg.randaugment_mstd else "")
     hparams = {"translate_const": int(cfg.img_size * 0.45),
-               "img_mean": tuple(min(255, round(255 * m)) for m in cfg.mean),
-               "interpolation": str_to_pil_interp(cfg.interpolation)}
+               "img_mean": tuple(min(255, round(255 * m)) for m in cfg.mean)}
+    train_interpolation = cfg.train_interpolation or cfg.interpolation
+    if train_interpolation != "random":  # without it, timm's ops pick bilinear or bicubic at random, as timm does
+        hparams["interpolation"] = str_to_pil_interp(train_interpolation)
     return _OnPILImages(rand_augment_transform(config, hparams))
 
 

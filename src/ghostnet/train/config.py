@@ -53,6 +53,9 @@ class TrainConfig:
     img_size: Optional[int] = _f(None, "training/eval image size (default: the model's input size)")
     crop_pct: Optional[float] = _f(None, "eval centre-crop fraction (default: the model's, 0.875)")
     interpolation: Optional[str] = _f(None, "resize interpolation (default: the model's)")
+    train_interpolation: Optional[str] = _f(None, "training crop interpolation: as --interpolation (default), one "
+                                                  "of its values, or random (bilinear or bicubic per image, timm's "
+                                                  "train.py default)")
     mean: Optional[list] = _f(None, "normalization mean (default: the model's)")
     std: Optional[list] = _f(None, "normalization std (default: the model's)")
     scale: list = _f([0.08, 1.0], "RandomResizedCrop area range")
@@ -157,6 +160,7 @@ class TrainConfig:
             crop_pct=self.crop_pct or None, interpolation=self.interpolation or None,
             scale=tuple(self.scale), hflip=self.hflip, color_jitter=self.color_jitter, randaugment=self.randaugment,
             randaugment_impl=self.randaugment_impl, randaugment_mstd=self.randaugment_mstd,
+            train_interpolation=self.train_interpolation,
             random_erasing=self.random_erasing, re_mode=self.re_mode, padding=self.padding)
 
     def to_dict(self) -> dict[str, Any]:
