@@ -168,8 +168,8 @@ class _OnPILImages:
 
 def _timm_randaugment(cfg: TransformConfig):
     """timm's RandAugment, set up as timm's training transform sets it up ("rand-m{M}[-mstd{S}]", its defaults
-    otherwise: 2 ops, each applied with probability 0.5). It draws from Python's `random`, which the loader seeds
-    per sample as it seeds torch."""
+    otherwise: 2 ops, each applied with probability 0.5). It draws from Python's and NumPy's generators, which the
+    loader seeds per sample as it seeds torch's."""
     try:
         from timm.data.auto_augment import rand_augment_transform
         from timm.data.transforms import str_to_pil_interp
