@@ -90,6 +90,7 @@ def test_cli_resume_rules(data, tmp_path, capsys):
     assert "cannot change lr when resuming" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing.pt")]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
-    assert main(["train", "--resume", "--output", str(out), "--epochs", "2"]) == 0
+    assert main(["train", "--resume", "--output", str(out), "--epochs", "2", "--grad-checkpointing"]) == 0
     state = read_training_state(out / "last.pt")
     assert state["progress"]["epoch"] == 2 and [row["epoch"] for row in state["history"]] == [1, 2]
+    assert state["config"]["grad_checkpointing"]  # memory-only settings may be taken up on resume

@@ -13,8 +13,10 @@ from typing import Any, Union
 #: Flags spelled differently from their config field.
 FLAG_NAMES = {"output": ("--output", "-o")}
 #: Fields a resumed run may change: they do not alter the computation (or, for epochs, extend it on purpose).
+#: Gradient checkpointing gives the same step; compiling computes the same functions (to float rounding), so a run
+#: that no longer fits in memory or wants speed can take them up on resume.
 RESUME_MUTABLE = {"data", "data_dir", "download", "workers", "progress", "tensorboard", "plots", "output", "device",
-                  "save_every_steps", "eval_every", "epochs", "skip_corrupt"}
+                  "save_every_steps", "eval_every", "epochs", "skip_corrupt", "grad_checkpointing", "compile"}
 
 
 def _parse_list(text: str) -> list:
