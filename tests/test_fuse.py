@@ -104,6 +104,17 @@ def test_fuse_leaves_the_original_alone():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+def test_fused_form_traces_without_the_training_models_checkpointing():
+    model = ghostnet.create_model("ghostnet_050").eval()
+    model.set_grad_checkpointing()
+    x = torch.randn(1, 3, 64, 64)
+    fused = fuse(model, example_input=x)
+    assert not fused.grad_checkpointing and model.grad_checkpointing  # the copy only
+    traced = torch.jit.trace(fused, x)  # with gradients on: through a checkpoint this fails its sanity check
+    assert torch.allclose(traced(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_fuse_in_place_returns_the_same_object():
     model = ghostnet.create_model("ghostnet_050").train()
     fused = fuse(model, example_input=torch.randn(1, 3, 32, 32), inplace=True)

@@ -352,6 +352,8 @@ def fuse(model: nn.Module, example_input: Optional[torch.Tensor] = None, inplace
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
+    if getattr(model, "grad_checkpointing", False):
+        model.set_grad_checkpointing(False)  # a training-memory setting; tracing through checkpoints fails
     reparameterize_model(model)
     if example_input is None:
         example_input = example_input_for(model)
