@@ -104,7 +104,7 @@ def test_fuse_leaves_the_original_alone():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_fused_form_traces_without_the_training_models_checkpointing():
     model = ghostnet.create_model("ghostnet_050").eval()
     model.set_grad_checkpointing()
