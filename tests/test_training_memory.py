@@ -39,11 +39,24 @@ def test_ghostnet_stages_and_what_checkpointing_saves():
     assert ckpt.peak_bytes < plain.peak_bytes
 
 
+def test_mixed_precision_saves_half_width_activations():
+    import torch
+
+    # At 224x224 the activations outweigh the bfloat16 copies of the weights that autocast also keeps.
+    fp32 = training_memory(ghostnet.create_model("ghostnet_050"), (3, 224, 224), batch_size=4)
+    bf16 = training_memory(ghostnet.create_model("ghostnet_050"), (3, 224, 224), batch_size=4,
+                           autocast_dtype=torch.bfloat16)
+    assert bf16.autocast == "bfloat16" and fp32.autocast is None
+    # Convs save bfloat16 inputs under autocast; batch norms run in float32 and keep theirs.
+    assert 0.4 * fp32.saved_bytes < bf16.saved_bytes < 0.75 * fp32.saved_bytes
+    assert bf16.weights_bytes == fp32.weights_bytes  # the weights stay float32
+
+
 def test_cli_profile_train(capsys):
     assert main(["profile", "resnet20_cifar", "--batch-size", "4", "--no-measure", "--train",
-                 "--grad-checkpointing"]) == 0
+                 "--grad-checkpointing", "--dtype", "bfloat16"]) == 0
     out = capsys.readouterr().out
-    assert "resnet20_cifar: one training step, batch 4, 3x32x32, with gradient checkpointing" in out
+    assert "resnet20_cifar: one training step, batch 4, 3x32x32, with gradient checkpointing, bfloat16 autocast" in out
     assert "alive when backward starts" in out and "SGD momentum" in out
     assert main(["profile", "resnet20_cifar", "--no-measure", "--grad-checkpointing"]) != 0
     assert "--grad-checkpointing goes with --train" in capsys.readouterr().err

@@ -141,6 +141,7 @@ def render_training_memory(name: str, tm: TrainingMemory) -> str:
     total = tm.saved_bytes or 1
     rows = [[module, fmt_bytes(n), f"{100 * n / total:.1f}%"] for module, n in tm.saved_by_module.items() if n]
     mode = "with gradient checkpointing" if tm.grad_checkpointing else "no checkpointing"
+    mode += f", {tm.autocast} autocast" if tm.autocast else ", float32"
     size = "x".join(str(d) for d in tm.input_size)
     lines = [f"{name}: one training step, batch {tm.batch_size}, {size}, {mode}",
              _table(["module", "saved for backward", "share"], rows, "lrr"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,7 @@ class TrainingMemory:
     weights_bytes: int
     gradient_bytes: int
     momentum_bytes: int
+    autocast: Optional[str] = None  # mixed-precision dtype of the forward pass, if any
     saved_by_module: dict[str, int] = field(default_factory=dict)
     retained_bytes: int = 0
     peak_bytes: int = 0
@@ -46,7 +47,8 @@ class TrainingMemory:
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "input_size": list(self.input_size),
-                "grad_checkpointing": self.grad_checkpointing, "weights_bytes": self.weights_bytes,
+                "grad_checkpointing": self.grad_checkpointing, "autocast": self.autocast,
+                "weights_bytes": self.weights_bytes,
                 "gradient_bytes": self.gradient_bytes, "momentum_bytes": self.momentum_bytes,
                 "saved_by_module": dict(self.saved_by_module), "saved_bytes": self.saved_bytes,
                 "retained_bytes": self.retained_bytes, "peak_bytes": self.peak_bytes, "method": self.method}
@@ -89,9 +91,10 @@ def _saved_tensor_attribution(model: nn.Module, totals: dict[str, int], depth: i
             handle.remove()
 
 
-def _step(model: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer,
+def _step(model: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer, autocast_dtype=None,
           backward_context=contextlib.nullcontext) -> None:
-    out = model(x)
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        out = model(x)
     loss = (out if isinstance(out, torch.Tensor) else torch.stack([o.float().mean() for o in out])).float().mean()
     with backward_context():
         loss.backward()
@@ -99,9 +102,11 @@ def _step(model: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer,
 
 
 def training_memory(model: nn.Module, input_size: tuple[int, int, int], batch_size: int = 32,
-                    grad_checkpointing: bool = False, device: str = "cpu") -> TrainingMemory:
+                    grad_checkpointing: bool = False, device: str = "cpu",
+                    autocast_dtype: Optional[torch.dtype] = None) -> TrainingMemory:
     """Measure one training step of `model` (train mode, SGD with momentum, a mean-of-outputs loss) on a random
-    batch. The model is changed (its gradients, its BN statistics and one SGD step); pass a copy to keep it."""
+    batch, in float32 or with mixed precision (`autocast_dtype`, e.g. torch.bfloat16; weights stay float32).
+    The model is changed (its gradients, its BN statistics and one SGD step); pass a copy to keep it."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model = model.to(device).train()
@@ -113,11 +118,12 @@ def training_memory(model: nn.Module, input_size: tuple[int, int, int], batch_si
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     params, _ = weight_bytes(model)
     grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    result = TrainingMemory(batch_size, tuple(input_size), grad_checkpointing, params, grads, grads)
+    result = TrainingMemory(batch_size, tuple(input_size), grad_checkpointing, params, grads, grads,
+                            autocast=None if autocast_dtype is None else str(autocast_dtype).replace("torch.", ""))
 
     # Attribution pass (also creates the momentum buffers, so that the measured step below allocates no state).
     with _saved_tensor_attribution(model, result.saved_by_module):
-        _step(model, x, optimizer)
+        _step(model, x, optimizer, autocast_dtype)
     optimizer.zero_grad(set_to_none=True)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
@@ -130,7 +136,7 @@ def training_memory(model: nn.Module, input_size: tuple[int, int, int], batch_si
             at_backward.append(torch.cuda.memory_allocated(x.device))
             yield
 
-        _step(model, x, optimizer, note_allocated)
+        _step(model, x, optimizer, autocast_dtype, note_allocated)
         torch.cuda.synchronize(x.device)
         result.retained_bytes = at_backward[0] - base
         result.peak_bytes = torch.cuda.max_memory_allocated(x.device) - base
@@ -141,7 +147,7 @@ def training_memory(model: nn.Module, input_size: tuple[int, int, int], batch_si
     from torch.profiler import ProfilerActivity, profile, record_function
 
     with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _step(model, x, optimizer, lambda: record_function(BACKWARD_MARK))
+        _step(model, x, optimizer, autocast_dtype, lambda: record_function(BACKWARD_MARK))
     result.retained_bytes, result.peak_bytes = _live_at_mark_and_peak(prof, BACKWARD_MARK)
     result.method = "torch.profiler memory events (CPU)"
     return result

@@ -23,8 +23,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ghost", action="store_true", help="print the per-Ghost-module formula table")
     p.add_argument("--no-measure", action="store_true", help="skip the measured memory pass")
     p.add_argument("--train", action="store_true",
-                   help="also measure one training step (SGD with momentum) at --batch-size: what each stage saves "
-                        "for backward, the memory alive when backward starts, and the step's peak")
+                   help="also measure one training step (SGD with momentum) at --batch-size, with --dtype as autocast "
+                        "(mixed precision): what each stage saves for backward, the memory alive when backward "
+                        "starts, and the step's peak")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="with --train: the same step with gradient checkpointing")
     p.set_defaults(func=run_profile)
@@ -68,12 +69,16 @@ def run_profile(args: argparse.Namespace) -> int:
         print(render_text(p, layers=args.layers, ghost=args.ghost))
         print()
     if args.train:
+        import torch
+
         from ..analysis.report import render_training_memory
         from ..analysis.training_memory import training_memory
 
         for spec, p in zip(specs, profiles):
             model = build_model(spec)  # a fresh copy: the step changes weights and BN statistics
-            tm = training_memory(model, p.input_size, args.batch_size, args.grad_checkpointing)
+            autocast = None if args.dtype == "float32" else getattr(torch, args.dtype)  # mixed precision
+            tm = training_memory(model, p.input_size, args.batch_size, args.grad_checkpointing,
+                                 autocast_dtype=autocast)
             print(render_training_memory(p.model, tm))
             print()
     if len(profiles) > 1:
