@@ -87,6 +87,8 @@ class TrainConfig:
     milestones: list = _f([], "multistep: epochs at which lr is multiplied by gamma")
     decay_epochs: float = _f(1.0, "step: multiply lr by gamma every this many epochs")
     gamma: float = _f(0.1, "multistep/step decay factor")
+    lr_per_epoch: bool = _f(False, "hold the lr for a whole epoch at its value at the epoch's start (timm's "
+                                   "epoch-stepped schedulers) instead of updating it every step")
     lr_noise: Optional[list] = _f(None, "timm's lr noise: [start, end] fractions of the epochs (or [start]) in which "
                                         "each epoch's lr is multiplied by 1 + a clipped normal draw")
     lr_noise_pct: float = _f(0.67, "lr noise: draws are redrawn until |noise| < this")

@@ -40,8 +40,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate for optimizer step `step` (0-based): linear warmup, then the chosen schedule, times the
-    epoch's lr noise where `cfg.lr_noise` asks for it."""
-    return _scheduled_lr(cfg, step, steps_per_epoch) * (1.0 + lr_noise(cfg, step // steps_per_epoch))
+    epoch's lr noise where `cfg.lr_noise` asks for it; with `cfg.lr_per_epoch`, the value at the epoch's start."""
+    epoch = step // steps_per_epoch
+    if cfg.lr_per_epoch:
+        step = epoch * steps_per_epoch
+    return _scheduled_lr(cfg, step, steps_per_epoch) * (1.0 + lr_noise(cfg, epoch))
 
 
 def lr_noise(cfg: TrainConfig, epoch: int) -> float:
