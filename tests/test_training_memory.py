@@ -52,9 +52,14 @@ def test_mixed_precision_saves_half_width_activations():
     assert bf16.weights_bytes == fp32.weights_bytes  # the weights stay float32
 
 
-def test_cli_profile_train(capsys):
+def test_cli_profile_train(capsys, tmp_path):
+    import json
+
     assert main(["profile", "resnet20_cifar", "--batch-size", "4", "--no-measure", "--train",
-                 "--grad-checkpointing", "--dtype", "bfloat16"]) == 0
+                 "--grad-checkpointing", "--dtype", "bfloat16", "--json", str(tmp_path / "p.json")]) == 0
+    training, = json.loads((tmp_path / "p.json").read_text())["training"]
+    assert training["grad_checkpointing"] and training["autocast"] == "bfloat16" and training["batch_size"] == 4
+    assert training["saved_bytes"] == sum(training["saved_by_module"].values()) > 0
     out = capsys.readouterr().out
     assert "resnet20_cifar: one training step, batch 4, 3x32x32, with gradient checkpointing, bfloat16 autocast" in out
     assert "alive when backward starts" in out and "SGD momentum" in out

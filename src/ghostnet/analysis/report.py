@@ -156,14 +156,18 @@ def render_training_memory(name: str, tm: TrainingMemory) -> str:
     return "\n".join(lines)
 
 
-def profiles_json(profiles: Sequence[Profile]) -> str:
-    """{"profiles": [...]} with every row and total."""
-    return json.dumps({"profiles": [p.to_dict() for p in profiles]}, indent=2)
+def profiles_json(profiles: Sequence[Profile], training: Sequence[TrainingMemory] = ()) -> str:
+    """{"profiles": [...]} with every row and total, and {"training": [...]} when training steps were measured."""
+    data: dict = {"profiles": [p.to_dict() for p in profiles]}
+    if training:
+        data["training"] = [t.to_dict() for t in training]
+    return json.dumps(data, indent=2)
 
 
-def write_json(profiles: Sequence[Profile], path: Union[str, os.PathLike]) -> None:
+def write_json(profiles: Sequence[Profile], path: Union[str, os.PathLike],
+               training: Sequence[TrainingMemory] = ()) -> None:
     with atomic_write(path) as tmp:
-        tmp.write_text(profiles_json(profiles) + "\n")
+        tmp.write_text(profiles_json(profiles, training) + "\n")
 
 
 def write_csv(profiles: Sequence[Profile], path: Union[str, os.PathLike]) -> None:

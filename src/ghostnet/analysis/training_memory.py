@@ -1,7 +1,8 @@
 """Memory of one training step: what the forward pass keeps for backward, per stage, and the step's measured peak.
 
 Training needs far more memory than inference because every layer's inputs (or outputs) stay alive until the
-backward pass uses them; in a Ghost module both halves of the concat and the concat itself are kept. Two views:
+backward pass uses them; in a Ghost module the intrinsic and ghost maps before and after their batch norms and the
+concatenated map (the next layer's input) are all kept. Two views:
 
 * `saved_by_module`: the tensors autograd saves for backward (`torch.autograd.graph.saved_tensors_hooks`), each
   storage counted once and given to the top-level module (stage) whose forward saved it; parameters are left out

@@ -68,6 +68,7 @@ def run_profile(args: argparse.Namespace) -> int:
     for p in profiles:
         print(render_text(p, layers=args.layers, ghost=args.ghost))
         print()
+    training = []
     if args.train:
         import torch
 
@@ -77,14 +78,14 @@ def run_profile(args: argparse.Namespace) -> int:
         for spec, p in zip(specs, profiles):
             model = build_model(spec)  # a fresh copy: the step changes weights and BN statistics
             autocast = None if args.dtype == "float32" else getattr(torch, args.dtype)  # mixed precision
-            tm = training_memory(model, p.input_size, args.batch_size, args.grad_checkpointing,
-                                 autocast_dtype=autocast)
-            print(render_training_memory(p.model, tm))
+            training.append(training_memory(model, p.input_size, args.batch_size, args.grad_checkpointing,
+                                            autocast_dtype=autocast))
+            print(render_training_memory(p.model, training[-1]))
             print()
     if len(profiles) > 1:
         print(render_comparison(profiles))
     if args.json:
-        write_json(profiles, args.json)
+        write_json(profiles, args.json, training)
     if args.csv:
         write_csv(profiles, args.csv)
     if args.plot:
