@@ -180,6 +180,22 @@ def test_compiled_training_run_ends_where_the_plain_run_ends(tmp_path, monkeypat
         make_config(tiny_config(data, tmp_path / "x", compile="fast"))
 
 
+def test_v3_recipes_cosine_matches_timms_scheduler():
+    """The official v3 train.py builds timm's cosine scheduler from its defaults (warmup from 1e-4, cosine to 1e-5)."""
+    from timm.scheduler import create_scheduler_v2
+
+    c = ghostnet.train.load_recipe("imagenet_ghostnetv3")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=c.lr)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=c.epochs, warmup_lr=c.warmup_lr,
+                                       warmup_epochs=int(c.warmup_epochs), min_lr=c.min_lr)
+    for epoch in range(c.epochs):
+        scheduler.step(epoch)
+        for step in range(epoch * 3, epoch * 3 + 3):
+            assert lr_at(c, step, 3) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12), (epoch, step)
+    shifted = make_config({**c.to_dict(), "cosine_from_start": False, "lr_per_epoch": False})
+    assert lr_at(shifted, 3 * 3, 3) == pytest.approx(c.lr)  # the default starts the cosine after the warmup
+
+
 def test_lr_noise_matches_timms_scheduler_for_the_v2_command():
     """The GhostNetV2 command trained with timm's train.py and --lr-noise 0.42 0.9: its scheduler is the golden."""
     from timm.scheduler import create_scheduler_v2

@@ -87,6 +87,8 @@ class TrainConfig:
     milestones: list = _f([], "multistep: epochs at which lr is multiplied by gamma")
     decay_epochs: float = _f(1.0, "step: multiply lr by gamma every this many epochs")
     gamma: float = _f(0.1, "multistep/step decay factor")
+    cosine_from_start: bool = _f(False, "cosine: count it from step 0, the warmup replacing its start (timm's "
+                                        "train.py), instead of from the end of the warmup")
     lr_per_epoch: bool = _f(False, "hold the lr for a whole epoch at its value at the epoch's start (timm's "
                                    "epoch-stepped schedulers) instead of updating it every step")
     lr_noise: Optional[list] = _f(None, "timm's lr noise: [start, end] fractions of the epochs (or [start]) in which "

@@ -70,8 +70,8 @@ def _scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if step < warmup_steps:
         return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warmup_steps
     if cfg.schedule == "cosine":
-        total = cfg.epochs * steps_per_epoch - warmup_steps
-        t = (step - warmup_steps) / max(1, total)
+        start = 0 if cfg.cosine_from_start else warmup_steps
+        t = (step - start) / max(1, cfg.epochs * steps_per_epoch - start)
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
     if cfg.schedule == "multistep":
         return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
