@@ -252,12 +252,21 @@ def _peaks_from_events(events: list[tuple[int, int, int, Optional[int]]]) -> tup
             alloc_root, _, alloc_index = owner.pop(ptr)
             if alloc_root is not None and alloc_root == root:
                 transient.add(alloc_index)
-    # Second pass: running sums, counting only frees of blocks allocated inside the window.
-    live_all = live_act = peak_all = peak_act = 0
+    peak_all = peak_act = 0
+    for _, live_all, live_act in live_bytes(events, transient):
+        peak_all, peak_act = max(peak_all, live_all), max(peak_act, live_act)
+    return peak_act, peak_all
+
+
+def live_bytes(events: list[tuple[int, int, int, Optional[int]]],
+               scratch: frozenset[int] | set[int] = frozenset()) -> Iterator[tuple[int, int, int]]:
+    """(time, bytes live, bytes live less the `scratch` allocations) after each of the time-ordered allocator events,
+    counting only frees of blocks allocated inside the window; `scratch` holds indices of allocation events."""
+    live_all = live_act = 0
     open_blocks: dict[int, tuple[int, bool]] = {}
-    for i, (_, ptr, nbytes, _) in enumerate(events):
+    for i, (time_ns, ptr, nbytes, _) in enumerate(events):
         if nbytes > 0:
-            is_scratch = i in transient
+            is_scratch = i in scratch
             open_blocks[ptr] = (nbytes, is_scratch)
             live_all += nbytes
             live_act += 0 if is_scratch else nbytes
@@ -265,8 +274,7 @@ def _peaks_from_events(events: list[tuple[int, int, int, Optional[int]]]) -> tup
             size, is_scratch = open_blocks.pop(ptr)
             live_all -= size
             live_act -= 0 if is_scratch else size
-        peak_all, peak_act = max(peak_all, live_all), max(peak_act, live_act)
-    return peak_act, peak_all
+        yield time_ns, live_all, live_act
 
 
 @torch.no_grad()

@@ -15,13 +15,13 @@ concatenated map (the next layer's input) are all kept. Two views:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
 
-from .memory import _allocation_events, _quiet_native_stderr, weight_bytes
+from .memory import _allocation_events, _quiet_native_stderr, live_bytes, weight_bytes
 
 BACKWARD_MARK = "ghostnet::backward"  # profiler range around the backward pass
 
@@ -47,12 +47,8 @@ class TrainingMemory:
         return sum(self.saved_by_module.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "input_size": list(self.input_size),
-                "grad_checkpointing": self.grad_checkpointing, "autocast": self.autocast,
-                "weights_bytes": self.weights_bytes,
-                "gradient_bytes": self.gradient_bytes, "momentum_bytes": self.momentum_bytes,
-                "saved_by_module": dict(self.saved_by_module), "saved_bytes": self.saved_bytes,
-                "retained_bytes": self.retained_bytes, "peak_bytes": self.peak_bytes, "method": self.method}
+        """Plain data (lists for tuples), ready for JSON, with the saved total."""
+        return {**asdict(self), "input_size": list(self.input_size), "saved_bytes": self.saved_bytes}
 
 
 @contextlib.contextmanager
@@ -167,14 +163,8 @@ def _live_at_mark_and_peak(prof, mark: str) -> tuple[int, int]:
         raise RuntimeError(f"profiler mark {mark!r} not found")
     live = peak = 0
     live_at_mark = None
-    sizes: dict[int, int] = {}
-    for time_ns, ptr, nbytes, _ in _allocation_events(prof):
+    for time_ns, live_now, _ in live_bytes(_allocation_events(prof)):
         if live_at_mark is None and time_ns >= start:
-            live_at_mark = live
-        if nbytes > 0:
-            sizes[ptr] = nbytes
-            live += nbytes
-        elif ptr in sizes:
-            live -= sizes.pop(ptr)
-        peak = max(peak, live)
+            live_at_mark = live  # before this event
+        live, peak = live_now, max(peak, live_now)
     return (live if live_at_mark is None else live_at_mark), peak
