@@ -1,7 +1,7 @@
 """Ghost bottleneck (v1/v2): ghost1 -> [strided depthwise] -> [SE] -> ghost2, plus a shortcut."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -46,6 +46,7 @@ class GhostBottleneck(nn.Module):
         has_dw: Optional[bool] = None,
         ratio: int = 2,
         dw_size: int = 3,
+        se_layer: Callable[..., nn.Module] = SqueezeExcite,
     ) -> None:
         super().__init__()
         has_dw = stride > 1 if has_dw is None else has_dw
@@ -59,7 +60,7 @@ class GhostBottleneck(nn.Module):
         else:
             self.conv_dw = None
             self.bn_dw = None
-        self.se = SqueezeExcite(mid_chs, rd_ratio=se_ratio) if se_ratio and se_ratio > 0 else None
+        self.se = se_layer(mid_chs, rd_ratio=se_ratio) if se_ratio and se_ratio > 0 else None
         self.ghost2 = GhostModule(mid_chs, out_chs, ratio=ratio, dw_size=dw_size, dilation=dilation, act_layer=None)
         self.shortcut = make_shortcut(in_chs, out_chs, dw_kernel_size, stride, dilation,
                                       needs_projection=in_chs != out_chs or has_dw)

@@ -6,7 +6,7 @@ linear until the shared activation, they sum to one conv with bias. Key names fo
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -130,6 +130,7 @@ class GhostBottleneckV3(nn.Module):
         dfc: bool = False,
         has_dw: Optional[bool] = None,
         num_conv_branches: int = 3,
+        se_layer: Callable[..., nn.Module] = SqueezeExcite,
     ) -> None:
         super().__init__()
         has_dw = stride > 1 if has_dw is None else has_dw
@@ -148,7 +149,7 @@ class GhostBottleneckV3(nn.Module):
         else:
             self.dw_rpr_conv = None
             self.dw_rpr_scale = None
-        self.se = SqueezeExcite(mid_chs, rd_ratio=se_ratio) if se_ratio and se_ratio > 0 else None
+        self.se = se_layer(mid_chs, rd_ratio=se_ratio) if se_ratio and se_ratio > 0 else None
         self.ghost2 = GhostModuleV3(mid_chs, out_chs, dilation=dilation, act_layer=None,
                                     num_conv_branches=num_conv_branches)
         self.shortcut = make_shortcut(in_chs, out_chs, dw_kernel_size, stride, dilation,

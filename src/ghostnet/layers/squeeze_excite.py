@@ -1,10 +1,24 @@
-"""Squeeze-and-Excitation as GhostNet uses it: hard-sigmoid gate, reduction rounded to a multiple of 4."""
+"""Squeeze-and-Excitation as GhostNet uses it: hard-sigmoid gate, reduction rounded to a multiple of 4.
+
+PaddleClas's GhostNet differs in two details that its weights depend on: the gate clips to [0, 1] (`ClipGate`) and
+the reduction is `in_chs // 4` without rounding (`divisor=1`).
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
 from .helpers import HardSigmoid, LayerFactory, make_act, make_divisible
+
+
+class ClipGate(nn.Module):
+    """clip(x, 0, 1): PaddleClas's SE gate (not a hard sigmoid: no +3, /6)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0.0, 1.0)
+
+
+SE_GATES: dict[str, type[nn.Module]] = {"hard_sigmoid": HardSigmoid, "clip": ClipGate}
 
 
 class SqueezeExcite(nn.Module):

@@ -7,13 +7,15 @@ every stride, output stride 8/16, DFC attention that works on any map size, in-p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import ConvBnAct, GhostBottleneck, GhostBottleneckV3, make_divisible, reparameterize_model
+from ..layers import (SE_GATES, ConvBnAct, GhostBottleneck, GhostBottleneckV3, SqueezeExcite, make_divisible,
+                      reparameterize_model)
 from ..layers.checkpointing import run_stage
 
 
@@ -75,6 +77,10 @@ class GhostNet(nn.Module):
         features_only: return the feature maps of `out_indices` instead of logits (no head is built).
         out_indices: which of the taps (last map at each stride 2, 4, 8, 16, 32) to return.
         num_conv_branches: v3 only, branches per re-parameterizable conv.
+        se_gate: the SE gate, "hard_sigmoid" (official) or "clip" (clip to [0, 1], PaddleClas).
+        se_divisor: the SE reduction is rounded to a multiple of this: 4 (official: 72 channels reduce to 20) or 1
+            (PaddleClas: in_chs // 4, here always a multiple of 4 divided by 4).
+        head_norm: a batch norm between the 1280-channel head conv (then without bias) and its ReLU (PaddleClas).
     """
 
     def __init__(
@@ -91,6 +97,9 @@ class GhostNet(nn.Module):
         out_indices: Sequence[int] = (0, 1, 2, 3, 4),
         num_conv_branches: int = 3,
         stages: Sequence[Sequence[BlockCfg]] = GHOSTNET_STAGES,
+        se_gate: str = "hard_sigmoid",
+        se_divisor: int = 4,
+        head_norm: bool = False,
     ) -> None:
         super().__init__()
         if version not in VERSIONS:
@@ -103,6 +112,10 @@ class GhostNet(nn.Module):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        if se_gate not in SE_GATES:
+            raise ValueError(f"se_gate must be one of {tuple(SE_GATES)}, got {se_gate!r}")
+        if se_divisor < 1:
+            raise ValueError(f"se_divisor must be >= 1, got {se_divisor}")
         if in_chans < 1 or num_classes < 0:
             raise ValueError(f"in_chans must be >= 1 and num_classes >= 0, got {in_chans} and {num_classes}")
         self.version, self.width = version, width
@@ -110,6 +123,7 @@ class GhostNet(nn.Module):
         self.global_pool_type = global_pool
         self.features_only = features_only
 
+        se_layer = partial(SqueezeExcite, divisor=se_divisor, gate_layer=SE_GATES[se_gate])
         stem_chs = make_divisible(16 * width, 4)
         self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, stem_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_chs)
@@ -132,7 +146,7 @@ class GhostNet(nn.Module):
                 else:
                     net_stride *= cfg.stride
                 kwargs = dict(dw_kernel_size=cfg.kernel, stride=stride, dilation=block_dilation, se_ratio=cfg.se,
-                              dfc=version != "v1" and block_idx > 1, has_dw=cfg.stride > 1)
+                              dfc=version != "v1" and block_idx > 1, has_dw=cfg.stride > 1, se_layer=se_layer)
                 if version == "v3":
                     layers.append(GhostBottleneckV3(prev_chs, mid_chs, out_chs, num_conv_branches=num_conv_branches,
                                                     **kwargs))
@@ -158,10 +172,11 @@ class GhostNet(nn.Module):
             last_stage = self.feature_info_all[max(self.out_indices)].stage
             self.blocks = self.blocks[: last_stage + 1]
             self.head_hidden_size = 0
-            self.conv_head = self.act2 = self.classifier = None
+            self.conv_head = self.norm_head = self.act2 = self.classifier = None
             return
         self.head_hidden_size = HEAD_CHANNELS
-        self.conv_head = nn.Conv2d(self.num_features, HEAD_CHANNELS, 1, bias=True)
+        self.conv_head = nn.Conv2d(self.num_features, HEAD_CHANNELS, 1, bias=not head_norm)
+        self.norm_head = nn.BatchNorm2d(HEAD_CHANNELS) if head_norm else nn.Identity()
         self.act2 = nn.ReLU(inplace=True)
         self.classifier = nn.Linear(HEAD_CHANNELS, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -235,8 +250,8 @@ class GhostNet(nn.Module):
         return 0.5 * (F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global pool -> 1x1 conv to 1280 (bias, no BN) -> ReLU -> dropout -> classifier."""
-        x = self.act2(self.conv_head(self.pool(x))).flatten(1)
+        """Global pool -> 1x1 conv to 1280 (bias, or BN with head_norm) -> ReLU -> dropout -> classifier."""
+        x = self.act2(self.norm_head(self.conv_head(self.pool(x)))).flatten(1)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.classifier(x)
