@@ -34,7 +34,8 @@ def torch_flops(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def test_every_ghostnet_variant_is_registered_here() -> None:
-    assert set(ghostnet.list_models("ghostnet*")) == set(PUBLISHED)
+    # The *_paddle models are PaddleClas's form (smaller SE, same MACs to 0.1%), checked in test_paddle.py.
+    assert set(ghostnet.list_models("ghostnet*")) - set(ghostnet.list_models("*_paddle")) == set(PUBLISHED)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD
 
-FILE_FORMATS = ("pth", "pth.tar", "safetensors")
+FILE_FORMATS = ("pth", "pth.tar", "safetensors", "pdparams")
 _HEX = re.compile(r"[0-9a-f]{8,64}")
 MIN_SHA256_PREFIX = 8
 
@@ -75,6 +75,10 @@ _SRC_TIMM_URL = ("timm default_cfgs hf_hub_id='timm/' + huggingface_hub URL temp
                  "https://huggingface.co/{repo_id}/resolve/{revision}/{filename} + timm's model.safetensors")
 _SRC_TIMM_CSV = "timm results/results-imagenet.csv (commit 0173a13): evaluated at crop 0.875, bilinear"
 _SRC_TIMM_FACTS = "timm results as quoted in shared/reference/ghostnet-facts.md §2 (top-1 only)"
+_SRC_PADDLE_URL = ("PaddleClas ppcls/arch/backbone/model_zoo/ghostnet.py MODEL_URLS (paddleclas 2.6.0); the ssld file "
+                   "by load_dygraph_pretrain's use_ssld renaming (_pretrained -> _ssld_pretrained)")
+_SRC_PADDLE_ACC = "PaddleClas docs/zh_CN/models/Mobile.md, accuracy table (Top1 / Top5 of the released weights)"
+_LIC_PADDLE = "Apache-2.0 (PaddleClas LICENSE)"
 _LIC_V1 = "Apache-2.0 (ghostnet_pytorch/License.txt of the official repository)"
 _LIC_EAB = "not stated: no licence file beside ghostnetv2_pytorch/ or ghostnetv3_pytorch/ in the official repository"
 _LIC_TIMM = "apache-2.0 (Hugging Face model card of the timm copy)"
@@ -139,6 +143,19 @@ def _builtin_table() -> list[tuple[PretrainedWeights, bool]]:
         top1=76.930, top5=93.132, accuracy_source="PaddleClas PR #3413: timm/ghostnetv3_100.in1k evaluated",
         license=_LIC_TIMM, source=_SRC_TIMM_URL, url_confirmed=False,
         notes="the raw (non-EMA) official weights re-saved by timm (76.936 top-1 in timm's own results)"), False))
+    for width, scale, tag, top1, top5, default in (("050", "0_5", "paddle", 66.8, 86.9, True),
+                                                   ("100", "1_0", "paddle", 74.0, 91.6, True),
+                                                   ("130", "1_3", "paddle", 75.7, 92.5, False),
+                                                   ("130", "1_3", "ssld", 79.4, 94.5, True)):
+        stem = f"GhostNet_x{scale}_{'ssld_' if tag == 'ssld' else ''}pretrained"
+        table.append((PretrainedWeights(
+            model=f"ghostnet_{width}_paddle", tag=tag,
+            url=f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/{stem}.pdparams",
+            file_name=f"ghostnet_{width}_paddle-{stem}.pdparams", file_format="pdparams", sha256=None,
+            use_ema=False, top1=top1, top5=top5, accuracy_source=_SRC_PADDLE_ACC, license=_LIC_PADDLE,
+            source=_SRC_PADDLE_URL, data_config=imagenet_data_config("bilinear"),
+            notes="PaddleClas's weights, read as data and renamed on load (ghostnet.convert.paddle)" + (
+                "; trained by SSLD distillation from a larger teacher" if tag == "ssld" else "")), default))
     return table
 
 
@@ -194,8 +211,11 @@ def get_weights(model: str, tag: Optional[str] = None) -> PretrainedWeights:
     tags = _TABLE.get(model)
     if not tags:
         have = ", ".join(models_with_weights())
+        paddle = f"{model}_paddle"
+        hint = (f"; PaddleClas's weights at this width load into {paddle!r}, its form of the network"
+                if paddle in _TABLE else "")
         raise ValueError(f"no published weights are registered for {model!r} (models with weights: {have}); "
-                         "pass pretrained=PATH_OR_URL to load a checkpoint file")
+                         f"pass pretrained=PATH_OR_URL to load a checkpoint file{hint}")
     tag = tag or _DEFAULT_TAG[model]
     if tag not in tags:
         raise ValueError(f"{model!r} has no weights tagged {tag!r}; available tags: {', '.join(sorted(tags))} "

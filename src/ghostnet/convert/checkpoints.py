@@ -3,7 +3,8 @@
 Accepted: a bare state_dict or one wrapped under `state_dict`, `state_dict_ema`, `model`, `model_ema`, `ema`
 (`use_ema` picks the EMA copy); `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes; thop's
 `total_ops`/`total_params` buffers; the official v3's `bn.` naming where timm (and we) use `bn1.`;
-`.pth`, `.pth.tar`, `.pt` and `.safetensors`. Files are read as data only (`weights_only=True`, safetensors).
+`.pth`, `.pth.tar`, `.pt` and `.safetensors`; PaddleClas's `.pdparams` (renamed by `convert.paddle`). Files are read
+as data only (`weights_only=True`, safetensors, an arrays-only unpickler for `.pdparams`).
 """
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
+        if path.suffix == ".pdparams":
+            from .paddle import read_pdparams
+
+            return read_pdparams(path), {}
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
@@ -58,6 +63,8 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
                 metadata = dict(f.metadata() or {})
                 return {k: f.get_tensor(k) for k in f.keys()}, metadata
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as exc:  # torch/safetensors raise many types for a bad file; all mean the same to a user
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {reason[:200]})") from None
@@ -137,22 +144,30 @@ def load_checkpoint(model: nn.Module, path_or_url: PathLike, use_ema: bool = Fal
     With `strict=False`, keys the model lacks or has extra (e.g. another classifier size) are skipped instead of
     raising; shape mismatches of shared keys still raise. A `features_only` model ignores the checkpoint's head.
     """
+    from .paddle import PADDLE_MODELS, is_paddle_state, paddle_to_ghostnet  # paddle.py imports this module
+
     location = str(path_or_url)
     path = download_checkpoint(location, progress) if "://" in location else Path(location)
     obj, _ = read_checkpoint(path)
     state = extract_state_dict(obj, use_ema=use_ema, source=str(path))
+    hint = ""
+    if is_paddle_state(state):
+        state = paddle_to_ghostnet(state, source=str(path))
+        hint = (f" (a PaddleClas GhostNet checkpoint: it fits {', '.join(PADDLE_MODELS)}, whose SE blocks and head "
+                "are PaddleClas's)")
     expected = model.state_dict()
     state = adapt_keys(state, expected)
     ignore_unexpected: tuple[str, ...] = ()
     if getattr(model, "features_only", False):
         # The head, and the stages after the last requested tap, are not built in a features_only model.
         kept = len(getattr(model, "blocks", ()))
-        ignore_unexpected = ("conv_head.", "classifier.") + tuple(f"blocks.{i}." for i in range(kept, 64))
+        head = ("conv_head.", "norm_head.", "classifier.")
+        ignore_unexpected = head + tuple(f"blocks.{i}." for i in range(kept, 64))
     if strict:
-        check_fit(state, expected, str(path), ignore_unexpected=ignore_unexpected)
+        check_fit(state, expected, str(path) + hint, ignore_unexpected=ignore_unexpected)
     else:
         shared = {k for k in state if k in expected}
-        check_fit({k: state[k] for k in shared}, {k: expected[k] for k in shared}, str(path))
+        check_fit({k: state[k] for k in shared}, {k: expected[k] for k in shared}, str(path) + hint)
     state = {k: v for k, v in state.items() if k in expected}
     model.load_state_dict(state, strict=strict)
     return model

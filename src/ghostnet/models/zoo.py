@@ -69,3 +69,27 @@ def ghostnetv3_130(**kwargs: Any) -> GhostNet:
 def ghostnetv3_160(**kwargs: Any) -> GhostNet:
     """GhostNetV3 1.6x, training form (80.4% top-1)."""
     return _ghostnet("v3", 1.6, **kwargs)
+
+
+# PaddleClas's GhostNet: the v1 network with PaddleClas's SE (clip gate, in_chs // 4) and a batch norm in the head, the
+# form its published weights (0.5x, 1.0x, 1.3x and a distilled 1.3x) need; see ghostnet.convert.paddle. PaddleClas
+# evaluates with OpenCV's bilinear resize of the short side to 256 and a 224 centre crop.
+PADDLE_VARIANT = dict(se_gate="clip", se_divisor=1, head_norm=True)
+
+
+@register_model(interpolation="bilinear")
+def ghostnet_050_paddle(**kwargs: Any) -> GhostNet:
+    """GhostNet 0.5x in PaddleClas's form (PaddleClas: 66.8% top-1)."""
+    return _ghostnet("v1", 0.5, **PADDLE_VARIANT, **kwargs)
+
+
+@register_model(interpolation="bilinear")
+def ghostnet_100_paddle(**kwargs: Any) -> GhostNet:
+    """GhostNet 1.0x in PaddleClas's form (PaddleClas: 74.0% top-1)."""
+    return _ghostnet("v1", 1.0, **PADDLE_VARIANT, **kwargs)
+
+
+@register_model(interpolation="bilinear")
+def ghostnet_130_paddle(**kwargs: Any) -> GhostNet:
+    """GhostNet 1.3x in PaddleClas's form (PaddleClas: 75.7% top-1, 79.4% distilled)."""
+    return _ghostnet("v1", 1.3, **PADDLE_VARIANT, **kwargs)
