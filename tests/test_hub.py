@@ -252,7 +252,7 @@ def test_tag_choice(server):
     serve_entry(server, SMALL, "b", torch_bytes(state_b))
     assert_state_equal(create_model(SMALL, pretrained=True), state_a)
     assert_state_equal(create_model(SMALL, pretrained="b"), state_b)
-    with pytest.raises(ValueError, match=r"no weights tagged 'c'; available tags: a, b \(default 'a'\)"):
+    with pytest.raises(ValueError, match=r"no weights tagged 'c'; available tags: a, b, mindcv \(default 'a'\)"):
         create_model(SMALL, pretrained="c")
 
 
@@ -281,11 +281,11 @@ def test_other_num_classes_gets_the_body_and_a_new_head(server):
 
 
 def test_model_without_published_weights_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"no published weights are registered for 'ghostnet_130' \(models with "
+    with pytest.raises(ValueError, match=r"no published weights are registered for 'ghostnetv3_050' \(models with "
                                          r"weights: .*ghostnet_100.*\); pass pretrained=PATH_OR_URL"):
-        create_model("ghostnet_130", pretrained=True)
+        create_model("ghostnetv3_050", pretrained=True)
     with pytest.raises(ValueError, match="no published weights"):
-        load_pretrained(create_model("ghostnet_130"), "ghostnet_130")
+        load_pretrained(create_model("ghostnetv3_050"), "ghostnetv3_050")
 
 
 def test_default_cache_is_torch_hub_checkpoints(tmp_path, monkeypatch):

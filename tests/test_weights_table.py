@@ -18,8 +18,9 @@ ENTRIES = list_weights()
 #: Top-1 of each file, from shared/reference/ghostnet-facts.md: §1.2 (official v1 checkpoint 73.98), §2 (GhostNetV2
 #: 75.3 / 76.9 / 77.8 and timm's 73.958 / 75.186 / 76.746 / 77.836), §1.5 (v3: state_dict 76.930, the weights timm
 #: ships; state_dict_ema 77.134); PaddleClas's files from its docs/zh_CN/models/Mobile.md table (0.668 / 0.740 /
-#: 0.757, and 0.794 for the distilled 1.3x).
+#: 0.757, and 0.794 for the distilled 1.3x); mindcv's files from its configs/ghostnet/README.md.
 FACTS_TOP1 = {
+    "ghostnet_050.mindcv": 66.03, "ghostnet_100.mindcv": 73.78, "ghostnet_130.mindcv": 75.50,
     "ghostnet_050_paddle.paddle": 66.8, "ghostnet_100_paddle.paddle": 74.0, "ghostnet_130_paddle.paddle": 75.7,
     "ghostnet_130_paddle.ssld": 79.4,
     "ghostnet_100.official": 73.98, "ghostnet_100.timm": 73.958,
@@ -49,7 +50,8 @@ def test_entries_belong_to_registered_models_and_each_model_has_a_default():
     # The defaults documented in docs/model-zoo.md.
     assert {m: default_tag(m) for m in models_with_weights()} == {
         "ghostnet_100": "timm", "ghostnetv2_100": "timm", "ghostnetv2_130": "timm", "ghostnetv2_160": "timm",
-        "ghostnetv3_100": "ema", "ghostnet_050_paddle": "paddle", "ghostnet_100_paddle": "paddle",
+        "ghostnetv3_100": "ema", "ghostnet_050": "mindcv", "ghostnet_130": "mindcv", "ghostnet_050_paddle": "paddle",
+        "ghostnet_100_paddle": "paddle",
         "ghostnet_130_paddle": "ssld"}
 
 
@@ -86,7 +88,8 @@ def test_a_wrong_checksum_or_format_in_an_entry_is_rejected():
     fields = {k: getattr(base, k) for k in base.__dataclass_fields__}
     with pytest.raises(ValueError, match=r"sha256 must be 8 to 64 lowercase hex digits, got 'abc'"):
         PretrainedWeights(**{**fields, "sha256": "abc"})
-    with pytest.raises(ValueError, match=r"file_format must be one of \('pth', 'pth.tar', 'safetensors', 'pdparams'\)"):
+    with pytest.raises(ValueError, match=r"file_format must be one of \('pth', 'pth.tar', 'safetensors', 'pdparams', "
+                                         r"'ckpt'\)"):
         PretrainedWeights(**{**fields, "file_format": "zip"})
     with pytest.raises(ValueError, match="file_name must be a plain file name"):
         PretrainedWeights(**{**fields, "file_name": "../escape.pth"})
@@ -97,23 +100,19 @@ def test_register_replace_and_unregister(private_table):
     with pytest.raises(ValueError, match=r"weights 'ghostnet_100.official' are already registered"):
         register_weights(entry)
     mine = PretrainedWeights(**{**{k: getattr(entry, k) for k in entry.__dataclass_fields__},
-                                "model": "ghostnet_050", "tag": "mine"})
+                                "model": "ghostnetv3_050", "tag": "mine"})
     register_weights(mine)
-    assert default_tag("ghostnet_050") == "mine" and get_weights("ghostnet_050") is mine
-    unregister_weights("ghostnet_050")
-    assert "ghostnet_050" not in models_with_weights()
+    assert default_tag("ghostnetv3_050") == "mine" and get_weights("ghostnetv3_050") is mine
+    unregister_weights("ghostnetv3_050")
+    assert "ghostnetv3_050" not in models_with_weights()
     unregister_weights("ghostnet_100", "timm")
     assert default_tag("ghostnet_100") == "official"
 
 
 def test_unknown_model_or_tag_names_what_exists():
-    with pytest.raises(ValueError, match=r"no published weights are registered for 'ghostnet_050' \(models with "
-                                         r"weights: ghostnet_050_paddle, ghostnet_100, ghostnet_100_paddle, .*\); "
-                                         r"pass pretrained=PATH_OR_URL to load a checkpoint file; PaddleClas's "
-                                         r"weights at this width load into 'ghostnet_050_paddle'"):
-        get_weights("ghostnet_050")
-    with pytest.raises(ValueError, match=r"no published weights are registered for 'ghostnetv3_050' .*checkpoint "
-                                         r"file$"):
+    with pytest.raises(ValueError, match=r"no published weights are registered for 'ghostnetv3_050' \(models with "
+                                         r"weights: ghostnet_050, ghostnet_050_paddle, ghostnet_100, .*\); pass "
+                                         r"pretrained=PATH_OR_URL to load a checkpoint file$"):
         get_weights("ghostnetv3_050")
     with pytest.raises(ValueError, match=r"'ghostnetv3_100' has no weights tagged 'x'; available tags: ema, raw, "
                                          r"timm \(default 'ema'\)"):

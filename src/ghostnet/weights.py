@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD
 
-FILE_FORMATS = ("pth", "pth.tar", "safetensors", "pdparams")
+FILE_FORMATS = ("pth", "pth.tar", "safetensors", "pdparams", "ckpt")
 _HEX = re.compile(r"[0-9a-f]{8,64}")
 MIN_SHA256_PREFIX = 8
 
@@ -79,6 +79,10 @@ _SRC_PADDLE_URL = ("PaddleClas ppcls/arch/backbone/model_zoo/ghostnet.py MODEL_U
                    "by load_dygraph_pretrain's use_ssld renaming (_pretrained -> _ssld_pretrained)")
 _SRC_PADDLE_ACC = "PaddleClas docs/zh_CN/models/Mobile.md, accuracy table (Top1 / Top5 of the released weights)"
 _LIC_PADDLE = "Apache-2.0 (PaddleClas LICENSE)"
+_SRC_MINDCV_URL = "mindcv mindcv/models/ghostnet.py default_cfgs (mindcv 0.3.0) and configs/ghostnet/README.md"
+_SRC_MINDCV_ACC = ("mindcv configs/ghostnet/README.md (trained by mindcv on 8 Ascend 910, 600 epochs; evaluated at "
+                   "224, crop 0.875, bilinear)")
+_LIC_MINDCV = "Apache-2.0 (mindcv LICENSE)"
 _LIC_V1 = "Apache-2.0 (ghostnet_pytorch/License.txt of the official repository)"
 _LIC_EAB = "not stated: no licence file beside ghostnetv2_pytorch/ or ghostnetv3_pytorch/ in the official repository"
 _LIC_TIMM = "apache-2.0 (Hugging Face model card of the timm copy)"
@@ -156,6 +160,18 @@ def _builtin_table() -> list[tuple[PretrainedWeights, bool]]:
             source=_SRC_PADDLE_URL, data_config=imagenet_data_config("bilinear"),
             notes="PaddleClas's weights, read as data and renamed on load (ghostnet.convert.paddle)" + (
                 "; trained by SSLD distillation from a larger teacher" if tag == "ssld" else "")), default))
+    for width, digits, top1, top5, default in (("050", "85b91860", 66.03, 86.64, True),
+                                               ("100", "bef8025a", 73.78, 91.66, False),
+                                               ("130", "cf4c235c", 75.50, 92.56, True)):
+        file = f"ghostnet_{width}-{digits}.ckpt"
+        table.append((PretrainedWeights(
+            model=f"ghostnet_{width}", tag="mindcv", url=f"https://download.mindspore.cn/toolkits/mindcv/ghostnet/{file}",
+            file_name=f"ghostnet_{width}-mindcv-{file}", file_format="ckpt", sha256=None, use_ema=False, top1=top1,
+            top5=top5, accuracy_source=_SRC_MINDCV_ACC, license=_LIC_MINDCV, source=_SRC_MINDCV_URL,
+            data_config=imagenet_data_config("bilinear"),
+            notes="mindcv's own training of the official network (MindSpore checkpoint, read as data and renamed on "
+                  "load by ghostnet.convert.mindspore); the 8 hex digits in the file name are not documented as a "
+                  "digest, so none is checked"), default))
     return table
 
 
@@ -211,11 +227,8 @@ def get_weights(model: str, tag: Optional[str] = None) -> PretrainedWeights:
     tags = _TABLE.get(model)
     if not tags:
         have = ", ".join(models_with_weights())
-        paddle = f"{model}_paddle"
-        hint = (f"; PaddleClas's weights at this width load into {paddle!r}, its form of the network"
-                if paddle in _TABLE else "")
         raise ValueError(f"no published weights are registered for {model!r} (models with weights: {have}); "
-                         f"pass pretrained=PATH_OR_URL to load a checkpoint file{hint}")
+                         "pass pretrained=PATH_OR_URL to load a checkpoint file")
     tag = tag or _DEFAULT_TAG[model]
     if tag not in tags:
         raise ValueError(f"{model!r} has no weights tagged {tag!r}; available tags: {', '.join(sorted(tags))} "

@@ -3,8 +3,9 @@
 Accepted: a bare state_dict or one wrapped under `state_dict`, `state_dict_ema`, `model`, `model_ema`, `ema`
 (`use_ema` picks the EMA copy); `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes; thop's
 `total_ops`/`total_params` buffers; the official v3's `bn.` naming where timm (and we) use `bn1.`;
-`.pth`, `.pth.tar`, `.pt` and `.safetensors`; PaddleClas's `.pdparams` (renamed by `convert.paddle`). Files are read
-as data only (`weights_only=True`, safetensors, an arrays-only unpickler for `.pdparams`).
+`.pth`, `.pth.tar`, `.pt`, `.ckpt` and `.safetensors`; PaddleClas's `.pdparams` (renamed by `convert.paddle`) and
+MindSpore's `.ckpt` (mindcv; renamed by `convert.mindspore`). Files are read as data only (`weights_only=True`,
+safetensors, an arrays-only unpickler for `.pdparams`, a protobuf reader for MindSpore).
 """
 from __future__ import annotations
 
@@ -46,17 +47,34 @@ def download_checkpoint(url: str, progress: bool = True) -> Path:
     return target
 
 
+def checkpoint_format(path: PathLike) -> str:
+    """"safetensors", "pdparams" (PaddleClas), "mindspore" (a .ckpt that is not a torch file) or "torch"."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".pdparams"):
+        return path.suffix[1:]
+    if path.suffix == ".ckpt":
+        from .mindspore import looks_like_mindspore
+
+        return "mindspore" if looks_like_mindspore(path) else "torch"
+    return "torch"
+
+
 def read_checkpoint(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     """Read a checkpoint file as data: (the stored object as a dict, safetensors metadata or {})."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    file_format = checkpoint_format(path)
     try:
-        if path.suffix == ".pdparams":
+        if file_format == "pdparams":
             from .paddle import read_pdparams
 
             return read_pdparams(path), {}
-        if path.suffix == ".safetensors":
+        if file_format == "mindspore":
+            from .mindspore import read_mindspore_checkpoint
+
+            return read_mindspore_checkpoint(path), {}
+        if file_format == "safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
@@ -144,17 +162,22 @@ def load_checkpoint(model: nn.Module, path_or_url: PathLike, use_ema: bool = Fal
     With `strict=False`, keys the model lacks or has extra (e.g. another classifier size) are skipped instead of
     raising; shape mismatches of shared keys still raise. A `features_only` model ignores the checkpoint's head.
     """
-    from .paddle import PADDLE_MODELS, is_paddle_state, paddle_to_ghostnet  # paddle.py imports this module
+    from .mindspore import mindspore_to_ghostnet  # both modules import this one
+    from .paddle import PADDLE_MODELS, paddle_to_ghostnet
 
     location = str(path_or_url)
     path = download_checkpoint(location, progress) if "://" in location else Path(location)
     obj, _ = read_checkpoint(path)
     state = extract_state_dict(obj, use_ema=use_ema, source=str(path))
     hint = ""
-    if is_paddle_state(state):
+    file_format = checkpoint_format(path)
+    if file_format == "pdparams":
         state = paddle_to_ghostnet(state, source=str(path))
         hint = (f" (a PaddleClas GhostNet checkpoint: it fits {', '.join(PADDLE_MODELS)}, whose SE blocks and head "
                 "are PaddleClas's)")
+    elif file_format == "mindspore":
+        state = mindspore_to_ghostnet(state)
+        hint = " (a MindSpore checkpoint, renamed from MindSpore's names)"
     expected = model.state_dict()
     state = adapt_keys(state, expected)
     ignore_unexpected: tuple[str, ...] = ()

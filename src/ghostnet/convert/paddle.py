@@ -111,11 +111,6 @@ def key_table() -> list[tuple[str, str, str]]:
 PADDLE_MODELS = ("ghostnet_050_paddle", "ghostnet_100_paddle", "ghostnet_130_paddle")
 
 
-def is_paddle_state(state: Mapping[str, Any]) -> bool:
-    """True for a state dict keyed as PaddleClas's GhostNet (either naming)."""
-    return "conv1._conv.weight" in state or "conv1_weights" in state
-
-
 def paddle_to_ghostnet(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Rename a PaddleClas GhostNet state dict to our keys and layouts.
 

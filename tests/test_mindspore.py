@@ -1,0 +1,165 @@
+"""MindSpore checkpoints (mindcv's GhostNet weights): decoded without MindSpore, renamed, equal to mindcv's network.
+
+The fixture is mindcv's GhostNet (width 0.1, 10 classes) saved by `mindspore.save_checkpoint`, with its eval-mode
+logits on a seeded batch (tests/data/make_mindcv_reference.py; mindspore is not needed here).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ghostnet import create_model
+from ghostnet.convert.checkpoints import CheckpointError, checkpoint_format, load_checkpoint
+from ghostnet.convert.mindspore import read_mindspore_checkpoint
+from ghostnet.models.ghostnet import GhostNet
+from ghostnet.weights import PretrainedWeights, get_weights, register_weights
+# The local weights server, and the autouse fixture that gives each test a private cache and weights table and no
+# network beyond 127.0.0.1.
+from test_hub import assert_state_equal, isolated, random_state, server  # noqa: F401
+
+DATA = Path(__file__).resolve().parent / "data"
+FIXTURE = DATA / "mindcv_ghostnet_w0_1.ckpt"
+REFERENCE = np.load(DATA / "mindcv_ghostnet_w0_1_io.npz")
+TYPE_NAMES = {torch.float32: "Float32", torch.float16: "Float16", torch.int32: "Int32"}
+
+
+def fixture_model(**kwargs) -> GhostNet:
+    return GhostNet(width=0.1, num_classes=10, **kwargs).eval()
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.from_numpy(REFERENCE["input"]))
+
+
+# -- a minimal writer of MindSpore's checkpoint message, for files the fixture does not cover ------------------------
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _value(name: str, shape: tuple, type_name: str, content: bytes, packed: bool) -> bytes:
+    if packed:
+        dims = _field(1, b"".join(_varint(d) for d in shape))
+    else:  # what MindSpore writes (proto2, unpacked)
+        dims = b"".join(_varint(1 << 3) + _varint(d) for d in shape)
+    tensor = dims + _field(2, type_name.encode()) + _field(3, content)
+    return _field(1, _field(1, name.encode()) + _field(2, tensor))
+
+
+def write_ckpt(path: Path, tensors: dict[str, torch.Tensor], split: tuple[str, ...] = (), packed: bool = False,
+               type_names: dict[str, str] = {}) -> Path:
+    """`tensors` as MindSpore writes them; names in `split` are stored as two values under one tag."""
+    body = b""
+    for name, tensor in tensors.items():
+        content = tensor.contiguous().numpy().tobytes()
+        chunks = [content[: len(content) // 2], content[len(content) // 2:]] if name in split else [content]
+        type_name = type_names.get(name, TYPE_NAMES[tensor.dtype])
+        body += b"".join(_value(name, tuple(tensor.shape), type_name, chunk, packed) for chunk in chunks)
+    path.write_bytes(body)
+    return path
+
+
+MS_BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
+def to_mindspore_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict under mindcv's parameter names (the inverse of the reader's renaming)."""
+    norms = {k.rsplit(".", 1)[0] for k in state if k.endswith(".running_mean")}
+    out = {}
+    for key, value in state.items():
+        prefix, last = key.rsplit(".", 1)
+        if last == "num_batches_tracked":
+            continue
+        name = f"{prefix}.{MS_BN_NAMES[last] if prefix in norms else last}"
+        name = re.sub(r"^(blocks\.\d+)\.0\.conv\.", r"\1.features.0.", name)
+        out[re.sub(r"^(blocks\.\d+)\.0\.bn1\.", r"\1.features.1.", name)] = value
+    return out
+
+
+def test_mindcv_network_and_ours_give_the_same_logits():
+    assert checkpoint_format(FIXTURE) == "mindspore"
+    model = load_checkpoint(fixture_model(), FIXTURE)
+    torch.testing.assert_close(logits(model), torch.from_numpy(REFERENCE["logits"]), rtol=1e-4, atol=1e-6)
+
+
+def test_mindcv_names_are_ours_with_mindspore_batch_norm_names():
+    stored = read_mindspore_checkpoint(FIXTURE)
+    assert set(to_mindspore_names(fixture_model().state_dict())) == set(stored)
+    assert all(v.dtype == torch.float32 for v in stored.values())
+
+
+def test_sliced_tensors_packed_dims_and_training_state(tmp_path):
+    tensors = dict(read_mindspore_checkpoint(FIXTURE))
+    tensors.update({"moments.conv_stem.weight": torch.zeros(3), "global_step": torch.tensor([7], dtype=torch.int32),
+                    "learning_rate": torch.tensor(0.1)})
+    path = write_ckpt(tmp_path / "train.ckpt", tensors, split=("conv_head.weight", "blocks.9.features.1.gamma"),
+                      packed=True)
+    model = load_checkpoint(fixture_model(), path)
+    torch.testing.assert_close(logits(model), torch.from_numpy(REFERENCE["logits"]), rtol=1e-4, atol=1e-6)
+
+
+def test_half_precision_files_load(tmp_path):
+    tensors = {k: v.half() for k, v in read_mindspore_checkpoint(FIXTURE).items()}
+    model = load_checkpoint(fixture_model(), write_ckpt(tmp_path / "fp16.ckpt", tensors))
+    assert model.conv_stem.weight.dtype == torch.float32
+    assert torch.equal(model.conv_stem.weight, tensors["conv_stem.weight"].float())
+
+
+def test_bad_files_are_clear_errors(tmp_path):
+    data = FIXTURE.read_bytes()
+    truncated = tmp_path / "cut.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut.ckpt: not a readable MindSpore checkpoint \(truncated"):
+        load_checkpoint(fixture_model(), truncated)
+    odd = write_ckpt(tmp_path / "odd.ckpt", {"x": torch.zeros(2)}, type_names={"x": "Complex64"})
+    with pytest.raises(CheckpointError, match="x has tensor type 'Complex64', which is not supported"):
+        load_checkpoint(fixture_model(), odd)
+    tensors = dict(read_mindspore_checkpoint(FIXTURE))
+    tensors["classifier.bias"] = tensors["classifier.bias"][:9]
+    short = tmp_path / "short.ckpt"
+    short.write_bytes(write_ckpt(tmp_path / "tmp.ckpt", tensors).read_bytes().replace(
+        _varint(1 << 3) + _varint(9) + _field(2, b"Float32"), _varint(1 << 3) + _varint(10) + _field(2, b"Float32")))
+    with pytest.raises(CheckpointError, match=r"classifier.bias holds 9 values for shape \(10,\)"):
+        load_checkpoint(fixture_model(), short)
+    tensors = dict(read_mindspore_checkpoint(FIXTURE), **{"resnet.fc.weight": torch.zeros(2)})
+    with pytest.raises(CheckpointError, match=r"\(a MindSpore checkpoint, renamed from MindSpore's names\) does not "
+                                              r"fit the model: unexpected keys \(1\): resnet.fc.weight"):
+        load_checkpoint(fixture_model(), write_ckpt(tmp_path / "extra.ckpt", tensors))
+
+
+def test_a_torch_file_named_ckpt_is_still_read_by_torch(tmp_path):
+    model = fixture_model()
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    assert checkpoint_format(path) == "torch"
+    loaded = load_checkpoint(fixture_model(), path)
+    assert_state_equal(loaded, model.state_dict())
+
+
+def test_pretrained_mindcv_weights_download_and_convert(server, tmp_path):  # noqa: F811
+    """create_model("ghostnet_050", pretrained=True): mindcv's file through the weights table, from 127.0.0.1."""
+    state = random_state("ghostnet_050", 5)
+    body = write_ckpt(tmp_path / "body.ckpt", to_mindspore_names(state)).read_bytes()
+    server.files["/ghostnet_050-85b91860.ckpt"] = body
+    published = get_weights("ghostnet_050")
+    assert published.tag == "mindcv"
+    fields = {f: getattr(published, f) for f in published.__dataclass_fields__}
+    fields.update(url=server.url("/ghostnet_050-85b91860.ckpt"), sha256=hashlib.sha256(body).hexdigest())
+    register_weights(PretrainedWeights(**fields), default=True, replace=True)
+    model = create_model("ghostnet_050", pretrained=True)
+    assert_state_equal(model, state, skip=("num_batches_tracked",))
+    assert server.hits == ["/ghostnet_050-85b91860.ckpt"]
