@@ -1,0 +1,153 @@
+"""GhostNet in torchvision's detectors and segmenters: shapes, strides, frozen layers, and that they learn."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import ghostnet
+from ghostnet.dense import (GhostNetFPN, deeplabv3_ghostnet, fasterrcnn_ghostnet_fpn, freeze_batchnorm,
+                            ghostnet_fpn_backbone, layer_groups, lraspp_ghostnet, set_trainable_layers)
+
+from conftest import randomize_bn
+
+NAME = "ghostnet_050"
+
+
+def trainable(module: torch.nn.Module) -> set[str]:
+    return {n for n, p in module.named_parameters() if p.requires_grad}
+
+
+def test_fpn_levels_have_strides_16_32_64_and_out_channels():
+    fpn = ghostnet_fpn_backbone(NAME, out_channels=64)
+    features = fpn(torch.randn(1, 3, 224, 256))
+    assert list(features) == ["0", "1", "pool"] and fpn.out_channels == 64
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(14, 16), (7, 8), (4, 4)]
+    assert all(f.shape[1] == 64 for f in features.values())
+    widths = [f.num_chs for f in ghostnet.create_model(NAME, features_only=True, out_indices=(3, 4)).feature_info]
+    assert [fpn.fpn.inner_blocks[i][0].in_channels for i in range(2)] == widths == [56, 480]
+
+
+def test_layer_groups_are_the_stem_and_the_five_tap_stages():
+    model = ghostnet.create_model(NAME, features_only=True)
+    groups = layer_groups(model)
+    assert len(groups) == 6 and groups[0] == [model.conv_stem, model.bn1]
+    assert sum(len(g) for g in groups[1:]) == len(model.blocks)
+    ends = [model.blocks[tap.stage] for tap in model.feature_info]
+    assert [g[-1] for g in groups[1:]] == ends
+
+
+@pytest.mark.parametrize("layers", [0, 2, 6])
+def test_trainable_layers_freeze_the_early_groups(layers):
+    model = set_trainable_layers(ghostnet.create_model(NAME, features_only=True), layers)
+    groups = layer_groups(model)
+    for i, group in enumerate(groups):
+        expected = i >= len(groups) - layers
+        assert all(p.requires_grad == expected for m in group for p in m.parameters()), i
+    with pytest.raises(ValueError, match="trainable_layers must be in 0..6, got 7"):
+        set_trainable_layers(model, 7)
+
+
+def test_frozen_batchnorm_keeps_the_function():
+    model = randomize_bn(ghostnet.create_model(NAME, features_only=True)).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x)
+        frozen = freeze_batchnorm(model)
+        got = frozen(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules())
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pretrained_backbone_is_loaded_with_frozen_bn_and_three_trainable_groups(tmp_path):
+    source = randomize_bn(ghostnet.create_model(NAME))
+    path = tmp_path / "backbone.pth"
+    torch.save(source.state_dict(), path)
+    fpn = ghostnet_fpn_backbone(NAME, pretrained=str(path))
+    assert torch.equal(fpn.body.conv_stem.weight, source.conv_stem.weight)
+    assert torch.equal(fpn.body.blocks[4][0].ghost1.primary_conv[1].running_var,
+                       source.blocks[4][0].ghost1.primary_conv[1].running_var)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fpn.body.modules())
+    groups = layer_groups(fpn.body)
+    assert not trainable(torch.nn.ModuleList(m for g in groups[:3] for m in g))
+    assert all(p.requires_grad for g in groups[3:] for m in g for p in m.parameters() if p.dtype.is_floating_point)
+    # From scratch: ordinary batch norms, everything trains.
+    scratch = ghostnet_fpn_backbone(NAME)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in scratch.body.modules())
+    assert trainable(scratch.body) == {n for n, _ in scratch.body.named_parameters()}
+
+
+def test_fasterrcnn_trains_and_detects():
+    torch.manual_seed(0)
+    model = fasterrcnn_ghostnet_fpn(num_classes=3, backbone=NAME, min_size=128, max_size=160,
+                                    rpn_batch_size_per_image=64, box_batch_size_per_image=32,
+                                    rpn_post_nms_top_n_train=200)
+    assert isinstance(model.backbone, GhostNetFPN)
+    images = [torch.rand(3, 128, 160), torch.rand(3, 120, 140)]
+    for image, (x0, y0) in zip(images, [(20, 30), (50, 40)]):
+        image[:, y0:y0 + 50, x0:x0 + 60] = 1.0  # a bright box to find
+    targets = [{"boxes": torch.tensor([[20.0, 30.0, 80.0, 80.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[50.0, 40.0, 110.0, 90.0]]), "labels": torch.tensor([2])}]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    model.train()
+    losses = []
+    for _ in range(8):
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+    assert len(detections) == 2 and set(detections[0]) == {"boxes", "labels", "scores"}
+    assert detections[0]["boxes"].shape[1] == 4
+
+
+def test_deeplabv3_is_dilated_to_stride_16_and_returns_full_size_maps():
+    model = deeplabv3_ghostnet(num_classes=5, backbone=NAME, aux_loss=True).eval()
+    x = torch.randn(1, 3, 160, 192)
+    with torch.no_grad():
+        taps = model.backbone(x)
+        out = model(x)
+    assert list(taps) == ["aux", "out"]
+    assert tuple(taps["out"].shape[-2:]) == (10, 12) and tuple(taps["aux"].shape[-2:]) == (20, 24)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"out": (1, 5, 160, 192), "aux": (1, 5, 160, 192)}
+    assert set(deeplabv3_ghostnet(num_classes=5, backbone=NAME).eval()(x)) == {"out"}
+
+
+def test_lraspp_learns_to_segment_squares():
+    torch.manual_seed(0)
+    model = lraspp_ghostnet(num_classes=2, backbone=NAME, inter_channels=32)
+    images = torch.rand(4, 3, 64, 64) * 0.5
+    masks = torch.zeros(4, 64, 64, dtype=torch.long)
+    for i, (y, x) in enumerate([(8, 8), (24, 30), (30, 10), (12, 36)]):
+        images[i, :, y:y + 24, x:x + 24] += 0.5
+        masks[i, y:y + 24, x:x + 24] = 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(25):
+        loss = F.cross_entropy(model(images)["out"], masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_a_model_that_is_not_a_ghostnet_is_refused():
+    with pytest.raises(ValueError, match="'resnet20_cifar' is not a GhostNet"):
+        ghostnet_fpn_backbone("resnet20_cifar")
+
+
+@pytest.mark.parametrize("name", ["ghostnetv2_100", "ghostnetv3_050", "ghostnet_050_paddle"])
+def test_every_ghostnet_family_is_a_backbone(name):
+    fpn = ghostnet_fpn_backbone(name, out_indices=(2, 3, 4)).eval()
+    with torch.no_grad():
+        features = fpn(torch.randn(1, 3, 128, 160))
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 20), (8, 10), (4, 5), (2, 3)]
