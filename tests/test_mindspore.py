@@ -22,6 +22,8 @@ from ghostnet.weights import PretrainedWeights, get_weights, register_weights
 # network beyond 127.0.0.1.
 from test_hub import assert_state_equal, isolated, random_state, server  # noqa: F401
 
+from conftest import randomize_bn
+
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURE = DATA / "mindcv_ghostnet_w0_1.ckpt"
 REFERENCE = np.load(DATA / "mindcv_ghostnet_w0_1_io.npz")
@@ -163,3 +165,26 @@ def test_pretrained_mindcv_weights_download_and_convert(server, tmp_path):  # no
     model = create_model("ghostnet_050", pretrained=True)
     assert_state_equal(model, state, skip=("num_batches_tracked",))
     assert server.hits == ["/ghostnet_050-85b91860.ckpt"]
+
+
+def test_convert_cli_turns_a_mindcv_file_into_safetensors_that_timm_loads(tmp_path, capsys):
+    """`ghostnet convert`: mindcv's 0.5x in our (= timm's) names, so timm's ghostnet_050 gets pretrained weights."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import load_file
+
+    from ghostnet.cli import main
+
+    state = randomize_bn(create_model("ghostnet_050")).state_dict()  # valid variances: the logits are compared
+    source = write_ckpt(tmp_path / "ghostnet_050-85b91860.ckpt", to_mindspore_names(state))
+    output = tmp_path / "ghostnet_050.safetensors"
+    assert main(["convert", str(source), "--model", "ghostnet_050", "-o", str(output)]) == 0
+    assert f"wrote {output} (ghostnet_050, 2.59M parameters" in capsys.readouterr().out
+    converted = load_file(output)
+    theirs = timm.create_model("ghostnet_050")
+    theirs.load_state_dict(converted)  # strict: every key of timm's model, nothing else
+    ours = load_checkpoint(create_model("ghostnet_050"), source)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.eval()(x), ours.eval()(x), rtol=0, atol=0)
+    assert main(["convert", str(source), "--model", "ghostnet_050", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "output must end in .safetensors, .pth or .pt" in capsys.readouterr().err

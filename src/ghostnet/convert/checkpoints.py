@@ -32,7 +32,7 @@ class CheckpointError(ValueError):
 def looks_like_location(value: str) -> bool:
     """True for a URL or something that looks like a checkpoint path (not a weight tag)."""
     return "://" in value or os.sep in value or "/" in value or Path(value).suffix in (
-        ".pth", ".pt", ".tar", ".bin", ".safetensors", ".ckpt") or Path(value).exists()
+        ".pth", ".pt", ".tar", ".bin", ".safetensors", ".ckpt", ".pdparams") or Path(value).exists()
 
 
 def download_checkpoint(url: str, progress: bool = True) -> Path:
