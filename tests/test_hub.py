@@ -130,6 +130,15 @@ def serve_entry(server: WeightServer, name: str, tag: str, body: bytes, *, sha25
     return register_weights(entry, default=default, replace=True)
 
 
+def serve_published(server: WeightServer, model: str, path: str, body: bytes) -> PretrainedWeights:
+    """Re-register `model`'s default published entry (format, file name, data config kept) at the local server."""
+    published = get_weights(model)
+    server.files[path] = body
+    fields = {f: getattr(published, f) for f in published.__dataclass_fields__}
+    fields.update(url=server.url(path), sha256=hashlib.sha256(body).hexdigest())
+    return register_weights(PretrainedWeights(**fields), default=True, replace=True)
+
+
 def assert_state_equal(model: torch.nn.Module, state: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> None:
     got = model.state_dict()
     for key, value in state.items():

@@ -5,7 +5,6 @@ logits on a seeded batch (tests/data/make_mindcv_reference.py; mindspore is not 
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -17,10 +16,9 @@ from ghostnet import create_model
 from ghostnet.convert.checkpoints import CheckpointError, checkpoint_format, load_checkpoint
 from ghostnet.convert.mindspore import read_mindspore_checkpoint
 from ghostnet.models.ghostnet import GhostNet
-from ghostnet.weights import PretrainedWeights, get_weights, register_weights
 # The local weights server, and the autouse fixture that gives each test a private cache and weights table and no
 # network beyond 127.0.0.1.
-from test_hub import assert_state_equal, isolated, random_state, server  # noqa: F401
+from test_hub import assert_state_equal, isolated, random_state, serve_published, server  # noqa: F401
 
 from conftest import randomize_bn
 
@@ -156,12 +154,7 @@ def test_pretrained_mindcv_weights_download_and_convert(server, tmp_path):  # no
     """create_model("ghostnet_050", pretrained=True): mindcv's file through the weights table, from 127.0.0.1."""
     state = random_state("ghostnet_050", 5)
     body = write_ckpt(tmp_path / "body.ckpt", to_mindspore_names(state)).read_bytes()
-    server.files["/ghostnet_050-85b91860.ckpt"] = body
-    published = get_weights("ghostnet_050")
-    assert published.tag == "mindcv"
-    fields = {f: getattr(published, f) for f in published.__dataclass_fields__}
-    fields.update(url=server.url("/ghostnet_050-85b91860.ckpt"), sha256=hashlib.sha256(body).hexdigest())
-    register_weights(PretrainedWeights(**fields), default=True, replace=True)
+    assert serve_published(server, "ghostnet_050", "/ghostnet_050-85b91860.ckpt", body).tag == "mindcv"
     model = create_model("ghostnet_050", pretrained=True)
     assert_state_equal(model, state, skip=("num_batches_tracked",))
     assert server.hits == ["/ghostnet_050-85b91860.ckpt"]

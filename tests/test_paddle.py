@@ -5,7 +5,6 @@ seeded batch (tests/data/make_paddle_reference.py; paddlepaddle is not needed he
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -20,10 +19,9 @@ from ghostnet.convert.paddle import NAME_TABLE_KEY, key_table, paddle_to_ghostne
 from ghostnet.layers import ClipGate
 from ghostnet.models.ghostnet import GhostNet
 from ghostnet.models.zoo import PADDLE_VARIANT
-from ghostnet.weights import PretrainedWeights, get_weights, register_weights
 # The local weights server, and the autouse fixture that gives each test a private cache and weights table and no
 # network beyond 127.0.0.1.
-from test_hub import assert_state_equal, isolated, random_state, server  # noqa: F401
+from test_hub import assert_state_equal, isolated, random_state, serve_published, server  # noqa: F401
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURE = DATA / "paddleclas_ghostnet_x0_1.pdparams"
@@ -168,11 +166,7 @@ def test_pretrained_paddle_weights_download_and_convert(server):  # noqa: F811
     """create_model("ghostnet_050_paddle", pretrained=True) through the weights table, served from 127.0.0.1."""
     state = random_state("ghostnet_050_paddle", 3)
     body = pickle.dumps(to_paddle_arrays(state), protocol=2)
-    server.files["/GhostNet_x0_5_pretrained.pdparams"] = body
-    published = get_weights("ghostnet_050_paddle")
-    fields = {f: getattr(published, f) for f in published.__dataclass_fields__}
-    fields.update(url=server.url("/GhostNet_x0_5_pretrained.pdparams"), sha256=hashlib.sha256(body).hexdigest())
-    register_weights(PretrainedWeights(**fields), default=True, replace=True)
+    assert serve_published(server, "ghostnet_050_paddle", "/GhostNet_x0_5_pretrained.pdparams", body).tag == "paddle"
     model = create_model("ghostnet_050_paddle", pretrained=True)
     assert_state_equal(model, state, skip=("num_batches_tracked",))
     assert server.hits == ["/GhostNet_x0_5_pretrained.pdparams"]
