@@ -1,6 +1,7 @@
 """`ghostnet eval` and `ghostnet predict` on a checkpoint trained in the test, checked against a direct computation."""
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from ghostnet.cli import main
 from ghostnet.data import TransformConfig, eval_transform, load_rgb
 from ghostnet.train import load_trained
 from conftest import single_thread
+from test_hub import isolated, serve_published, server  # noqa: F401  (private cache and table, local server)
 from test_train_support import write_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,3 +100,68 @@ def test_predict_names_an_unreadable_file(trained, tmp_path, capsys):
     assert f"{bad}: cannot read image" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(out / "last.pt"), str(tmp_path / "absent.jpg")]) == 2
     assert "no such image file" in capsys.readouterr().err
+
+
+WNIDS = ("n02086240", "n02099601", "n02115641")  # Shih-Tzu, golden retriever, dingo (Imagewoof classes)
+
+
+def biased_imagenet_state(favourites: dict[int, float]) -> dict[str, torch.Tensor]:
+    """ghostnet_050 weights whose logits are the classifier bias: ImageNet class i scores favourites.get(i, 0)."""
+    from ghostnet import create_model
+
+    state = create_model("ghostnet_050").state_dict()
+    state["classifier.weight"] = torch.zeros_like(state["classifier.weight"])
+    state["classifier.bias"] = torch.zeros(1000)
+    for index, score in favourites.items():
+        state["classifier.bias"][index] = score
+    return state
+
+
+def test_an_imagenet_model_is_evaluated_on_the_imagenet_classes_of_the_data(tmp_path, capsys):
+    """Folders named by WordNet id (Imagewoof, Imagenette): the logits at those ImageNet indices decide."""
+    from ghostnet.hub import imagenet_classes, imagenet_synsets
+
+    synsets = imagenet_synsets()
+    assert len(synsets) == len(set(synsets)) == 1000 and synsets == sorted(synsets)
+    assert imagenet_classes()[synsets.index("n02099601")] == "golden retriever"
+    root = write_image_folder(tmp_path / "woof", classes=WNIDS, per_class=4)
+    indices = [synsets.index(w) for w in WNIDS]
+    # Tench (index 0) wins over all 1000 classes; among the data's classes, the dingo does.
+    path = tmp_path / "biased.pth"
+    torch.save(biased_imagenet_state({0: 9.0, indices[2]: 5.0, indices[1]: 1.0}), path)
+    assert main(["eval", "--model", "ghostnet_050", "--checkpoint", str(path), "--data", str(root), "--workers", "0",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    assert "ImageNet-1k model on 3 of its classes" in capsys.readouterr().out
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["imagenet_indices"] == indices
+    assert report["top1"] == pytest.approx(100 / 3)
+    assert report["per_class"] == {WNIDS[0]: 0.0, WNIDS[1]: 0.0, WNIDS[2]: 1.0}
+    # Folders that are not ImageNet ids still need a model with that many classes.
+    other = write_image_folder(tmp_path / "pets", classes=("n02099601", "cat"), per_class=2)
+    assert main(["eval", "--model", "ghostnet_050", "--checkpoint", str(path), "--data", str(other),
+                 "--workers", "0"]) == 2
+    assert "has 2 classes but the model predicts 1000" in capsys.readouterr().err
+
+
+def test_eval_and_predict_with_published_weights(server, tmp_path, capsys):  # noqa: F811
+    """--pretrained: the model's published weights (served from 127.0.0.1) instead of a checkpoint file."""
+    from ghostnet.hub import imagenet_synsets
+
+    root = write_image_folder(tmp_path / "woof", classes=WNIDS, per_class=2)
+    body = io.BytesIO()
+    torch.save(biased_imagenet_state({imagenet_synsets().index(WNIDS[1]): 3.0}), body)
+    # ghostnet_050's default file is mindcv's .ckpt; a torch file under that name is still read by torch.
+    serve_published(server, "ghostnet_050", "/ghostnet_050-85b91860.ckpt", body.getvalue())
+    assert main(["eval", "--model", "ghostnet_050", "--pretrained", "--data", str(root), "--workers", "0",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["pretrained"] is True and report["checkpoint"] is None
+    assert report["per_class"] == {WNIDS[0]: 0.0, WNIDS[1]: 1.0, WNIDS[2]: 0.0}
+    image = sorted((root / "val").rglob("*.png"))[0]
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", "ghostnet_050", "--pretrained", "mindcv", "--topk", "1"]) == 0
+    assert "1. golden retriever" in capsys.readouterr().out
+    assert server.hits == ["/ghostnet_050-85b91860.ckpt"]  # downloaded once, then cached
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", "ghostnet_050", "--pretrained", "--checkpoint", "x.pt", "--data", str(root)])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -148,3 +148,14 @@ def _imagenet_classes() -> tuple[str, ...]:
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names in the standard index order (index 0 "tench")."""
     return list(_imagenet_classes())
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_synsets() -> tuple[str, ...]:
+    text = resources.files("ghostnet").joinpath("assets/imagenet_synsets.txt").read_text(encoding="utf-8")
+    return tuple(text.split())
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids in index order (sorted; index 0 "n01440764", tench), as folder names are."""
+    return list(_imagenet_synsets())

@@ -78,8 +78,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix")
-    p.add_argument("--checkpoint", required=True, help="last.pt / best.pt / *.safetensors from ghostnet train "
-                   "(or any checkpoint with --model)")
+    _add_weights_source(p, "last.pt / best.pt / *.safetensors from ghostnet train (or any checkpoint with --model)")
     p.add_argument("--data", required=True, help="ImageFolder root, folder of .npz shards, or cifar10/cifar100")
     p.add_argument("--split", default="val", choices=("train", "val"))
     p.add_argument("--model", help="model name, for checkpoints that do not name their model (official, timm)")
@@ -96,7 +95,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("predict", help="classify image files with a trained checkpoint")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--checkpoint", required=True, help="checkpoint or export from ghostnet train (or any with --model)")
+    _add_weights_source(p, "checkpoint or export from ghostnet train (or any with --model)")
     p.add_argument("--model", help="model name, for checkpoints that do not name their model")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--labels", help="class names, one per line (or id<TAB>name)")
@@ -104,6 +103,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=run_predict)
+
+
+def _add_weights_source(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help=checkpoint_help)
+    source.add_argument("--pretrained", nargs="?", const=True, metavar="TAG",
+                        help="the published weights of --model (its default, or the weights tag given)")
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,8 +167,10 @@ def run_eval(args: argparse.Namespace) -> int:
     evaluation = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, use_ema=args.ema,
                                      model_name=args.model, batch_size=args.batch_size, workers=args.workers,
                                      device=args.device, subset_size=args.subset, img_size=args.img_size,
-                                     skip_corrupt=args.skip_corrupt)
+                                     skip_corrupt=args.skip_corrupt, pretrained=args.pretrained)
     r = evaluation.result
+    if evaluation.imagenet_indices is not None:
+        print(f"ImageNet-1k model on {len(evaluation.classes)} of its classes: logits restricted to their indices")
     print(f"top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%  loss {r.loss:.4f}  ({r.count} images"
           + (f", {r.skipped} unreadable skipped" if r.skipped else "") + ")")
     width = max(map(len, evaluation.classes))
@@ -170,8 +178,9 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {'n/a' if acc != acc else f'{100 * acc:6.2f}%'}")
     if args.json:
         with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "data": str(args.data),
-                                       "split": args.split, "ema": args.ema, **evaluation.to_dict()}, indent=1))
+            record = {"checkpoint": args.checkpoint, "pretrained": args.pretrained, "data": str(args.data),
+                      "split": args.split, "ema": args.ema}
+            tmp.write_text(json.dumps({**record, **evaluation.to_dict()}, indent=1))
     if args.confusion:
         from ..train.plots import plot_confusion
 
@@ -182,7 +191,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from ..train.evaluation import load_for_inference, predict
 
-    trained = load_for_inference(args.checkpoint, args.ema, args.model)
+    trained = load_for_inference(args.checkpoint, args.ema, args.model, args.pretrained)
     results = predict(trained, args.images, topk=args.topk, labels=args.labels, device=args.device)
     if args.json:
         print(json.dumps(results, indent=1))

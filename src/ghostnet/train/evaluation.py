@@ -17,16 +17,28 @@ from .metrics import EvalResult, evaluate
 PathLike = Union[str, os.PathLike]
 
 
-def load_for_inference(checkpoint: PathLike, use_ema: bool = False, model_name: Optional[str] = None) -> TrainedModel:
+def load_for_inference(checkpoint: Optional[PathLike], use_ema: bool = False, model_name: Optional[str] = None,
+                       pretrained: Union[None, bool, str] = None) -> TrainedModel:
     """A model ready for inference: from a ghostnet checkpoint/export, or any checkpoint plus a model name.
 
     With `model_name`, the file may be any checkpoint `load_checkpoint` reads (official, timm, ...); the data
-    config is then the model's own (ImageNet-style evaluation at its input size).
+    config is then the model's own (ImageNet-style evaluation at its input size). With `pretrained` (True or a
+    weights tag) instead of a file, the model's published weights and the data config they were evaluated with.
     """
+    from .modelspec import create, data_defaults
+
+    if pretrained is not None:
+        if model_name is None or checkpoint is not None:
+            raise ValueError("published weights need a model name and no checkpoint file")
+        model = create(model_name, pretrained=pretrained).eval()
+        data_config = TransformConfig.from_model_cfg(getattr(model, "pretrained_cfg", None)
+                                                     or data_defaults(model_name)).eval_dict()
+        return TrainedModel(model, [], data_config, {"model": model_name, "pretrained": pretrained})
+    if checkpoint is None:
+        raise ValueError("give a checkpoint file, or a model name with pretrained weights")
     if model_name is None:
         return load_trained(checkpoint, use_ema=use_ema)
     from ..convert.checkpoints import extract_state_dict, load_checkpoint, read_checkpoint
-    from .modelspec import create, data_defaults
 
     cfg = data_defaults(model_name)
     obj, _ = read_checkpoint(checkpoint)
@@ -42,33 +54,71 @@ def load_for_inference(checkpoint: PathLike, use_ema: bool = False, model_name: 
 
 @dataclass
 class Evaluation:
-    """The result of `evaluate_checkpoint`: metrics and the class names they refer to."""
+    """The result of `evaluate_checkpoint`: metrics and the class names they refer to.
+
+    `imagenet_indices` is set when an ImageNet-1k model was evaluated on a subset of ImageNet's classes (folders
+    named by WordNet id, as Imagewoof's and Imagenette's are): the model's logits at those indices, in the data's
+    class order, are the prediction.
+    """
 
     result: EvalResult
     classes: list[str]
+    imagenet_indices: Optional[list[int]] = None
 
     def to_dict(self) -> dict[str, Any]:
-        return self.result.to_dict(self.classes)
+        out = self.result.to_dict(self.classes)
+        return out if self.imagenet_indices is None else {**out, "imagenet_indices": self.imagenet_indices}
 
 
-def evaluate_checkpoint(checkpoint: PathLike, data: PathLike, split: str = "val", use_ema: bool = False,
+class ClassSubset(torch.nn.Module):
+    """A classifier restricted to some of its classes: the logits at `indices`, in that order."""
+
+    def __init__(self, model: torch.nn.Module, indices: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("indices", torch.tensor(list(indices), dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).index_select(1, self.indices)
+
+
+def imagenet_subset_indices(classes: Sequence[str], num_classes: int) -> Optional[list[int]]:
+    """ImageNet-1k indices of `classes` when they are all ImageNet WordNet ids and the model has 1000 classes."""
+    from ..hub import imagenet_synsets
+
+    if num_classes != 1000:
+        return None
+    index = {wnid: i for i, wnid in enumerate(imagenet_synsets())}
+    return [index[c] for c in classes] if all(c in index for c in classes) else None
+
+
+def evaluate_checkpoint(checkpoint: Optional[PathLike], data: PathLike, split: str = "val", use_ema: bool = False,
                         model_name: Optional[str] = None, batch_size: int = 64, workers: int = 2,
                         device: str = "auto", subset_size: Optional[int] = None, img_size: Optional[int] = None,
-                        skip_corrupt: bool = False, progress: bool = True) -> Evaluation:
-    """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on one split of `data`."""
-    trained = load_for_inference(checkpoint, use_ema, model_name)
+                        skip_corrupt: bool = False, progress: bool = True,
+                        pretrained: Union[None, bool, str] = None) -> Evaluation:
+    """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on one split of `data`.
+
+    An ImageNet-1k model on data whose classes are ImageNet WordNet ids (a subset such as Imagewoof) is evaluated
+    on those classes: its logits at their ImageNet indices are the prediction (`Evaluation.imagenet_indices`).
+    """
+    trained = load_for_inference(checkpoint, use_ema, model_name, pretrained)
     tcfg = TransformConfig.from_eval_dict(trained.data_config, img_size)
     dataset = open_split(data, split, eval_transform(tcfg), skip_corrupt=skip_corrupt)
     data_classes = dataset_classes(dataset)
     num_classes = _num_classes(trained.model)
-    if len(data_classes) != num_classes:
-        raise ValueError(f"{data} has {len(data_classes)} classes but the model predicts {num_classes}")
+    model, classes, indices = trained.model, trained.classes or data_classes, None
+    if len(data_classes) != num_classes or (not trained.classes and num_classes == 1000):
+        indices = imagenet_subset_indices(data_classes, num_classes)
+        if indices is None and len(data_classes) != num_classes:
+            raise ValueError(f"{data} has {len(data_classes)} classes but the model predicts {num_classes}")
+        if indices is not None:
+            model, classes, num_classes = ClassSubset(model, indices), data_classes, len(indices)
     dataset = subset(dataset, subset_size)
     dev = pick_device(device)
     loader = make_loader(dataset, batch_size, ShardSampler(len(dataset)), workers, dev.type == "cuda")
-    model = trained.model.to(dev)
-    result = evaluate(model, loader, dev, num_classes, progress=progress)
-    return Evaluation(result, trained.classes or data_classes)
+    result = evaluate(model.to(dev), loader, dev, num_classes, progress=progress)
+    return Evaluation(result, classes, indices)
 
 
 def _num_classes(model: torch.nn.Module) -> int:
