@@ -125,6 +125,8 @@ def test_an_imagenet_model_is_evaluated_on_the_imagenet_classes_of_the_data(tmp_
     assert len(synsets) == len(set(synsets)) == 1000 and synsets == sorted(synsets)
     assert imagenet_classes()[synsets.index("n02099601")] == "golden retriever"
     root = write_image_folder(tmp_path / "woof", classes=WNIDS, per_class=4)
+    names = ("Shih-Tzu", "golden retriever", "dingo")  # Imagewoof's classes.txt names the folders
+    (root / "classes.txt").write_text("".join(f"{w}\t{n}\n" for w, n in zip(WNIDS, names)))
     indices = [synsets.index(w) for w in WNIDS]
     # Tench (index 0) wins over all 1000 classes; among the data's classes, the dingo does.
     path = tmp_path / "biased.pth"
@@ -135,7 +137,7 @@ def test_an_imagenet_model_is_evaluated_on_the_imagenet_classes_of_the_data(tmp_
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["imagenet_indices"] == indices
     assert report["top1"] == pytest.approx(100 / 3)
-    assert report["per_class"] == {WNIDS[0]: 0.0, WNIDS[1]: 0.0, WNIDS[2]: 1.0}
+    assert report["per_class"] == {names[0]: 0.0, names[1]: 0.0, names[2]: 1.0}
     # Folders that are not ImageNet ids still need a model with that many classes.
     other = write_image_folder(tmp_path / "pets", classes=("n02099601", "cat"), per_class=2)
     assert main(["eval", "--model", "ghostnet_050", "--checkpoint", str(path), "--data", str(other),

@@ -1,11 +1,11 @@
 """Data sets, transform presets and reproducible loaders for training and evaluation."""
-from .datasets import (ArrayDataset, CorruptImageError, ImageFolderDataset, SkippedSample, dataset_classes, load_rgb,
-                       open_split, read_class_names)
+from .datasets import (ArrayDataset, CorruptImageError, ImageFolderDataset, SkippedSample, dataset_class_ids,
+                       dataset_classes, load_rgb, open_split, read_class_names)
 from .loader import (Batch, ResumableSampler, SeededDataset, ShardSampler, collate_skipping, make_loader, sample_seed,
                      subset)
 from .transforms import CIFAR10_MEAN, CIFAR10_STD, TransformConfig, eval_transform, train_transform
 
 __all__ = ["ArrayDataset", "Batch", "CIFAR10_MEAN", "CIFAR10_STD", "CorruptImageError", "ImageFolderDataset",
            "ResumableSampler", "SeededDataset", "ShardSampler", "SkippedSample", "TransformConfig", "collate_skipping",
-           "dataset_classes", "eval_transform", "load_rgb", "make_loader", "open_split", "read_class_names",
+           "dataset_class_ids", "dataset_classes", "eval_transform", "load_rgb", "make_loader", "open_split", "read_class_names",
            "sample_seed", "subset", "train_transform"]

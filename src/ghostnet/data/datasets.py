@@ -226,3 +226,11 @@ def dataset_classes(dataset: Dataset) -> list[str]:
     while not hasattr(dataset, "classes") and hasattr(dataset, "dataset"):
         dataset = dataset.dataset
     return list(dataset.classes)
+
+
+def dataset_class_ids(dataset: Dataset) -> list[str]:
+    """The class folder names of an image folder (ImageNet WordNet ids for Imagewoof), else the class names."""
+    while not hasattr(dataset, "classes") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    folder = getattr(dataset, "folder", None)
+    return list(folder.classes) if folder is not None else list(dataset.classes)

@@ -8,8 +8,8 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from ..data import (ShardSampler, TransformConfig, dataset_classes, eval_transform, load_rgb, make_loader, open_split,
-                    read_class_names, subset)
+from ..data import (ShardSampler, TransformConfig, dataset_class_ids, dataset_classes, eval_transform, load_rgb,
+                    make_loader, open_split, read_class_names, subset)
 from .checkpoint import TrainedModel, load_trained
 from .distributed import pick_device
 from .metrics import EvalResult, evaluate
@@ -109,7 +109,7 @@ def evaluate_checkpoint(checkpoint: Optional[PathLike], data: PathLike, split: s
     num_classes = _num_classes(trained.model)
     model, classes, indices = trained.model, trained.classes or data_classes, None
     if len(data_classes) != num_classes or (not trained.classes and num_classes == 1000):
-        indices = imagenet_subset_indices(data_classes, num_classes)
+        indices = imagenet_subset_indices(dataset_class_ids(dataset), num_classes)
         if indices is None and len(data_classes) != num_classes:
             raise ValueError(f"{data} has {len(data_classes)} classes but the model predicts {num_classes}")
         if indices is not None:
