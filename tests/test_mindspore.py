@@ -112,6 +112,23 @@ def test_sliced_tensors_packed_dims_and_training_state(tmp_path):
     torch.testing.assert_close(logits(model), torch.from_numpy(REFERENCE["logits"]), rtol=1e-4, atol=1e-6)
 
 
+def test_a_crc_protected_file_is_checked(tmp_path):
+    """mindspore.save_checkpoint(..., crc_check=True) appends b"crc_num" and a 10-byte CRC-32 of the message."""
+    import zlib
+
+    body = FIXTURE.read_bytes()
+    protected = tmp_path / "crc.ckpt"
+    protected.write_bytes(body + b"crc_num" + zlib.crc32(body).to_bytes(10, "big"))
+    model = load_checkpoint(fixture_model(), protected)
+    torch.testing.assert_close(logits(model), torch.from_numpy(REFERENCE["logits"]), rtol=1e-4, atol=1e-6)
+    damaged = tmp_path / "damaged.ckpt"
+    flipped = bytearray(protected.read_bytes())
+    flipped[len(body) // 2] ^= 0x01
+    damaged.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match=r"damaged.ckpt: the CRC-32 stored in the file does not match"):
+        load_checkpoint(fixture_model(), damaged)
+
+
 def test_half_precision_files_load(tmp_path):
     tensors = {k: v.half() for k, v in read_mindspore_checkpoint(FIXTURE).items()}
     model = load_checkpoint(fixture_model(), write_ckpt(tmp_path / "fp16.ckpt", tensors))

@@ -7,12 +7,14 @@ we have `conv`/`bn1`). They are the only published 0.5x and 1.3x weights in the 
 
 A MindSpore `.ckpt` is a protocol-buffer message (mindspore/ccsrc/utils/checkpoint.proto): a repeated `Value`
 {1: tag (name), 2: TensorProto {1: dims, 2: tensor_type, 3: tensor_content (raw little-endian bytes)}}. It is
-decoded here by a small wire-format reader, so MindSpore is not needed and nothing in the file can run.
+decoded here by a small wire-format reader, so MindSpore is not needed and nothing in the file can run. A file saved
+with `crc_check=True` ends in b"crc_num" and a 10-byte big-endian CRC-32 of the message, which is verified.
 """
 from __future__ import annotations
 
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Iterator, Mapping, Union
 
@@ -27,6 +29,7 @@ _DTYPES = {"Float32": torch.float32, "Float16": torch.float16, "Float64": torch.
            "Int64": torch.int64, "Bool": torch.bool}
 _BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 # What a MindSpore training loop stores beside the weights (optimizer, loss scaler and step counters).
+CRC_MARKER = b"crc_num"
 _TRAINING_STATE = re.compile(r"^(moments|accum|adam_m|adam_v|ema)\.|^(global_step|learning_rate|momentum|"
                              r"scale_sense|current_iterator_step|last_overflow_iterator_step|epoch_num|step_num|"
                              r"beta1_power|beta2_power)$")
@@ -100,6 +103,11 @@ def read_mindspore_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
     raw: dict[str, list] = {}
     try:
         data = path.read_bytes()
+        if data[-17:-10] == CRC_MARKER:
+            data, stored = data[:-17], int.from_bytes(data[-10:], "big")
+            if zlib.crc32(data) != stored:
+                raise MindSporeFormatError(f"{path}: the CRC-32 stored in the file does not match its contents "
+                                           "(the file is damaged)")
         for number, value in _fields(data):
             if number != 1 or not isinstance(value, bytes):
                 raise ValueError(f"unexpected top-level field {number}")
