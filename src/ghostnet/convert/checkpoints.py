@@ -163,7 +163,7 @@ def load_checkpoint(model: nn.Module, path_or_url: PathLike, use_ema: bool = Fal
     raising; shape mismatches of shared keys still raise. A `features_only` model ignores the checkpoint's head.
     """
     from .mindspore import mindspore_to_ghostnet  # both modules import this one
-    from .paddle import PADDLE_MODELS, paddle_to_ghostnet
+    from .paddle import paddle_models, paddle_to_ghostnet
 
     location = str(path_or_url)
     path = download_checkpoint(location, progress) if "://" in location else Path(location)
@@ -173,7 +173,7 @@ def load_checkpoint(model: nn.Module, path_or_url: PathLike, use_ema: bool = Fal
     file_format = checkpoint_format(path)
     if file_format == "pdparams":
         state = paddle_to_ghostnet(state, source=str(path))
-        hint = (f" (a PaddleClas GhostNet checkpoint: it fits {', '.join(PADDLE_MODELS)}, whose SE blocks and head "
+        hint = (f" (a PaddleClas GhostNet checkpoint: it fits {', '.join(paddle_models())}, whose SE blocks and head "
                 "are PaddleClas's)")
     elif file_format == "mindspore":
         state = mindspore_to_ghostnet(state)

@@ -108,7 +108,11 @@ def key_table() -> list[tuple[str, str, str]]:
     return rows
 
 
-PADDLE_MODELS = ("ghostnet_050_paddle", "ghostnet_100_paddle", "ghostnet_130_paddle")
+def paddle_models() -> list[str]:
+    """The registered models in PaddleClas's form (the ones its checkpoints fit)."""
+    from ..models.registry import list_models
+
+    return list_models("*_paddle")
 
 
 def paddle_to_ghostnet(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
