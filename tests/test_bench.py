@@ -140,8 +140,8 @@ def test_int8_backend_quantizes_the_aligned_export(tmp_path):
     label, source, model = build_model("ghostnet_050")
     prep = bench._Prepared(label, source, model, macs=0, params=0)
     int8 = bench._onnx_file(prep, torch.randn(1, 3, 32, 32), tmp_path, "int8", 16)
-    assert set(prep.onnx_files) == {"fp32", "int8"}  # quantized from the onnxruntime backend's own export
-    fp32_ops = [n.op_type for n in onnx.load(str(prep.onnx_files["fp32"])).graph.node]
+    assert set(prep.export_files) == {"fp32", "int8"}  # quantized from the onnxruntime backend's own export
+    fp32_ops = [n.op_type for n in onnx.load(str(prep.export_files["fp32"])).graph.node]
     int8_ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
     assert fp32_ops.count("Concat") < 32  # channel-aligned: single-path Ghost modules dropped some of the 32
     assert int8_ops.count("QuantizeLinear") > 0 and int8_ops.count("Concat") == fp32_ops.count("Concat")

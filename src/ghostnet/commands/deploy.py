@@ -20,9 +20,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     from ..deploy.export import DEFAULT_OPSET, EXPORT_FORMATS, ONNX_EXPORTERS
     from ..deploy.quantize import CALIBRATION_METHODS
 
-    p = subparsers.add_parser("export", help="export a model (fused by default) to ONNX, TorchScript or torch.export",
-                              description="Export a registered model, fused for inference by default. ONNX files "
-                              "have a dynamic batch dimension and are checked against onnxruntime with --check.")
+    p = subparsers.add_parser("export", help="export a model (fused by default) to ONNX, TorchScript, torch.export "
+                              "or ExecuTorch", description="Export a registered model, fused for inference by "
+                              "default. ONNX files have a dynamic batch dimension and are checked against "
+                              "onnxruntime with --check; ExecuTorch files (XNNPACK, for phones) take batch 1.")
     p.add_argument("model", help="registered model name (ghostnet models lists them)")
     p.add_argument("--weights", help="checkpoint file to load (default: random weights)")
     p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
@@ -121,7 +122,10 @@ def run_export(args: argparse.Namespace) -> int:
 
         single_path_ghost_modules(export_form)
     output = args.output or Path(args.model + FORMAT_SUFFIX[args.format])
-    extra = {} if args.format == "torchscript" else {"dynamic_batch": args.dynamic_batch}
+    static = args.format == "executorch"  # a static shape: batch 1, as a phone runs it
+    if static:
+        x = x[:1]
+    extra = {} if args.format in ("torchscript", "executorch") else {"dynamic_batch": args.dynamic_batch}
     if args.format == "onnx":
         extra.update(opset=args.opset, exporter=args.exporter)
     export_model(export_form, output, x, args.format, **extra)
@@ -134,7 +138,8 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {output} ({', '.join(form)})")
     if args.check:
         exported = load_exported(output)
-        batch = x if not args.dynamic_batch else torch.cat([x, x[:1]])  # a batch size the export did not see
+        dynamic = args.dynamic_batch and not static
+        batch = torch.cat([x, x[:1]]) if dynamic else x  # a batch size the export did not see
         with torch.no_grad():
             diff = (exported(batch) - model(batch)).abs().max().item()
         print(f"max abs difference against the eager model on a batch of {len(batch)}: {diff:.3g}")

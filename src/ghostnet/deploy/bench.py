@@ -33,7 +33,7 @@ from .fuse import fuse, single_path_ghost_modules
 
 PathLike = Union[str, os.PathLike]
 
-BACKENDS = ("eager", "fused", "single-path", "torchscript", "compile", "onnxruntime", "int8")
+BACKENDS = ("eager", "fused", "single-path", "torchscript", "compile", "onnxruntime", "int8", "executorch")
 MODES = ("infer", "train")
 #: Backends that only make sense for our own models (peers have no Ghost-aware fusion).
 OWN_ONLY_BACKENDS = ("fused", "single-path")
@@ -66,7 +66,8 @@ class BenchConfig:
     channels_last: bool = True
     cuda_graphs: bool = False
     mode: str = "infer"
-    align_channels: Optional[int] = None  # onnxruntime backend, our GhostNets: None = the CPU's NCHWc block, 0 = off
+    # onnxruntime and executorch backends, our GhostNets: None = the CPU's NCHWc block, 0 = off
+    align_channels: Optional[int] = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -154,6 +155,10 @@ def _cpu_name() -> str:
 def _version(module: str) -> Optional[str]:
     try:
         return __import__(module).__version__
+    except AttributeError:  # installed without a __version__ (executorch): ask the package metadata
+        from importlib.metadata import version
+
+        return version(module)
     except Exception:  # noqa: BLE001 - absent or broken optional package
         return None
 
@@ -168,7 +173,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": _version("torchvision"), "timm": _version("timm"), "onnxruntime": _version("onnxruntime"),
-        "onnx": _version("onnx"), "load_average": _load_average(),
+        "onnx": _version("onnx"), "executorch": _version("executorch"), "load_average": _load_average(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if device == "cuda" and torch.cuda.is_available():
@@ -218,17 +223,37 @@ class _Prepared:
     model: nn.Module
     macs: int
     params: int
-    onnx_files: dict[str, Path] = field(default_factory=dict)
+    export_files: dict[str, Path] = field(default_factory=dict)
+
+
+def _deploy_form(prep: _Prepared, x: torch.Tensor, align: int) -> nn.Module:
+    """What our exports run: fused and, for blocked CPU kernels, channel-aligned (what `ghostnet export
+    --align-channels` writes); peers as they are, since onnxruntime and XNNPACK fold their batch norms themselves."""
+    from .align import align_channels, can_align
+
+    if prep.source != "ghostnet":
+        return prep.model
+    model = fuse(prep.model, example_input=x[:1])
+    return align_channels(model, align) if align and can_align(model) else model
+
+
+def _pte_file(prep: _Prepared, x: torch.Tensor, workdir: Path, align: int) -> Path:
+    """The ExecuTorch (XNNPACK) program of `prep` for inputs shaped like `x`, exported once and kept."""
+    from .export import export_executorch
+
+    if "pte" not in prep.export_files:
+        path = workdir / (prep.label.replace("/", "_") + ".pte")
+        prep.export_files["pte"] = export_executorch(_deploy_form(prep, x, align), path, x)
+    return prep.export_files["pte"]
 
 
 def _onnx_file(prep: _Prepared, x: torch.Tensor, workdir: Path, variant: str, align: int) -> Path:
     """The ONNX file of `prep` for the "onnxruntime" (fp32) or "int8" backend, exported once and kept."""
-    from .align import align_channels, can_align
     from .export import export_onnx
     from .quantize import quantize_onnx
 
-    if variant in prep.onnx_files:
-        return prep.onnx_files[variant]
+    if variant in prep.export_files:
+        return prep.export_files[variant]
     stem = workdir / prep.label.replace("/", "_")
     if variant == "int8":
         # Quantized from the fp32 graph the "onnxruntime" backend runs (for ours: channel-aligned, single-path
@@ -241,15 +266,8 @@ def _onnx_file(prep: _Prepared, x: torch.Tensor, workdir: Path, variant: str, al
         path = quantize_onnx(_onnx_file(prep, x, workdir, "fp32", align), stem.with_suffix(".int8.onnx"),
                              calibration, keep_depthwise_float=False, op_types=None)
     else:
-        # Our models are exported fused (what `ghostnet export` writes) and, for onnxruntime's blocked CPU
-        # kernels, channel-aligned; peers as they are, since onnxruntime folds their batch norms itself.
-        model = prep.model
-        if prep.source == "ghostnet":
-            model = fuse(model, example_input=x[:1])
-            if align and can_align(model):
-                model = align_channels(model, align)
-        path = export_onnx(model, stem.with_suffix(f".{variant}.onnx"), x[:1])
-    prep.onnx_files[variant] = path
+        path = export_onnx(_deploy_form(prep, x, align), stem.with_suffix(f".{variant}.onnx"), x[:1])
+    prep.export_files[variant] = path
     return path
 
 
@@ -307,6 +325,18 @@ def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfi
         session = onnx_session(path, threads=threads)
         feed = {session.get_inputs()[0].name: x.numpy()}
         return lambda: session.run(None, feed)
+    if backend == "executorch":
+        if device.type != "cpu" or cfg.mode == "train":
+            raise BackendUnavailable("ExecuTorch (XNNPACK) is measured for CPU inference only")
+        if importlib.util.find_spec("executorch") is None:
+            raise BackendUnavailable("executorch is not installed (pip install 'ghostnet-torch[executorch]')")
+        from .export import executorch_method
+
+        # The thread pool was sized for this thread count before any program of it was loaded (run_benchmark).
+        align = nchwc_block_size() if cfg.align_channels is None else cfg.align_channels
+        method = executorch_method(_pte_file(prep, x, workdir, align))
+        inputs = [x.contiguous()]
+        return lambda: method.execute(inputs)
     if cfg.mode == "train":
         model = copy.deepcopy(prep.model).to(device, dtype=torch.float32, memory_format=memory_format)
         return _train_step(model, x.to(device, dtype), compiled=backend == "compile")
@@ -423,6 +453,10 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
         with tempfile.TemporaryDirectory() as tmp:
             for threads in cfg.threads:
                 torch.set_num_threads(threads)
+                if "executorch" in cfg.backends and importlib.util.find_spec("executorch") is not None:
+                    from .export import set_executorch_threads
+
+                    set_executorch_threads(threads)  # once per count: a resize strands programs loaded before it
                 runners = []
                 for prep in prepared:
                     for backend in cfg.backends:
@@ -462,7 +496,9 @@ def to_markdown(result: BenchResult, reference: Optional[str] = "timm/ghostnet_1
     env = result.environment
     lines = [f"Machine: {env['cpu']} ({env['cpu_count']} CPUs{', GPU ' + env['gpu'] if 'gpu' in env else ''}); "
              f"torch {env['torch']}, torchvision {env['torchvision']}, timm {env['timm']}, "
-             f"onnxruntime {env['onnxruntime']}; {env['date']}; load average before "
+             f"onnxruntime {env['onnxruntime']}"
+             + (f", executorch {env['executorch']}" if env.get("executorch") else "")
+             + f"; {env['date']}; load average before "
              f"{_fmt_load(env.get('load_average'))}, after {_fmt_load(env.get('load_average_after'))}.", ""]
     refs = _reference(result.rows, reference)
     groups: dict[tuple[int, int], list[BenchRow]] = {}
@@ -500,7 +536,7 @@ def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
     from matplotlib.ticker import ScalarFormatter
 
     colors = {"ghostnet": "tab:blue", "timm": "tab:orange", "torchvision": "tab:green"}
-    markers = dict(zip(BACKENDS, "osXD^vP"))
+    markers = dict(zip(BACKENDS, "osXD^vP*"))
     thread_counts = sorted({r.threads for r in result.rows})
     fig = Figure(figsize=(6 * len(thread_counts), 4.5))  # no pyplot: leaves the caller's backend alone
     axes = fig.subplots(1, len(thread_counts), squeeze=False)[0]

@@ -1,4 +1,4 @@
-"""Export to ONNX (dynamic batch), TorchScript (trace + freeze) and torch.export (.pt2).
+"""Export to ONNX (dynamic batch), TorchScript (trace + freeze), torch.export (.pt2) and ExecuTorch (.pte).
 
 ONNX has two exporters in torch 2.14 (tests check the default one against onnxruntime for every registered model,
 the other on GhostNetV2):
@@ -10,6 +10,10 @@ the other on GhostNetV2):
   smaller (209 against 275 nodes for ghostnet_100, 335 against 1029 for ghostnetv2_100, whose DFC shape
   arithmetic the TorchScript exporter spells out), but after onnxruntime's graph optimizations both run at the same
   speed (6.6 against 6.8 ms for ghostnet_100, 9.0 against 9.1 ms for ghostnetv2_100, batch 1, one thread).
+
+ExecuTorch (the optional `executorch` extra) is PyTorch's runtime for phones and embedded devices; the .pte file is
+lowered to XNNPACK, the CPU kernel library that mobile runtimes (ExecuTorch, TFLite) share, with a static input
+shape (the example's). The same file runs on Android, iOS and, through ExecuTorch's Python runtime, here.
 
 Every function here writes atomically: a failed export leaves no file behind.
 """
@@ -29,15 +33,16 @@ from ..utils import atomic_write
 
 PathLike = Union[str, os.PathLike]
 
-EXPORT_FORMATS = ("onnx", "torchscript", "torch.export")
+EXPORT_FORMATS = ("onnx", "torchscript", "torch.export", "executorch")
 #: File suffix per format.
-FORMAT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "torch.export": ".pt2"}
+FORMAT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "torch.export": ".pt2", "executorch": ".pte"}
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
 ONNX_EXPORTERS = ("torchscript", "dynamo")
 
-__all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "FORMAT_SUFFIX", "ONNX_EXPORTERS", "export_model", "export_onnx",
-           "export_program", "export_torchscript", "load_exported", "onnx_session", "run_onnx"]
+__all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "FORMAT_SUFFIX", "ONNX_EXPORTERS", "executorch_method",
+           "export_executorch", "export_model", "export_onnx", "export_program", "export_torchscript", "load_exported",
+           "onnx_session", "run_onnx", "set_executorch_threads"]
 
 
 def _export_batch(example_input: torch.Tensor) -> torch.Tensor:
@@ -130,10 +135,51 @@ def export_program(model: nn.Module, path: PathLike, example_input: torch.Tensor
     return path
 
 
+def _require_executorch() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("executorch") is None:
+        raise ImportError("ExecuTorch is not installed: pip install 'ghostnet-torch[executorch]'")
+
+
+def export_executorch(model: nn.Module, path: PathLike, example_input: torch.Tensor) -> Path:
+    """Lower `model` to XNNPACK and write an ExecuTorch program (.pte) for inputs shaped like `example_input`."""
+    _check_eval(model)
+    _require_executorch()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        program = torch.export.export(model, (example_input,))
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(lowered.buffer)
+    return path
+
+
+def set_executorch_threads(threads: int) -> None:
+    """Size ExecuTorch's process-wide thread pool. Programs loaded before the change must be loaded again:
+    XNNPACK keeps the pool it was loaded with (running an older one after a resize deadlocks)."""
+    _require_executorch()
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    _unsafe_reset_threadpool(threads)
+
+
+def executorch_method(path: PathLike):
+    """The `forward` method of a .pte file, loaded into ExecuTorch's Python runtime."""
+    _require_executorch()
+    from executorch.runtime import Runtime
+
+    return Runtime.get().load_program(str(path)).load_method("forward")
+
+
 def export_model(model: nn.Module, path: PathLike, example_input: torch.Tensor, fmt: str = "onnx",
                  **kwargs: Any) -> Path:
-    """Export in one of EXPORT_FORMATS ("onnx", "torchscript", "torch.export")."""
-    exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "torch.export": export_program}
+    """Export in one of EXPORT_FORMATS ("onnx", "torchscript", "torch.export", "executorch")."""
+    exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "torch.export": export_program,
+                 "executorch": export_executorch}
     if fmt not in exporters:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {EXPORT_FORMATS}")
     return exporters[fmt](model, path, example_input, **kwargs)
@@ -149,11 +195,14 @@ def load_exported(path: PathLike) -> Any:
         return lambda x: run_onnx(session, x)
     if path.suffix == ".pt2":
         return torch.export.load(str(path)).module()
+    if path.suffix == ".pte":
+        method = executorch_method(path)
+        return lambda x: method.execute([x.detach().cpu().float().contiguous()])[0]
     if path.suffix == ".pt":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
             return torch.jit.load(str(path))
-    raise ValueError(f"cannot tell the format of {path}: expected a .onnx, .pt (TorchScript) or .pt2 file")
+    raise ValueError(f"cannot tell the format of {path}: expected a .onnx, .pt (TorchScript), .pt2 or .pte file")
 
 
 def onnx_session(path: PathLike, threads: Optional[int] = None, providers: Optional[Sequence[str]] = None):

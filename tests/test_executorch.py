@@ -1,0 +1,62 @@
+"""ExecuTorch (XNNPACK) export, the phone runtime: parity with the eager model, the CLI, and the bench backend.
+
+ExecuTorch is an optional extra (pip install 'ghostnet-torch[executorch]'), not part of `.[dev]`: the tests that
+run it are skipped without it; the one that checks the harness's message when it is missing always runs.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import ghostnet
+from ghostnet.cli import main
+from ghostnet.deploy import fuse
+from ghostnet.deploy.bench import BenchConfig, run_benchmark
+from ghostnet.deploy.export import export_executorch, load_exported
+
+from conftest import randomize_bn
+
+HAVE_EXECUTORCH = importlib.util.find_spec("executorch") is not None
+needs_executorch = pytest.mark.skipif(not HAVE_EXECUTORCH, reason="executorch is an optional extra, not installed")
+
+
+@needs_executorch
+@pytest.mark.parametrize("name", ["ghostnet_050", "ghostnetv2_100", "ghostnetv3_050"])
+def test_executorch_program_matches_the_eager_model(name, tmp_path):
+    model = randomize_bn(ghostnet.create_model(name)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    path = export_executorch(fuse(model, example_input=x), tmp_path / f"{name}.pte", x)
+    with torch.no_grad():
+        expected = model(x)
+    assert (load_exported(path)(x) - expected).abs().max().item() <= 1e-4
+
+
+@needs_executorch
+def test_cli_export_executorch_with_check(tmp_path, capsys):
+    out = tmp_path / "g.pte"
+    assert main(["export", "ghostnet_050", "--format", "executorch", "--align-channels", "16", "-o", str(out),
+                 "--check"]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out} (executorch, fused, channels aligned to 16" in text
+    assert "max abs difference against the eager model on a batch of 1" in text
+
+
+@needs_executorch
+def test_bench_times_executorch_at_each_thread_count():
+    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["executorch"], threads=[1, 2], rounds=1, reps=2,
+                      warmup=1, image_size=64)
+    rows = run_benchmark(cfg).rows
+    assert [(r.backend, r.threads) for r in rows] == [("executorch", 1), ("executorch", 2)]
+    assert all(r.median_ms > 0 for r in rows)
+
+
+@pytest.mark.skipif(HAVE_EXECUTORCH, reason="checks the message shown when executorch is missing")
+def test_bench_without_executorch_says_how_to_get_it():
+    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["eager", "executorch"], threads=[1], rounds=1,
+                      reps=1, warmup=0, image_size=64)
+    result = run_benchmark(cfg)
+    assert [r.backend for r in result.rows] == ["eager"]
+    assert result.skipped == ["ghostnet_050 / executorch: executorch is not installed "
+                              "(pip install 'ghostnet-torch[executorch]')"]
