@@ -53,6 +53,14 @@ def test_bench_times_executorch_at_each_thread_count():
 
 
 @pytest.mark.skipif(HAVE_EXECUTORCH, reason="checks the message shown when executorch is missing")
+def test_export_without_executorch_is_a_one_line_error(tmp_path, capsys):
+    assert main(["export", "ghostnet_050", "--format", "executorch", "-o", str(tmp_path / "g.pte")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "ghostnet export: error: ExecuTorch is not installed: pip install 'ghostnet-torch[executorch]'"
+    assert not (tmp_path / "g.pte").exists()
+
+
+@pytest.mark.skipif(HAVE_EXECUTORCH, reason="checks the message shown when executorch is missing")
 def test_bench_without_executorch_says_how_to_get_it():
     cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["eager", "executorch"], threads=[1], rounds=1,
                       reps=1, warmup=0, image_size=64)

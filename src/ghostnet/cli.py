@@ -38,8 +38,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # Bad input from the user: one clear line, no traceback.
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        # Bad input from the user, or an optional dependency missing: one clear line, no traceback.
         print(f"ghostnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
