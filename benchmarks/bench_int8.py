@@ -9,7 +9,11 @@
    accuracy and its drop against fp32, plus its batch-1 latency at one thread, interleaved with the fp32 model;
    the last two settings quantize the channel-aligned export (the graph `ghostnet export --align-channels` writes).
 
-    python benchmarks/bench_int8.py [--epochs 6] [--data ../shared/data/cifar10] [--out results/int8]
+4. With `--executorch` (needs the executorch extra): the same fused model as ExecuTorch programs for XNNPACK, the
+   phone runtime, fp32 and int8 (PyTorch 2 export quantization: per-channel int8 weights, int8 activations,
+   calibrated on the same training images), their accuracy in ExecuTorch's runtime and their batch-1 latency.
+
+    python benchmarks/bench_int8.py [--epochs 6] [--data ../shared/data/cifar10] [--out results/int8] [--executorch]
 
 The data is read from $GHOSTNET_DATA/cifar10 (default ../shared/data/cifar10 beside the checkout).
 """
@@ -96,6 +100,39 @@ def latency_ms(sessions: dict[str, object], x: np.ndarray, rounds: int = 5, reps
     return best
 
 
+def executorch_rows(fused: torch.nn.Module, calibration: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                    work_dir: Path, threads: int, batch: int = 100) -> list[dict]:
+    """fp32 and int8 ExecuTorch (XNNPACK) programs of `fused`: top-1 on the test set and batch-1 latency."""
+    from ghostnet.deploy.export import executorch_method, export_executorch, set_executorch_threads
+
+    set_executorch_threads(threads)  # before any program is loaded
+    rows, methods = [], {}
+    for label, calib in (("ExecuTorch XNNPACK fp32", None), ("ExecuTorch XNNPACK int8 (pt2e, per-channel)",
+                                                              calibration_batches(calibration, batch))):
+        stem = work_dir / ("xnnpack_int8" if calib else "xnnpack_fp32")
+        start = time.time()
+        accuracy_program = executorch_method(export_executorch(fused, stem.with_suffix(".b100.pte"),
+                                                               test_x[:batch], calib))
+        correct = sum(int((accuracy_program.execute([x.contiguous()])[0].argmax(1) == y).sum())
+                      for x, y in zip(test_x.split(batch), test_y.split(batch)) if len(x) == batch)
+        methods[label] = executorch_method(export_executorch(fused, stem.with_suffix(".b1.pte"), test_x[:1], calib))
+        rows.append({"setting": label, "top1": 100.0 * correct / (len(test_x) // batch * batch),
+                     "export_s": time.time() - start})
+    best = {label: math.inf for label in methods}
+    x = [test_x[:1].contiguous()]
+    for _ in range(5):  # interleaved rounds, best-round median
+        for label, method in methods.items():
+            times = []
+            for _ in range(50):
+                t0 = time.perf_counter()
+                method.execute(x)
+                times.append((time.perf_counter() - t0) * 1e3)
+            best[label] = min(best[label], statistics.median(times))
+    for row in rows:
+        row["latency_ms"] = best[row["setting"]]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "cifar10")
@@ -107,6 +144,8 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="threads for training and evaluation (on shared CPUs one thread is often fastest)")
     parser.add_argument("--workers", type=int, default=1, help="data-loading processes for training")
+    parser.add_argument("--executorch", action="store_true",
+                        help="also measure fp32 and int8 ExecuTorch (XNNPACK) programs (needs the executorch extra)")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
 
@@ -143,10 +182,12 @@ def main() -> None:
     for row in rows:
         row["latency_ms"] = latencies[row["setting"]]
 
+    xnnpack = executorch_rows(fuse(model, example_input=test_x[:1]), calib_pool, test_x, test_y, args.work_dir,
+                              args.threads) if args.executorch else []
     result = {"environment": environment(), "recipe": RECIPE, "epochs": args.epochs, "fp32_torch_top1": fp32_torch,
               "fp32_onnxruntime_top1": fp32_ort, "fp32_latency_ms": latencies["fp32"],
               "fp32_aligned_latency_ms": latencies["fp32, aligned"], "threads": args.threads,
-              "rows": rows, "command": " ".join(sys.argv)}
+              "rows": rows, "executorch_rows": xnnpack, "command": " ".join(sys.argv)}
     lines = [f"GhostNet 1.0x (CIFAR stem), {args.epochs} epochs of {RECIPE} on CIFAR-10: fp32 top-1 "
              f"{fp32_torch:.2f}% in torch, {fp32_ort:.2f}% in onnxruntime; batch-1 latency at {args.threads} "
              f"thread(s): fp32 {latencies['fp32']:.2f} ms (aligned export: {latencies['fp32, aligned']:.2f} ms).", "",
@@ -155,6 +196,12 @@ def main() -> None:
     for row in rows:
         lines.append(f"| {row['setting']} | {row['calibration_images']} | {row['top1']:.2f} | {row['drop']:.2f} | "
                      f"{row['latency_ms']:.2f} | {row['latency_ms'] / latencies['fp32']:.2f} |")
+    if xnnpack:
+        lines += ["", f"ExecuTorch (XNNPACK), the same fused model; latency at batch 1, {args.threads} thread(s):", "",
+                  "| program | top-1 | drop (points) | latency ms | vs fp32 |", "|---|---|---|---|---|"]
+        for row in xnnpack:
+            lines.append(f"| {row['setting']} | {row['top1']:.2f} | {xnnpack[0]['top1'] - row['top1']:.2f} | "
+                         f"{row['latency_ms']:.2f} | {row['latency_ms'] / xnnpack[0]['latency_ms']:.2f} |")
     for suffix, text in ((".json", json.dumps(result, indent=2)), (".md", "\n".join(lines) + "\n")):
         with atomic_write(args.out.with_suffix(suffix)) as tmp:
             tmp.write_text(text)

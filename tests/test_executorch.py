@@ -44,11 +44,28 @@ def test_cli_export_executorch_with_check(tmp_path, capsys):
 
 
 @needs_executorch
+def test_int8_program_follows_the_float_model(tmp_path):
+    model = randomize_bn(ghostnet.create_model("ghostnet_050")).eval()
+    fused = fuse(model, example_input=torch.randn(1, 3, 64, 64))
+    generator = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(8, 3, 64, 64, generator=generator) for _ in range(2)]
+    x = calibration[0][:1]
+    path = export_executorch(fused, tmp_path / "q.pte", x, calibration)
+    with torch.no_grad():
+        expected = model(x)
+    error = (load_exported(path)(x) - expected).abs().max() / expected.abs().max()
+    assert 0 < error <= 0.25  # quantized (not bit-equal) and not broken
+    with pytest.raises(ValueError, match=r"no calibration batch of shape \(1, 3, 32, 32\)"):
+        export_executorch(fused, tmp_path / "r.pte", torch.randn(1, 3, 32, 32), calibration)
+
+
+@needs_executorch
 def test_bench_times_executorch_at_each_thread_count():
-    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["executorch"], threads=[1, 2], rounds=1, reps=2,
-                      warmup=1, image_size=64)
+    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["executorch", "executorch-int8"], threads=[1, 2],
+                      rounds=1, reps=2, warmup=1, image_size=64)
     rows = run_benchmark(cfg).rows
-    assert [(r.backend, r.threads) for r in rows] == [("executorch", 1), ("executorch", 2)]
+    assert [(r.backend, r.threads) for r in rows] == [("executorch", 1), ("executorch-int8", 1), ("executorch", 2),
+                                                      ("executorch-int8", 2)]
     assert all(r.median_ms > 0 for r in rows)
 
 

@@ -33,7 +33,9 @@ from .fuse import fuse, single_path_ghost_modules
 
 PathLike = Union[str, os.PathLike]
 
-BACKENDS = ("eager", "fused", "single-path", "torchscript", "compile", "onnxruntime", "int8", "executorch")
+BACKENDS = ("eager", "fused", "single-path", "torchscript", "compile", "onnxruntime", "int8", "executorch",
+            "executorch-int8")
+EXECUTORCH_BACKENDS = ("executorch", "executorch-int8")
 MODES = ("infer", "train")
 #: Backends that only make sense for our own models (peers have no Ghost-aware fusion).
 OWN_ONLY_BACKENDS = ("fused", "single-path")
@@ -237,14 +239,18 @@ def _deploy_form(prep: _Prepared, x: torch.Tensor, align: int) -> nn.Module:
     return align_channels(model, align) if align and can_align(model) else model
 
 
-def _pte_file(prep: _Prepared, x: torch.Tensor, workdir: Path, align: int) -> Path:
-    """The ExecuTorch (XNNPACK) program of `prep` for inputs shaped like `x`, exported once and kept."""
+def _pte_file(prep: _Prepared, x: torch.Tensor, workdir: Path, align: int, int8: bool) -> Path:
+    """The ExecuTorch (XNNPACK) program of `prep`, fp32 or int8, for inputs shaped like `x`, exported once and kept."""
     from .export import export_executorch
 
-    if "pte" not in prep.export_files:
-        path = workdir / (prep.label.replace("/", "_") + ".pte")
-        prep.export_files["pte"] = export_executorch(_deploy_form(prep, x, align), path, x)
-    return prep.export_files["pte"]
+    key = "pte-int8" if int8 else "pte"
+    if key not in prep.export_files:
+        path = workdir / (prep.label.replace("/", "_") + (".int8.pte" if int8 else ".pte"))
+        # Timing only: random calibration data gives the same graph and kernels as real images would.
+        generator = torch.Generator().manual_seed(0)
+        calibration = [torch.randn(x.shape, generator=generator) for _ in range(4)] if int8 else None
+        prep.export_files[key] = export_executorch(_deploy_form(prep, x, align), path, x, calibration)
+    return prep.export_files[key]
 
 
 def _onnx_file(prep: _Prepared, x: torch.Tensor, workdir: Path, variant: str, align: int) -> Path:
@@ -325,7 +331,7 @@ def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfi
         session = onnx_session(path, threads=threads)
         feed = {session.get_inputs()[0].name: x.numpy()}
         return lambda: session.run(None, feed)
-    if backend == "executorch":
+    if backend in EXECUTORCH_BACKENDS:
         if device.type != "cpu" or cfg.mode == "train":
             raise BackendUnavailable("ExecuTorch (XNNPACK) is measured for CPU inference only")
         if importlib.util.find_spec("executorch") is None:
@@ -334,7 +340,7 @@ def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfi
 
         # The thread pool was sized for this thread count before any program of it was loaded (run_benchmark).
         align = nchwc_block_size() if cfg.align_channels is None else cfg.align_channels
-        method = executorch_method(_pte_file(prep, x, workdir, align))
+        method = executorch_method(_pte_file(prep, x, workdir, align, int8=backend == "executorch-int8"))
         inputs = [x.contiguous()]
         return lambda: method.execute(inputs)
     if cfg.mode == "train":
@@ -453,7 +459,7 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
         with tempfile.TemporaryDirectory() as tmp:
             for threads in cfg.threads:
                 torch.set_num_threads(threads)
-                if "executorch" in cfg.backends and importlib.util.find_spec("executorch") is not None:
+                if set(EXECUTORCH_BACKENDS) & set(cfg.backends) and importlib.util.find_spec("executorch"):
                     from .export import set_executorch_threads
 
                     set_executorch_threads(threads)  # once per count: a resize strands programs loaded before it
@@ -536,7 +542,7 @@ def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
     from matplotlib.ticker import ScalarFormatter
 
     colors = {"ghostnet": "tab:blue", "timm": "tab:orange", "torchvision": "tab:green"}
-    markers = dict(zip(BACKENDS, "osXD^vP*"))
+    markers = dict(zip(BACKENDS, "osXD^vP*h"))
     thread_counts = sorted({r.threads for r in result.rows})
     fig = Figure(figsize=(6 * len(thread_counts), 4.5))  # no pyplot: leaves the caller's backend alone
     axes = fig.subplots(1, len(thread_counts), squeeze=False)[0]

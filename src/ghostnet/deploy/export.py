@@ -24,7 +24,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -42,7 +42,7 @@ ONNX_EXPORTERS = ("torchscript", "dynamo")
 
 __all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "FORMAT_SUFFIX", "ONNX_EXPORTERS", "executorch_method",
            "export_executorch", "export_model", "export_onnx", "export_program", "export_torchscript", "load_exported",
-           "onnx_session", "run_onnx", "set_executorch_threads"]
+           "onnx_session", "quantize_for_xnnpack", "run_onnx", "set_executorch_threads"]
 
 
 def _export_batch(example_input: torch.Tensor) -> torch.Tensor:
@@ -142,13 +142,40 @@ def _require_executorch() -> None:
         raise ImportError("ExecuTorch is not installed: pip install 'ghostnet-torch[executorch]'")
 
 
-def export_executorch(model: nn.Module, path: PathLike, example_input: torch.Tensor) -> Path:
-    """Lower `model` to XNNPACK and write an ExecuTorch program (.pte) for inputs shaped like `example_input`."""
+def quantize_for_xnnpack(model: nn.Module, example_input: torch.Tensor,
+                         calibration: Iterable[torch.Tensor]) -> nn.Module:
+    """int8 post-training quantization the way XNNPACK runs it (PyTorch 2 export quantization, torchao's pt2e):
+    symmetric per-channel int8 weights, int8 activations whose ranges are observed on `calibration` batches."""
+    _require_executorch()
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                          get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with torch.no_grad():
+        prepared = prepare_pt2e(torch.export.export(model, (example_input,)).module(), quantizer)
+        seen = 0
+        for batch in calibration:
+            for image in batch.split(example_input.shape[0]):  # the program's static batch size
+                if image.shape == example_input.shape:
+                    prepared(image)
+                    seen += 1
+    if not seen:
+        raise ValueError(f"no calibration batch of shape {tuple(example_input.shape)} (the export's input shape)")
+    return convert_pt2e(prepared)
+
+
+def export_executorch(model: nn.Module, path: PathLike, example_input: torch.Tensor,
+                      calibration: Optional[Iterable[torch.Tensor]] = None) -> Path:
+    """Lower `model` to XNNPACK and write an ExecuTorch program (.pte) for inputs shaped like `example_input`;
+    with `calibration` (batches of preprocessed images), quantized to int8 first (`quantize_for_xnnpack`)."""
     _check_eval(model)
     _require_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    if calibration is not None:
+        model = quantize_for_xnnpack(model, example_input, calibration)
     with torch.no_grad():
         program = torch.export.export(model, (example_input,))
     lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
