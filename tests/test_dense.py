@@ -151,3 +151,21 @@ def test_every_ghostnet_family_is_a_backbone(name):
     with torch.no_grad():
         features = fpn(torch.randn(1, 3, 128, 160))
     assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 20), (8, 10), (4, 5), (2, 3)]
+
+
+@pytest.mark.parametrize("build", [deeplabv3_ghostnet, lraspp_ghostnet])
+def test_segmenters_fuse_and_export_to_onnx(build, tmp_path):
+    """Deployable like the classifiers: fused (torchvision's ASPP pooling keeps its resize) and run in onnxruntime."""
+    from ghostnet.deploy import fuse
+    from ghostnet.deploy.export import export_onnx, onnx_session
+
+    model = randomize_bn(build(num_classes=5, backbone=NAME)).eval()
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        expected = model(x)["out"]
+        fused = fuse(model, example_input=x)
+        torch.testing.assert_close(fused(x)["out"], expected, rtol=1e-4, atol=1e-5)
+    session = onnx_session(export_onnx(fused, tmp_path / "seg.onnx", x))
+    got = session.run(None, {session.get_inputs()[0].name: torch.cat([x, x]).numpy()})[0]
+    assert got.shape == (2, 5, 128, 160)
+    assert abs(got[:1] - expected.numpy()).max() <= 1e-4

@@ -330,7 +330,9 @@ def _rewrite(model: nn.Module) -> None:
     _replace_modules(model, blocks)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Sequential) and any(isinstance(m, nn.Identity) for m in child) and len(child) > 1:
+            # Plain Sequentials only: a subclass may have a forward of its own (torchvision's ASPPPooling resizes
+            # its output back), which a rebuilt nn.Sequential would lose.
+            if type(child) is nn.Sequential and any(isinstance(m, nn.Identity) for m in child) and len(child) > 1:
                 kept = _strip(child)
                 setattr(parent, name, nn.Sequential(*kept) if kept else nn.Identity())
 
