@@ -7,5 +7,5 @@ from .transforms import CIFAR10_MEAN, CIFAR10_STD, TransformConfig, eval_transfo
 
 __all__ = ["ArrayDataset", "Batch", "CIFAR10_MEAN", "CIFAR10_STD", "CorruptImageError", "ImageFolderDataset",
            "ResumableSampler", "SeededDataset", "ShardSampler", "SkippedSample", "TransformConfig", "collate_skipping",
-           "dataset_class_ids", "dataset_classes", "eval_transform", "load_rgb", "make_loader", "open_split", "read_class_names",
-           "sample_seed", "subset", "train_transform"]
+           "dataset_class_ids", "dataset_classes", "eval_transform", "load_rgb", "make_loader", "open_split",
+           "read_class_names", "sample_seed", "subset", "train_transform"]

@@ -221,16 +221,20 @@ def open_split(spec: PathLike, split: str, transform: Transform = None, *, downl
                      f"and {', '.join(p + '*.npz' for p in SPLIT_SHARDS[split])})")
 
 
-def dataset_classes(dataset: Dataset) -> list[str]:
-    """The class names of a data set (through Subset wrappers)."""
+def _unwrapped(dataset: Dataset) -> Dataset:
+    """The data set under Subset-style wrappers: the first one that has `classes`."""
     while not hasattr(dataset, "classes") and hasattr(dataset, "dataset"):
         dataset = dataset.dataset
-    return list(dataset.classes)
+    return dataset
+
+
+def dataset_classes(dataset: Dataset) -> list[str]:
+    """The class names of a data set (through Subset wrappers)."""
+    return list(_unwrapped(dataset).classes)
 
 
 def dataset_class_ids(dataset: Dataset) -> list[str]:
     """The class folder names of an image folder (ImageNet WordNet ids for Imagewoof), else the class names."""
-    while not hasattr(dataset, "classes") and hasattr(dataset, "dataset"):
-        dataset = dataset.dataset
+    dataset = _unwrapped(dataset)
     folder = getattr(dataset, "folder", None)
     return list(folder.classes) if folder is not None else list(dataset.classes)

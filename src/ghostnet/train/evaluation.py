@@ -107,13 +107,14 @@ def evaluate_checkpoint(checkpoint: Optional[PathLike], data: PathLike, split: s
     dataset = open_split(data, split, eval_transform(tcfg), skip_corrupt=skip_corrupt)
     data_classes = dataset_classes(dataset)
     num_classes = _num_classes(trained.model)
-    model, classes, indices = trained.model, trained.classes or data_classes, None
-    if len(data_classes) != num_classes or (not trained.classes and num_classes == 1000):
-        indices = imagenet_subset_indices(dataset_class_ids(dataset), num_classes)
-        if indices is None and len(data_classes) != num_classes:
-            raise ValueError(f"{data} has {len(data_classes)} classes but the model predicts {num_classes}")
-        if indices is not None:
-            model, classes, num_classes = ClassSubset(model, indices), data_classes, len(indices)
+    model, classes = trained.model, trained.classes or data_classes
+    # A checkpoint with class names of its own that match the data in number is evaluated as it is.
+    matched = bool(trained.classes) and len(data_classes) == num_classes
+    indices = None if matched else imagenet_subset_indices(dataset_class_ids(dataset), num_classes)
+    if indices is not None:
+        model, classes, num_classes = ClassSubset(model, indices), data_classes, len(indices)
+    elif len(data_classes) != num_classes:
+        raise ValueError(f"{data} has {len(data_classes)} classes but the model predicts {num_classes}")
     dataset = subset(dataset, subset_size)
     dev = pick_device(device)
     loader = make_loader(dataset, batch_size, ShardSampler(len(dataset)), workers, dev.type == "cuda")
