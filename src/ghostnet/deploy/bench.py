@@ -239,6 +239,18 @@ def _deploy_form(prep: _Prepared, x: torch.Tensor, align: int) -> nn.Module:
     return align_channels(model, align) if align and can_align(model) else model
 
 
+def _alignment(cfg: BenchConfig) -> int:
+    """The channel alignment of our exports: the configured one, or the CPU's NCHWc block (0: none)."""
+    return nchwc_block_size() if cfg.align_channels is None else cfg.align_channels
+
+
+def _timing_calibration(shape: torch.Size, batches: int) -> list[torch.Tensor]:
+    """Calibration batches for int8 backends that are only timed: random data gives the same graph and kernels as
+    real images would."""
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(shape, generator=generator) for _ in range(batches)]
+
+
 def _pte_file(prep: _Prepared, x: torch.Tensor, workdir: Path, align: int, int8: bool) -> Path:
     """The ExecuTorch (XNNPACK) program of `prep`, fp32 or int8, for inputs shaped like `x`, exported once and kept."""
     from .export import export_executorch
@@ -246,9 +258,7 @@ def _pte_file(prep: _Prepared, x: torch.Tensor, workdir: Path, align: int, int8:
     key = "pte-int8" if int8 else "pte"
     if key not in prep.export_files:
         path = workdir / (prep.label.replace("/", "_") + (".int8.pte" if int8 else ".pte"))
-        # Timing only: random calibration data gives the same graph and kernels as real images would.
-        generator = torch.Generator().manual_seed(0)
-        calibration = [torch.randn(x.shape, generator=generator) for _ in range(4)] if int8 else None
+        calibration = _timing_calibration(x.shape, 4) if int8 else None
         prep.export_files[key] = export_executorch(_deploy_form(prep, x, align), path, x, calibration)
     return prep.export_files[key]
 
@@ -264,9 +274,7 @@ def _onnx_file(prep: _Prepared, x: torch.Tensor, workdir: Path, variant: str, al
     if variant == "int8":
         # Quantized from the fp32 graph the "onnxruntime" backend runs (for ours: channel-aligned, single-path
         # modules), which onnxruntime's int8 kernels run 25-35% faster than the plain export's.
-        # Timing only: random calibration data gives the same graph and kernels as real images would.
-        generator = torch.Generator().manual_seed(0)
-        calibration = [torch.randn(x[:8].shape, generator=generator) for _ in range(2)]
+        calibration = _timing_calibration(x[:8].shape, 2)
         # The fastest int8 graph onnxruntime runs here: every op quantized, depthwise convs included (per-channel
         # weights, uint8 activations); benchmarks/bench_int8.py measures its accuracy.
         path = quantize_onnx(_onnx_file(prep, x, workdir, "fp32", align), stem.with_suffix(".int8.onnx"),
@@ -326,8 +334,7 @@ def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfi
         if importlib.util.find_spec("onnxruntime") is None:
             raise BackendUnavailable("onnxruntime is not installed")
         from .export import onnx_session
-        align = nchwc_block_size() if cfg.align_channels is None else cfg.align_channels
-        path = _onnx_file(prep, x, workdir, "int8" if backend == "int8" else "fp32", align)
+        path = _onnx_file(prep, x, workdir, "int8" if backend == "int8" else "fp32", _alignment(cfg))
         session = onnx_session(path, threads=threads)
         feed = {session.get_inputs()[0].name: x.numpy()}
         return lambda: session.run(None, feed)
@@ -339,8 +346,7 @@ def _make_runner(backend: str, prep: _Prepared, x: torch.Tensor, cfg: BenchConfi
         from .export import executorch_method
 
         # The thread pool was sized for this thread count before any program of it was loaded (run_benchmark).
-        align = nchwc_block_size() if cfg.align_channels is None else cfg.align_channels
-        method = executorch_method(_pte_file(prep, x, workdir, align, int8=backend == "executorch-int8"))
+        method = executorch_method(_pte_file(prep, x, workdir, _alignment(cfg), int8=backend == "executorch-int8"))
         inputs = [x.contiguous()]
         return lambda: method.execute(inputs)
     if cfg.mode == "train":
