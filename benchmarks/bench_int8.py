@@ -20,6 +20,7 @@ The data is read from $GHOSTNET_DATA/cifar10 (default ../shared/data/cifar10 bes
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -85,19 +87,24 @@ def torch_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.T
     return 100.0 * correct / len(images)
 
 
-def latency_ms(sessions: dict[str, object], x: np.ndarray, rounds: int = 5, reps: int = 50) -> dict[str, float]:
-    """Best-round median milliseconds per batch-1 call, sessions interleaved."""
-    best = {name: math.inf for name in sessions}
+def latency_ms(calls: dict[str, Callable[[], object]], rounds: int = 5, reps: int = 50) -> dict[str, float]:
+    """Best-round median milliseconds per call, the calls interleaved."""
+    best = {name: math.inf for name in calls}
     for _ in range(rounds):
-        for name, session in sessions.items():
-            feed = {session.get_inputs()[0].name: x}
+        for name, call in calls.items():
             times = []
             for _ in range(reps):
                 t0 = time.perf_counter()
-                session.run(None, feed)
+                call()
                 times.append((time.perf_counter() - t0) * 1e3)
             best[name] = min(best[name], statistics.median(times))
     return best
+
+
+def session_call(session, x: np.ndarray) -> Callable[[], object]:
+    """One onnxruntime run of `session` on `x`, as a call for `latency_ms`."""
+    feed = {session.get_inputs()[0].name: x}
+    return lambda: session.run(None, feed)
 
 
 def executorch_rows(fused: torch.nn.Module, calibration: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -118,16 +125,8 @@ def executorch_rows(fused: torch.nn.Module, calibration: torch.Tensor, test_x: t
         methods[label] = executorch_method(export_executorch(fused, stem.with_suffix(".b1.pte"), test_x[:1], calib))
         rows.append({"setting": label, "top1": 100.0 * correct / (len(test_x) // batch * batch),
                      "export_s": time.time() - start})
-    best = {label: math.inf for label in methods}
     x = [test_x[:1].contiguous()]
-    for _ in range(5):  # interleaved rounds, best-round median
-        for label, method in methods.items():
-            times = []
-            for _ in range(50):
-                t0 = time.perf_counter()
-                method.execute(x)
-                times.append((time.perf_counter() - t0) * 1e3)
-            best[label] = min(best[label], statistics.median(times))
+    best = latency_ms({label: functools.partial(method.execute, x) for label, method in methods.items()})
     for row in rows:
         row["latency_ms"] = best[row["setting"]]
     return rows
@@ -178,7 +177,7 @@ def main() -> None:
                      "quantize_s": time.time() - start})
         sessions[label] = onnx_session(path, threads=args.threads)
         print(f"{label}: {acc:.2f}% (drop {fp32_ort - acc:.2f})", flush=True)
-    latencies = latency_ms(sessions, test_x[:1].numpy())
+    latencies = latency_ms({name: session_call(session, test_x[:1].numpy()) for name, session in sessions.items()})
     for row in rows:
         row["latency_ms"] = latencies[row["setting"]]
 
