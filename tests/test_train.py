@@ -10,7 +10,7 @@ import torch
 import ghostnet
 from ghostnet.train import (distillation_loss, export_checkpoint, load_trained, lr_at, make_config, param_groups,
                             read_training_state, soft_target_loss, train)
-from ghostnet.train import modelspec
+from ghostnet.models.spec import create_from_spec, data_config_of
 from conftest import single_thread
 from test_train_support import tiny_config, write_npz_data
 
@@ -74,7 +74,7 @@ def test_soft_target_loss_is_returned_and_uses_the_temperature():
     ({"epochs": 0}, "epochs must be >= 1"),
     ({"optimizer": "lion"}, "optimizer must be one of sgd, adamw, rmsproptf"),
     ({"schedule": "poly"}, "schedule must be one of"),
-    ({"warmup_epochs": 20, "epochs": 10}, "warmup_epochs must be in"),
+    ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
     ({"milestones": [30, 20]}, "milestones must be increasing"),
     ({"preset": "coco"}, "unknown transform preset"),
 ])
@@ -135,11 +135,34 @@ def test_export_loads_with_create_model_and_load_trained(run):
 
 
 def test_timm_models_train_with_the_same_recipe():
-    model = modelspec.create("timm:ghostnet_050", num_classes=3)
+    model = create_from_spec("timm:ghostnet_050", num_classes=3)
     assert model.classifier.out_features == 3 and model.model_name == "timm:ghostnet_050"
-    assert modelspec.data_defaults("timm:mobilenetv3_large_100")["crop_pct"] == 0.875
+    assert data_config_of("timm:mobilenetv3_large_100")["crop_pct"] == 0.875
     with pytest.raises(ValueError, match="unknown timm model"):
-        modelspec.create("timm:ghostnet_999")
+        create_from_spec("timm:ghostnet_999")
+
+
+def test_the_old_modelspec_module_still_works_and_says_where_it_went():
+    import importlib
+    import sys
+
+    sys.modules.pop("ghostnet.train.modelspec", None)
+    with pytest.warns(DeprecationWarning, match="ghostnet.models.spec"):
+        old = importlib.import_module("ghostnet.train.modelspec")
+    assert old.create is create_from_spec and old.data_defaults is data_config_of
+
+
+def test_a_warmup_as_long_as_the_run_is_cut_so_the_lr_peaks():
+    from ghostnet.train.config import SHORT_RUN_WARMUP_SHARE, effective_warmup_epochs
+
+    assert effective_warmup_epochs(5, 10) == 5  # shorter than the run: kept
+    assert effective_warmup_epochs(1, 1) == SHORT_RUN_WARMUP_SHARE  # the whole run: cut
+    assert effective_warmup_epochs(5, 3) == pytest.approx(3 * SHORT_RUN_WARMUP_SHARE)
+    short = cfg(epochs=1, warmup_epochs=effective_warmup_epochs(1, 1), lr=0.1)
+    lrs = [lr_at(short, step, 20) for step in range(20)]
+    assert max(lrs) == pytest.approx(0.1) and lrs[-1] < 0.01
+    uncut = cfg(epochs=1, warmup_epochs=1, lr=0.1)  # what the run did before: never above lr * 19/20
+    assert max(lr_at(uncut, step, 20) for step in range(20)) < 0.1 * 0.96
 
 
 def test_cosine_reaches_min_lr_at_the_last_step():

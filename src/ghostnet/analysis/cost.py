@@ -8,7 +8,6 @@ the convention of the GhostNet paper and of the figures in docs/cost-analysis.md
 from __future__ import annotations
 
 import copy
-import importlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -144,25 +143,10 @@ class Profile:
 
 
 def build_model(spec: str) -> nn.Module:
-    """A registered model name, or an importable `package.module:callable` builder called with no arguments."""
-    if ":" not in spec:
-        from ..models.registry import create_model
+    """The model a spec names (NAME, timm:NAME, torchvision:NAME or package.module:callable), random weights."""
+    from ..models.spec import create_from_spec
 
-        return create_model(spec)
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r} for model {spec!r}: {exc}") from exc
-    builder: Any = module
-    for part in attr.split("."):
-        builder = getattr(builder, part, None)
-    if not callable(builder):
-        raise ValueError(f"{spec!r} does not name a callable (expected 'package.module:builder')")
-    model = builder()
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
-    return model
+    return create_from_spec(spec)
 
 
 def stage_names(model: nn.Module) -> Callable[[str], str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..utils import ensure_writable
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "profile", help="parameters, MACs and memory per stage/layer, with the paper's Ghost-module formulas",
-        description="Profile one inference pass. MODEL is a registered name (see `ghostnet models`) or an "
-                    "importable builder 'package.module:callable', e.g. torchvision.models:mobilenet_v3_large.")
+        description="Profile one inference pass. MODEL is a model spec: a registered NAME (see `ghostnet "
+                    "models`), timm:NAME, torchvision:NAME or an importable builder 'package.module:callable'.")
     p.add_argument("model")
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
                    help="input height and width (default: the model's own, else 224 224)")
@@ -56,6 +58,9 @@ def run_profile(args: argparse.Namespace) -> int:
         _check_png(args.plot, "--plot")
     if args.grad_checkpointing and not args.train:
         raise ValueError("--grad-checkpointing goes with --train")
+    for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
+        if path is not None:
+            ensure_writable(path, flag)
     specs = [args.model] + ([args.compare] if args.compare else [])
     models = [build_model(spec) for spec in specs]
     # Every model sees the same image size (the first model's unless given), in its own channel count.
@@ -105,6 +110,7 @@ def run_visualize(args: argparse.Namespace) -> int:
 
     output = args.output or Path(f"{args.image.stem}-ghost-maps.png")
     _check_png(output, "--output")
+    ensure_writable(output, "--output")
     model = create_model(args.model)
     if args.weights is not None:
         if not args.weights.is_file():

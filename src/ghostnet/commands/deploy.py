@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..utils import check_folder_writable, ensure_writable
+
 
 #: `export --check` of an int8 program: largest output difference allowed, relative to the largest float output.
 INT8_CHECK_RELATIVE = 0.25
@@ -78,9 +80,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="latency and throughput against timm/torchvision peers",
                               description="Time models with several backends against peers, interleaved, on the "
                               "same input; writes NAME.json, NAME.md and NAME.png.")
-    p.add_argument("models", nargs="*", default=["ghostnet_100"], help="registered model names")
+    p.add_argument("models", nargs="*", default=["ghostnet_100"],
+                   help="model specs: NAME, timm:NAME, torchvision:NAME or package.module:callable")
     p.add_argument("--peers", type=_csv(str), default=list(DEFAULT_PEERS),
-                   help="comma-separated timm:NAME / torchvision:NAME (empty string for none)")
+                   help="comma-separated model specs of peers (same grammar; empty string for none)")
     p.add_argument("--backends", type=_csv(str), default=["eager", "fused", "onnxruntime"],
                    help=f"comma-separated, from {','.join(BACKENDS)}")
     p.add_argument("--threads", type=_csv(int), default=[1, 2], help="comma-separated thread counts")
@@ -114,6 +117,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..deploy.fuse import example_input_for
     from ..models import create_model
 
+    output = ensure_writable(args.output or Path(args.model + FORMAT_SUFFIX[args.format]), "--output")
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = create_model(args.model, pretrained=args.weights, **kwargs).eval()
     x = example_input_for(model, batch_size=2, image_size=args.image_size)
@@ -129,7 +133,6 @@ def run_export(args: argparse.Namespace) -> int:
         from ..deploy.fuse import single_path_ghost_modules
 
         single_path_ghost_modules(export_form)
-    output = args.output or Path(args.model + FORMAT_SUFFIX[args.format])
     static = args.format == "executorch"  # a static shape: batch 1, as a phone runs it
     if static:
         x = x[:1]
@@ -171,11 +174,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     from ..deploy.quantize import DEFAULT_OP_TYPES, calibration_batches, load_calibration_images, quantize_onnx
-    from ..train.modelspec import data_defaults
+    from ..models.spec import data_config_of as data_defaults
 
+    output = ensure_writable(args.output or args.onnx.with_suffix(".int8.onnx"), "--output")
     data_config = data_defaults(args.model)
     images = load_calibration_images(args.calibration_data, data_config, args.num_images, args.split)
-    output = args.output or args.onnx.with_suffix(".int8.onnx")
     quantize_onnx(args.onnx, output, calibration_batches(images), per_channel=args.per_channel,
                   keep_depthwise_float=not args.quantize_depthwise, method=args.method,
                   op_types=None if args.all_ops else DEFAULT_OP_TYPES)
@@ -186,6 +189,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from ..deploy.bench import BenchConfig, run_benchmark, to_markdown, write_report
 
+    check_folder_writable(args.out_dir, "--out-dir")
     cfg = BenchConfig(models=args.models, peers=args.peers, backends=args.backends, threads=args.threads,
                       batch_size=args.batch_size, image_size=args.image_size, rounds=args.rounds, reps=args.reps,
                       warmup=args.warmup, device=args.device, dtype=args.dtype, channels_last=args.channels_last,

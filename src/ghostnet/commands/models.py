@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..utils import ensure_writable
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list registered models")
@@ -57,6 +59,7 @@ def run_convert(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix not in (".safetensors", ".pth", ".pt"):
         raise ValueError(f"output must end in .safetensors, .pth or .pt, got {output.name!r}")
+    ensure_writable(output, "--output")
     if looks_like_location(args.checkpoint):
         model = load_checkpoint(create_model(args.model), args.checkpoint, use_ema=args.use_ema)
     else:

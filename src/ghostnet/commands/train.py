@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import signal
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Union
+
+from ..utils import check_folder_writable, ensure_writable
 
 #: Flags spelled differently from their config field.
 FLAG_NAMES = {"output": ("--output", "-o")}
@@ -16,7 +21,8 @@ FLAG_NAMES = {"output": ("--output", "-o")}
 #: Gradient checkpointing gives the same step; compiling computes the same functions (to float rounding), so a run
 #: that no longer fits in memory or wants speed can take them up on resume.
 RESUME_MUTABLE = {"data", "data_dir", "download", "workers", "progress", "tensorboard", "plots", "output", "device",
-                  "save_every_steps", "eval_every", "epochs", "skip_corrupt", "grad_checkpointing", "compile"}
+                  "save_every_steps", "eval_every", "log_every_steps", "epochs", "skip_corrupt", "grad_checkpointing",
+                  "compile"}
 
 
 def _parse_list(text: str) -> list:
@@ -81,12 +87,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_weights_source(p, "last.pt / best.pt / *.safetensors from ghostnet train (or any checkpoint with --model)")
     p.add_argument("--data", required=True, help="ImageFolder root, folder of .npz shards, or cifar10/cifar100")
     p.add_argument("--split", default="val", choices=("train", "val"))
-    p.add_argument("--model", help="model name, for checkpoints that do not name their model (official, timm)")
+    p.add_argument("--model", help="model spec (NAME, timm:NAME, torchvision:NAME, package.module:callable), for "
+                   "checkpoints that do not name their model (official, timm)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     p.add_argument("--json", help="write the metrics (with per-class accuracy and confusion matrix) to this file")
     p.add_argument("--confusion", help="write the confusion-matrix PNG to this file")
     p.add_argument("--img-size", type=int, help="evaluate at another image size")
-    p.add_argument("--subset", type=int, help="evaluate on a fixed pseudo-random selection of N samples")
+    p.add_argument("--val-subset", "--subset", dest="val_subset", type=int, metavar="N",
+                   help="evaluate on a fixed pseudo-random selection of N samples (train's flag; --subset is kept)")
+    p.add_argument("--ignore-class-names", action="store_true",
+                   help="evaluate even if the checkpoint's class names differ from the data's")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -126,8 +136,8 @@ def build_train_config(args: argparse.Namespace):
     overrides = _config_overrides(args)
     if args.resume is None:
         if args.recipe:
-            return load_recipe(args.recipe, overrides), None
-        return make_config(overrides, "command line"), None
+            return load_recipe(args.recipe, overrides, flag_label), None
+        return make_config({}, "defaults", overrides, flag_label), None
     if args.recipe:
         raise ValueError("--resume continues a run with the settings stored in its checkpoint; drop --recipe")
     output = overrides.get("output", TrainConfig().output)
@@ -141,7 +151,13 @@ def build_train_config(args: argparse.Namespace):
                          f"only {', '.join(sorted(RESUME_MUTABLE))} may change")
     if "output" not in overrides:
         overrides["output"] = str(resume.parent)
-    return make_config({**stored, **overrides}, str(resume)), resume
+    return make_config(stored, str(resume), overrides, flag_label), resume
+
+
+def flag_label(field: str, value: Any) -> str:
+    """How the user typed a setting: '--epochs 0'."""
+    flag = FLAG_NAMES.get(field, ("--" + field.replace("_", "-"),))[0]
+    return f"{flag} {value}"
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -154,20 +170,43 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {description}")
         return 0
     cfg, resume = build_train_config(args)
-    result = train(cfg, resume=resume)
+    check_folder_writable(cfg.output, "--output")
+    try:
+        result = train(cfg, resume=resume)
+    except KeyboardInterrupt:
+        print(interrupted_message(Path(cfg.output)), file=sys.stderr)
+        return 128 + signal.SIGINT
     if result["best_epoch"] > 0:
         print(f"best top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}; outputs in {result['output']}")
     return 0
+
+
+def interrupted_message(output: Path) -> str:
+    """What a user needs after Ctrl-C: where the last checkpoint is and the command that continues from it."""
+    from ..train.checkpoint import read_training_state
+
+    last = output / "last.pt"
+    if not last.is_file():
+        return (f"ghostnet train: interrupted before the first checkpoint; nothing to resume in {output} "
+                "(--save-every-steps N saves within an epoch)")
+    progress = read_training_state(last)["progress"]
+    return (f"ghostnet train: interrupted; the last checkpoint is {last} (epoch {progress['epoch'] + 1}, step "
+            f"{progress['step_in_epoch']}); continue exactly with: ghostnet train --resume --output "
+            f"{shlex.quote(str(output))}")
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..train.evaluation import evaluate_checkpoint
     from ..utils import atomic_write
 
+    for flag, path in (("--json", args.json), ("--confusion", args.confusion)):
+        if path:
+            ensure_writable(path, flag)
     evaluation = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, use_ema=args.ema,
                                      model_name=args.model, batch_size=args.batch_size, workers=args.workers,
-                                     device=args.device, subset_size=args.subset, img_size=args.img_size,
-                                     skip_corrupt=args.skip_corrupt, pretrained=args.pretrained)
+                                     device=args.device, subset_size=args.val_subset, img_size=args.img_size,
+                                     skip_corrupt=args.skip_corrupt, pretrained=args.pretrained,
+                                     check_classes=not args.ignore_class_names)
     r = evaluation.result
     if evaluation.imagenet_indices is not None:
         print(f"ImageNet-1k model on {len(evaluation.classes)} of its classes: logits restricted to their indices")
@@ -193,6 +232,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
     trained = load_for_inference(args.checkpoint, args.ema, args.model, args.pretrained)
     results = predict(trained, args.images, topk=args.topk, labels=args.labels, device=args.device)
+    for item in results:
+        if "warning" in item:
+            print(f"ghostnet predict: warning: {item['warning']}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=1))
         return 0

@@ -72,7 +72,10 @@ class ImageFolderDataset(Dataset):
         from torchvision.datasets import ImageFolder
 
         self.root = Path(root)
-        self.folder = ImageFolder(str(self.root), transform=None, loader=load_rgb)
+        try:
+            self.folder = ImageFolder(str(self.root), transform=None, loader=load_rgb)
+        except FileNotFoundError as exc:  # torchvision's message names the classes but not the folder
+            raise FileNotFoundError(f"{self.root}: {exc}") from None
         self.samples = self.folder.samples
         self.targets = self.folder.targets
         self.transform = transform

@@ -195,24 +195,15 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def build_model(spec: str, num_classes: Optional[int] = None) -> tuple[str, str, nn.Module]:
-    """(label, source, model in eval mode) for a registry name, "timm:NAME" or "torchvision:NAME"."""
+    """(label, source, model in eval mode) for any model spec (ghostnet.models.spec: NAME, timm:NAME,
+    torchvision:NAME, package.module:callable); source is ghostnet, timm, torchvision or import."""
+    from ..models.spec import create_from_spec, parse_model_spec
+
+    parsed = parse_model_spec(spec)
+    if parsed.source == "timm" and importlib.util.find_spec("timm") is None:
+        raise BackendUnavailable("timm is not installed")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    source, _, name = spec.rpartition(":")
-    if source in ("", "ghostnet"):
-        from ..models import create_model
-
-        return name, "ghostnet", create_model(name, **kwargs).eval()
-    if source == "timm":
-        if importlib.util.find_spec("timm") is None:
-            raise BackendUnavailable("timm is not installed")
-        from ..train.modelspec import TIMM_PREFIX, create
-
-        return f"timm/{name}", "timm", create(TIMM_PREFIX + name, **kwargs).eval()
-    if source == "torchvision":
-        import torchvision
-
-        return f"torchvision/{name}", "torchvision", torchvision.models.get_model(name, weights=None, **kwargs).eval()
-    raise ValueError(f"unknown model source {source!r} in {spec!r}; use NAME, timm:NAME or torchvision:NAME")
+    return parsed.label, parsed.source, create_from_spec(parsed, **kwargs).eval()
 
 
 # --- backends ----------------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def read_model_info(path: PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_trained(path: PathLike, use_ema: bool = False) -> TrainedModel:
     """Rebuild a trained model (in eval mode) from a training checkpoint or safetensors export, name and all."""
     from ..convert.checkpoints import adapt_keys, check_fit
-    from .modelspec import create
+    from ..models.spec import create_from_spec as create
 
     obj, info = read_model_info(path)
     model = create(info["model"], **info.get("model_kwargs", {}))

@@ -10,7 +10,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from ..data.transforms import TransformConfig
 
@@ -21,6 +21,25 @@ SCHEDULES = ("cosine", "multistep", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; `field` names it, so the message can blame the flag or recipe it came from."""
+
+    def __init__(self, field: Optional[str], message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+#: When a recipe's warm-up is as long as the run (a short trial run), it is cut to this share of the run, so that the
+#: learning rate reaches its peak and the run actually trains.
+SHORT_RUN_WARMUP_SHARE = 0.2
+
+
+def effective_warmup_epochs(warmup_epochs: float, epochs: int) -> float:
+    """The warm-up a run of `epochs` uses: `warmup_epochs`, or SHORT_RUN_WARMUP_SHARE of the run when it is not
+    shorter than the run itself."""
+    return warmup_epochs if warmup_epochs < epochs else SHORT_RUN_WARMUP_SHARE * epochs
 
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
@@ -36,7 +55,8 @@ class TrainConfig:
 
     description: str = _f("", "what the recipe is for", cli=False)
     # --- model
-    model: str = _f("ghostnet_100", "registered model name (ghostnet models lists them)")
+    model: str = _f("ghostnet_100", "model spec: NAME (ghostnet models lists them), timm:NAME, torchvision:NAME "
+                                    "or package.module:callable")
     model_kwargs: dict = _f({}, "extra model arguments, e.g. {stem_stride: 1, drop_rate: 0.2} (JSON on the CLI)")
     pretrained: Optional[str] = _f(None, "initialize from this checkpoint file (strict=False: head may differ)")
     sync_bn: bool = _f(False, "SyncBatchNorm across processes (CUDA only)")
@@ -106,7 +126,8 @@ class TrainConfig:
     grad_checkpointing: bool = _f(False, "recompute each stage's activations in the backward pass: less memory, "
                                          "one more forward pass of compute, same results")
     # --- distillation
-    teacher: Optional[str] = _f(None, "teacher model: a registered name or timm:NAME")
+    teacher: Optional[str] = _f(None, "teacher model spec: NAME, timm:NAME, torchvision:NAME or "
+                                       "package.module:callable")
     teacher_pretrained: Optional[str] = _f(None, "teacher weights: a file, or 'true' for published weights")
     kd_weight: float = _f(1.0, "weight of the soft-target loss (hard-label loss has weight 1)")
     kd_temperature: float = _f(1.0, "distillation temperature")
@@ -117,6 +138,8 @@ class TrainConfig:
     output: str = _f("runs/train", "output folder (checkpoints, metrics, plots)")
     save_every_steps: int = _f(0, "also save the resumable checkpoint every N steps (0: once per epoch)")
     eval_every: int = _f(1, "evaluate every N epochs (and after the last)")
+    log_every_steps: int = _f(0, "log the mean training loss and the lr every N steps into metrics.jsonl's 'steps' "
+                                 "(0: about 20 points per epoch)")
     progress: bool = _f(True, "show progress bars")
     tensorboard: bool = _f(False, "also log to TensorBoard (needs the tensorboard package)")
     plots: bool = _f(True, "write PNG curves at the end")
@@ -125,34 +148,38 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError for values that cannot work."""
+        """Raise ConfigError (a ValueError naming the field) for values that cannot work."""
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "device": DEVICES,
                    "compile": COMPILE_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, "
+                                        f"got {getattr(self, name)!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every}
+        if self.log_every_steps < 0:
+            raise ConfigError("log_every_steps", f"log_every_steps must be >= 0, got {self.log_every_steps}")
         for name, value in positive.items():
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise ConfigError(name, f"{name} must be >= 1, got {value}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError("lr", f"lr must be > 0, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigError("label_smoothing", f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+            raise ConfigError("ema_decay", f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.warmup_epochs < 0:  # longer than the run is allowed: effective_warmup_epochs scales it down
+            raise ConfigError("warmup_epochs", f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.schedule == "step" and self.decay_epochs <= 0:
-            raise ValueError(f"decay_epochs must be > 0, got {self.decay_epochs}")
+            raise ConfigError("decay_epochs", f"decay_epochs must be > 0, got {self.decay_epochs}")
         if sorted(self.milestones) != list(self.milestones):
-            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+            raise ConfigError("milestones", f"milestones must be increasing, got {self.milestones}")
         if self.lr_noise is not None and not (1 <= len(self.lr_noise) <= 2 and all(0 <= f for f in self.lr_noise)):
-            raise ValueError(f"lr_noise must be [start] or [start, end] fractions of the epochs, got {self.lr_noise}")
+            raise ConfigError("lr_noise", f"lr_noise must be [start] or [start, end] fractions of the epochs, "
+                                          f"got {self.lr_noise}")
         if self.lr_noise_pct <= 0:
-            raise ValueError(f"lr_noise_pct must be > 0, got {self.lr_noise_pct}")
+            raise ConfigError("lr_noise_pct", f"lr_noise_pct must be > 0, got {self.lr_noise_pct}")
         if self.kd_temperature <= 0:
-            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+            raise ConfigError("kd_temperature", f"kd_temperature must be > 0, got {self.kd_temperature}")
         # Building the transform config checks preset, interpolation and erasing mode.
         self.transform_config()
 
@@ -196,21 +223,44 @@ def _check_type(name: str, value: Any) -> Any:
     return value
 
 
-def make_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a TrainConfig from a mapping, rejecting unknown keys (with suggestions) and wrong types."""
+#: Where a setting came from, for error messages: a label, or a function of (key, value) giving one (the CLI's
+#: names the flag, e.g. "--epochs 0").
+Source = Union[str, Callable[[str, Any], str]]
+
+
+def make_config(values: dict[str, Any], source: str = "config", overrides: Optional[dict[str, Any]] = None,
+                overrides_source: Source = "overrides") -> TrainConfig:
+    """Build a TrainConfig from `values` with `overrides` on top, rejecting unknown keys (with suggestions), wrong
+    types and values that cannot work. Each error names where the bad value came from: `source` for `values`,
+    `overrides_source` for `overrides`."""
+    overrides = dict(overrides or {})
+
+    def blame(key: Optional[str]) -> str:
+        if key not in overrides:
+            return source
+        return overrides_source(key, overrides[key]) if callable(overrides_source) else overrides_source
+
     fields = config_fields()
-    unknown = [k for k in values if k not in fields]
+    merged = {**values, **overrides}
+    unknown = [k for k in merged if k not in fields]
     if unknown:
         hints = []
         for key in unknown:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"{source}: unknown key(s) {', '.join(hints)}")
-    checked = {k: _check_type(k, v) for k, v in values.items()}
+        raise ValueError(f"{blame(unknown[0])}: unknown key(s) {', '.join(hints)}")
+    checked = {}
+    for key, value in merged.items():
+        try:
+            checked[key] = _check_type(key, value)
+        except ValueError as exc:
+            raise ConfigError(key, f"{blame(key)}: {exc}") from None
     try:
         return TrainConfig(**checked)
-    except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(exc.field, f"{blame(exc.field)}: {exc}") from None
+    except ValueError as exc:  # from the transform settings; the message names the setting
+        raise ValueError(f"{source}: {exc}" if not overrides else str(exc)) from None
 
 
 def list_recipes() -> dict[str, str]:
@@ -256,9 +306,10 @@ def read_recipe(name_or_file: str) -> dict[str, Any]:
     return data
 
 
-def load_recipe(name_or_file: str, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
+def load_recipe(name_or_file: str, overrides: Optional[dict[str, Any]] = None,
+                overrides_source: Source = "overrides") -> TrainConfig:
     """A TrainConfig from a shipped recipe name or a YAML file, with `overrides` applied on top."""
     values = read_recipe(name_or_file)
     source = str(recipe_path(name_or_file))
     make_config(values, source)  # report errors in the recipe itself before blaming the overrides
-    return make_config({**values, **(overrides or {})}, source)
+    return make_config(values, source, overrides, overrides_source)

@@ -29,7 +29,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def build_teacher(spec: str, pretrained: Optional[str], num_classes: int) -> nn.Module:
-    """A frozen teacher in eval mode: `timm:NAME` (any timm model) or a registered ghostnet model name.
+    """A frozen teacher in eval mode, from any model spec (NAME, timm:NAME, torchvision:NAME, package.module:fn).
 
     `pretrained` is a checkpoint file, or "true" for the published weights (timm downloads them into its cache).
     """
@@ -37,9 +37,9 @@ def build_teacher(spec: str, pretrained: Optional[str], num_classes: int) -> nn.
     weights_file = pretrained if pretrained and not use_published else None
     if weights_file and not Path(weights_file).is_file():
         raise FileNotFoundError(f"teacher weights {weights_file}: no such file")
-    from .modelspec import create
+    from ..models.spec import create_from_spec
 
-    teacher = create(spec, pretrained=weights_file or (True if use_published else None), num_classes=num_classes)
+    teacher = create_from_spec(spec, pretrained=weights_file or (True if use_published else None), num_classes=num_classes)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

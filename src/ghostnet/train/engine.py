@@ -7,6 +7,7 @@ was never interrupted (see checkpoint.py for what is saved and loader.py for why
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -22,12 +23,12 @@ from ..convert.checkpoints import adapt_keys, extract_state_dict, read_checkpoin
 from ..data import (ResumableSampler, SeededDataset, ShardSampler, dataset_classes, eval_transform, make_loader,
                     open_split, subset, train_transform)
 from ..layers.checkpointing import set_grad_checkpointing
+from ..models.spec import create_from_spec, data_config_of
 from ..utils import atomic_write
 from .checkpoint import (Progress, export_weights, model_info, read_training_state, rng_state, save_training_state,
                          set_rng_state)
-from .config import TrainConfig
+from .config import TrainConfig, effective_warmup_epochs
 from .distill import build_teacher, distillation_loss
-from . import modelspec
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup, init_distributed
 from .metrics import EvalResult, autocast, evaluate, write_jsonl
 from .optim import build_optimizer, lr_at, set_lr
@@ -36,6 +37,8 @@ PathLike = Union[str, os.PathLike]
 StepCallback = Callable[[Progress], None]
 #: How often (in steps) the progress bar's loss/accuracy are refreshed; each refresh synchronizes with the GPU.
 BAR_REFRESH_STEPS = 10
+#: Points per epoch of the in-epoch loss/lr log when `log_every_steps` is 0.
+AUTO_STEP_LOG_POINTS = 20
 
 
 def seed_everything(seed: int) -> None:
@@ -100,9 +103,14 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses deterministic mode without it
         torch.use_deterministic_algorithms(True, warn_only=False)
     seed_everything(cfg.seed)  # the same seed on every rank: identical initial weights
+    warmup = effective_warmup_epochs(cfg.warmup_epochs, cfg.epochs)
+    if warmup != cfg.warmup_epochs:
+        _log(dist, f"warm-up of {cfg.warmup_epochs:g} epochs is not shorter than the run ({cfg.epochs}): cut to "
+                   f"{warmup:g} so that the learning rate reaches its peak {cfg.lr:g}")
+        cfg = dataclasses.replace(cfg, warmup_epochs=warmup)
 
     # ---- data: the transforms take the model's input size, crop and normalization unless the recipe sets them
-    tcfg = cfg.transform_config(modelspec.data_defaults(cfg.model))
+    tcfg = cfg.transform_config(data_config_of(cfg.model))
     opts = dict(download=cfg.download and dist.is_main, data_dir=cfg.data_dir, skip_corrupt=cfg.skip_corrupt)
     train_set = open_split(cfg.data, "train", train_transform(tcfg), **opts)
     val_set = open_split(cfg.data, "val", eval_transform(tcfg), **opts)
@@ -124,7 +132,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
     if model_kwargs["num_classes"] != len(classes):
         raise ValueError(f"model_kwargs num_classes={model_kwargs['num_classes']} but the data has {len(classes)} "
                          "classes")
-    model = modelspec.create(cfg.model, **model_kwargs)
+    model = create_from_spec(cfg.model, **model_kwargs)
     if cfg.grad_checkpointing:
         set_grad_checkpointing(model)
     if cfg.pretrained:
@@ -151,6 +159,10 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
     # ---- resume: weights, optimizer, EMA, scaler, position, running sums and every rank's RNG state
     progress, history = Progress(), []
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # this rank's train loss sum, hits, samples
+    # The in-epoch log (metrics.jsonl "steps"): this rank's mean loss over every `log_every` steps, with the lr.
+    log_every = cfg.log_every_steps or max(1, steps_per_epoch // AUTO_STEP_LOG_POINTS)
+    window = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum and steps since the last log point
+    step_log: list[dict[str, float]] = []
     torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; the data order does not use this
     if resume is not None:
         ckpt = read_training_state(resume)
@@ -169,12 +181,14 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
         if len(ranks) == dist.world_size:
             set_rng_state(ranks[dist.rank]["rng"])
             sums.copy_(torch.tensor(ranks[dist.rank]["sums"], dtype=torch.float64))
+            window.copy_(torch.tensor(ranks[dist.rank].get("window", [0.0, 0.0]), dtype=torch.float64))
         else:
             # Another process count: the data order is the same, but per-rank RNG streams cannot be carried over.
             # The epoch's running sums are spread evenly, so that their all-reduced total is kept.
             _log(dist, f"resuming with {dist.world_size} processes instead of {len(ranks)}: the data order is kept, "
                        "dropout randomness is not")
             sums.copy_(torch.tensor([sum(r["sums"][i] for r in ranks) for i in range(3)]) / dist.world_size)
+        step_log = list(ranks[0].get("steps", []))  # rank 0's log is the one written
         _log(dist, f"resumed from {resume} at epoch {progress.epoch + 1}, step {progress.step_in_epoch}")
     if dist.is_main:
         _write_config(cfg, out)
@@ -189,7 +203,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
 
     def save(path: Path) -> None:
         # Collective: every rank contributes its RNG state and running sums; only rank 0 writes.
-        ranks = all_gather_objects({"rng": rng_state(), "sums": sums.tolist()})
+        ranks = all_gather_objects({"rng": rng_state(), "sums": sums.tolist(), "window": window.tolist(),
+                                    "steps": step_log})
         if dist.is_main:
             save_training_state(path, model=model, optimizer=optimizer, progress=progress, config=cfg.to_dict(),
                                 model_info=info, ranks=ranks, ema=ema, scaler=scaler, history=history)
@@ -238,6 +253,11 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
             seen += len(targets)
             progress.step_in_epoch += 1
             progress.global_step += 1
+            window += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
+            if progress.step_in_epoch % log_every == 0 or progress.step_in_epoch == steps_per_epoch:
+                loss_sum_w, steps_w = window.tolist()
+                step_log.append({"step": progress.global_step, "lr": lr, "loss": loss_sum_w / steps_w})
+                window.zero_()
             if progress.step_in_epoch % BAR_REFRESH_STEPS == 0:
                 loss_sum, hits, count = sums.tolist()
                 rate = seen * dist.world_size / (time.perf_counter() - start)
@@ -255,7 +275,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
         sums.zero_()
         row: dict[str, Any] = {"epoch": epoch + 1, "step": progress.global_step, "lr": lr,
                                "train_loss": loss_sum / count, "train_top1": 100 * hits / count,
-                               "epoch_time_s": epoch_time, "train_img_s": seen * dist.world_size / epoch_time}
+                               "epoch_time_s": epoch_time, "train_img_s": seen * dist.world_size / epoch_time,
+                               "lr_max": max(r["lr"] for r in step_log), "steps": step_log}
+        step_log = []
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             last_eval = evaluate(model, val_loader, device, len(classes), cfg.amp, cfg.channels_last,
                                  progress=cfg.progress and dist.is_main)
@@ -285,11 +307,11 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
             write_jsonl(history, out / "metrics.jsonl")
             if writer is not None:
                 for key, value in row.items():
-                    if key != "epoch" and value is not None:
+                    if key != "epoch" and isinstance(value, (int, float)):
                         writer.add_scalar(key, value, epoch + 1)
                 writer.flush()
             _log(dist, f"epoch {epoch + 1}: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step")))
+                f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step", "steps")))
 
     if dist.is_main:
         if writer is not None:

@@ -25,7 +25,7 @@ def load_for_inference(checkpoint: Optional[PathLike], use_ema: bool = False, mo
     config is then the model's own (ImageNet-style evaluation at its input size). With `pretrained` (True or a
     weights tag) instead of a file, the model's published weights and the data config they were evaluated with.
     """
-    from .modelspec import create, data_defaults
+    from ..models.spec import create_from_spec as create, data_config_of as data_defaults
 
     if pretrained is not None:
         if model_name is None or checkpoint is not None:
@@ -96,11 +96,13 @@ def evaluate_checkpoint(checkpoint: Optional[PathLike], data: PathLike, split: s
                         model_name: Optional[str] = None, batch_size: int = 64, workers: int = 2,
                         device: str = "auto", subset_size: Optional[int] = None, img_size: Optional[int] = None,
                         skip_corrupt: bool = False, progress: bool = True,
-                        pretrained: Union[None, bool, str] = None) -> Evaluation:
+                        pretrained: Union[None, bool, str] = None, check_classes: bool = True) -> Evaluation:
     """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on one split of `data`.
 
     An ImageNet-1k model on data whose classes are ImageNet WordNet ids (a subset such as Imagewoof) is evaluated
     on those classes: its logits at their ImageNet indices are the prediction (`Evaluation.imagenet_indices`).
+    A checkpoint that stores its class names must be evaluated on data with the same names in the same order
+    (else its scores mean nothing); `check_classes=False` evaluates anyway.
     """
     trained = load_for_inference(checkpoint, use_ema, model_name, pretrained)
     tcfg = TransformConfig.from_eval_dict(trained.data_config, img_size)
@@ -110,6 +112,9 @@ def evaluate_checkpoint(checkpoint: Optional[PathLike], data: PathLike, split: s
     model, classes = trained.model, trained.classes or data_classes
     # A checkpoint with class names of its own that match the data in number is evaluated as it is.
     matched = bool(trained.classes) and len(data_classes) == num_classes
+    if matched and check_classes and list(trained.classes) != list(data_classes):
+        raise ValueError(f"the checkpoint was trained on {_show(trained.classes)} but {data} has "
+                         f"{_show(data_classes)}; pass --ignore-class-names to evaluate anyway")
     indices = None if matched else imagenet_subset_indices(dataset_class_ids(dataset), num_classes)
     if indices is not None:
         model, classes, num_classes = ClassSubset(model, indices), data_classes, len(indices)
@@ -120,6 +125,12 @@ def evaluate_checkpoint(checkpoint: Optional[PathLike], data: PathLike, split: s
     loader = make_loader(dataset, batch_size, ShardSampler(len(dataset)), workers, dev.type == "cuda")
     result = evaluate(model.to(dev), loader, dev, num_classes, progress=progress)
     return Evaluation(result, classes, indices)
+
+
+def _show(classes: Sequence[str], limit: int = 4) -> str:
+    """'10 classes (a, b, c, d, ...)': enough of a class list to recognise it in one line."""
+    head = ", ".join(classes[:limit]) + (", ..." if len(classes) > limit else "")
+    return f"{len(classes)} classes ({head})"
 
 
 def _num_classes(model: torch.nn.Module) -> int:
@@ -166,12 +177,27 @@ def predict(trained: TrainedModel, images: Sequence[PathLike], topk: int = 5, la
     model = trained.model.to(dev).eval()
     k = min(topk, len(names))
     results = []
+    input_hw = tuple(trained.data_config.get("input_size", (3, 224, 224))[1:])
     for path in images:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such image file")
-        x = transform(load_rgb(path)).unsqueeze(0).to(dev)
+        image = load_rgb(path)
+        x = transform(image).unsqueeze(0).to(dev)
         probs = model(x).float().softmax(-1)[0]
         values, indices = probs.topk(k)
-        results.append({"image": str(path), "top": [{"class": names[i], "index": int(i), "prob": float(p)}
-                                                     for p, i in zip(values.tolist(), indices.tolist())]})
+        item = {"image": str(path), "top": [{"class": names[i], "index": int(i), "prob": float(p)}
+                                            for p, i in zip(values.tolist(), indices.tolist())]}
+        if too_small(image.size[::-1], input_hw):
+            item["warning"] = (f"{path} is {image.size[0]}x{image.size[1]}, much smaller than the model's "
+                               f"{input_hw[1]}x{input_hw[0]} input: it was upscaled, expect unreliable predictions")
+        results.append(item)
     return results
+
+
+#: An image whose side is below this fraction of the model's input side is upscaled past what it can show.
+SMALL_IMAGE_FRACTION = 0.5
+
+
+def too_small(image_hw: Sequence[int], input_hw: Sequence[int]) -> bool:
+    """True when either side of the image is under SMALL_IMAGE_FRACTION of the model's input side."""
+    return any(have < SMALL_IMAGE_FRACTION * want for have, want in zip(image_hw, input_hw))

@@ -39,6 +39,12 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
     panels = (("loss", ("train_loss", "val_loss", "ema_val_loss")),
               ("top-1 accuracy (%)", ("train_top1", "val_top1", "ema_val_top1")),
               ("learning rate", ("lr",)))
+    # The in-epoch log, on the same epoch axis: a step's position is its global step over the steps per epoch.
+    steps = [(s["step"] * row["epoch"] / row["step"], s) for row in history for s in row.get("steps", [])]
+    for ax, key in ((axes[0], "loss"), (axes[2], "lr")):
+        if steps:
+            ax.plot([x for x, _ in steps], [s[key] for _, s in steps], linewidth=0.8, alpha=0.6,
+                    label=f"{'train_loss' if key == 'loss' else 'lr'} (steps)")
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             points = [(e, row[key]) for e, row in zip(epochs, history) if row.get(key) is not None]

@@ -1,0 +1,245 @@
+"""What a new user meets: every failure they can cause is one line naming the path/flag/classes, with a non-zero exit
+status and no traceback; Ctrl-C in training says how to resume (and the resume is exact); files are readable as the
+umask allows; short runs train; one model-spec grammar in every command. Each test runs the real command in a
+subprocess, as a user would."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_train_support import tiny_config, write_image_folder, write_npz_data
+
+CLI = [sys.executable, "-m", "ghostnet"]
+
+
+#: One intra-op thread per command: beside the pytest process on 2 cores, a second thread only adds hand-offs.
+CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**CLI_ENV, **env})
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str, status: int = 2) -> str:
+    """Exit `status`, no traceback, and a last stderr line that names every needle."""
+    assert result.returncode == status, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+@pytest.fixture
+def not_a_folder(tmp_path) -> Path:
+    """A path whose parent is a file: unwritable even for root (CI runs as root, where chmod 555 is no barrier)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    return blocker
+
+
+# ---------------------------------------------------------------------------------------------- unwritable outputs
+
+
+@pytest.mark.parametrize("command", [
+    ["profile", "ghostnet_050", "--plot", "{out}/cost.png"],
+    ["profile", "ghostnet_050", "--json", "{out}/cost.json"],
+    ["export", "ghostnet_050", "-o", "{out}/g.onnx"],
+    ["bench", "ghostnet_050", "--peers", "", "--out-dir", "{out}/bench"],
+    ["convert", "mindcv", "--model", "ghostnet_050", "-o", "{out}/g.safetensors"],
+])
+def test_unwritable_output_is_one_line_before_any_work(command, not_a_folder):
+    out = str(not_a_folder / "sub")
+    result = run_cli(*[part.format(out=out) for part in command])
+    assert_one_line_error(result, str(not_a_folder))
+    assert result.stdout == ""  # refused before the work: no profile table, no export, no download
+
+
+def test_unwritable_train_output_and_eval_json(tmp_path, not_a_folder):
+    data = write_npz_data(tmp_path / "data")
+    result = run_cli("train", "--data", str(data), "--output", str(not_a_folder / "run"))
+    assert_one_line_error(result, "--output", str(not_a_folder))
+    checkpoint = _tiny_checkpoint(tmp_path, data)
+    result = run_cli("eval", "--checkpoint", str(checkpoint), "--data", str(data), "--json",
+                     str(not_a_folder / "m.json"))
+    assert_one_line_error(result, "--json", str(not_a_folder))
+    assert "top-1" not in result.stdout
+
+
+def _tiny_checkpoint(tmp_path: Path, data: Path) -> Path:
+    from ghostnet.train import train
+    from ghostnet.train.config import make_config
+
+    out = tmp_path / "tiny"
+    if not (out / "last.safetensors").is_file():
+        train(make_config(tiny_config(data, out, epochs=1)))
+    return out / "last.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C and pipes
+
+
+def test_ctrl_c_in_training_says_how_to_resume_and_the_resume_is_exact(tmp_path):
+    data = write_npz_data(tmp_path / "data", n_train=(100, 100), size=16)  # 25 steps per epoch
+    settings = ["--data", str(data), "--model", "ghostnet_050", "--model-kwargs", "{stem_stride: 1}",
+                "--preset", "cifar", "--img-size", "16", "--batch-size", "8", "--workers", "0", "--epochs", "2",
+                "--lr", "0.05", "--no-progress", "--no-plots", "--save-every-steps", "5"]
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen([*CLI, "train", *settings, "--output", str(interrupted)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+    deadline = time.monotonic() + 240
+    while not (interrupted / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    line = assert_one_line_error(result, "interrupted", str(interrupted / "last.pt"),
+                                 f"ghostnet train --resume --output {interrupted}", status=130)
+    assert "epoch 1" in line  # stopped in the first of two epochs, long before the end
+    resumed = run_cli("train", "--resume", "--output", str(interrupted))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    reference = run_cli("train", *settings, "--output", str(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    a = torch.load(interrupted / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "reference" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_closed_pipe_ends_quietly():
+    proc = subprocess.Popen([*CLI, "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLI_ENV)
+    proc.stdout.close()  # the reader is gone before anything is written, as with `ghostnet models | head -0`
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert stderr == ""
+
+
+def test_corrupt_image_in_a_loader_worker_is_one_line_naming_the_file(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
+    corrupt = data / "val" / "b" / "broken.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    checkpoint = _tiny_image_checkpoint(tmp_path, data)
+    result = run_cli("eval", "--checkpoint", str(checkpoint), "--data", str(data), "--workers", "2")
+    line = assert_one_line_error(result, str(corrupt), "cannot read image")
+    assert "DataLoader worker" not in result.stderr, line
+
+
+def _tiny_image_checkpoint(tmp_path: Path, data: Path, classes=("a", "b")) -> Path:
+    import ghostnet
+    from ghostnet.train.checkpoint import export_weights, model_info
+
+    model = ghostnet.create_model("ghostnet_050", num_classes=len(classes))
+    config = dict(input_size=(3, 20, 20), crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    path = tmp_path / "ckpt.safetensors"
+    export_weights(model.state_dict(), path, model_info("ghostnet_050", {"num_classes": len(classes)},
+                                                        list(classes), config))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- errors name the cause
+
+
+def test_bad_flag_value_is_blamed_on_the_flag_not_the_recipe(tmp_path):
+    result = run_cli("train", "--recipe", "imagewoof_ghostnet", "--data", str(tmp_path), "--epochs", "0",
+                     "--output", str(tmp_path / "run"))
+    line = assert_one_line_error(result, "--epochs 0", "epochs must be >= 1")
+    assert "imagewoof_ghostnet.yaml" not in line
+
+
+def test_data_folder_without_images_names_the_folder(tmp_path):
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "val" / "a").mkdir(parents=True)
+    result = run_cli("train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"))
+    assert_one_line_error(result, str(tmp_path / "data" / "train"), "no valid file")
+
+
+def test_eval_refuses_a_checkpoint_for_other_classes_unless_told(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("airplane", "ship"), per_class=2)
+    checkpoint = _tiny_image_checkpoint(tmp_path, data, classes=("Shih-Tzu", "beagle"))
+    result = run_cli("eval", "--checkpoint", str(checkpoint), "--data", str(data), "--workers", "0")
+    assert_one_line_error(result, "Shih-Tzu", "beagle", "airplane", "ship", "--ignore-class-names")
+    result = run_cli("eval", "--checkpoint", str(checkpoint), "--data", str(data), "--workers", "0",
+                     "--ignore-class-names")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "top-1" in result.stdout
+
+
+def test_predict_warns_about_a_tiny_image(tmp_path):
+    from PIL import Image
+
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=2)
+    checkpoint = _tiny_image_checkpoint(tmp_path, data)
+    tiny, fine = tmp_path / "tiny.png", tmp_path / "fine.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tiny)
+    Image.new("RGB", (24, 24), (200, 10, 10)).save(fine)
+    result = run_cli("predict", "--checkpoint", str(checkpoint), str(tiny), str(fine))
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and str(tiny) in warnings[0] and "8x8" in warnings[0], result.stderr
+
+
+def test_debug_shows_the_traceback():
+    result = run_cli("--debug", "models", "no-such-model*")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    result = run_cli("models", "no-such-model*", GHOSTNET_DEBUG="1")
+    assert "Traceback" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- files and short runs
+
+
+def test_checkpoints_are_readable_as_the_umask_allows(tmp_path):
+    from ghostnet.train import train
+    from ghostnet.train.config import make_config
+
+    data = write_npz_data(tmp_path / "data")
+    old = os.umask(0o022)
+    try:
+        train(make_config(tiny_config(data, tmp_path / "run", epochs=1, plots=True)))
+    finally:
+        os.umask(old)
+    written = sorted(p for p in (tmp_path / "run").iterdir() if p.is_file())
+    assert {p.name for p in written} >= {"last.pt", "best.pt", "last.safetensors", "metrics.jsonl", "curves.png"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
+
+
+def test_one_epoch_of_the_imagewoof_recipe_on_500_images_trains(tmp_path, shared_data):
+    """The recipe's 1-epoch warm-up would take the whole run: it is cut, the lr peaks, and the loss falls."""
+    out = tmp_path / "run"
+    result = run_cli("train", "--recipe", "imagewoof_ghostnet", "--data", str(shared_data / "imagewoof"),
+                     "--subset", "500", "--val-subset", "100", "--epochs", "1", "--batch-size", "16",
+                     "--output", str(out), "--no-progress", "--no-plots", timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cut to 0.2" in result.stderr
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["lr_max"] == pytest.approx(3e-3)  # the recipe's peak
+    losses = np.array([s["loss"] for s in row["steps"]])
+    quarter = len(losses) // 4
+    assert losses[-quarter:].mean() < losses[:quarter].mean() - 0.1, losses.round(3).tolist()
+
+
+# ---------------------------------------------------------------------------------------------- one spelling
+
+
+def test_profile_compare_takes_every_spelling():
+    for spec in ("torchvision:mobilenet_v3_small", "torchvision.models:mobilenet_v3_small", "timm:ghostnet_050"):
+        result = run_cli("profile", "ghostnet_050", "--compare", spec, "--no-measure")
+        assert result.returncode == 0, (spec, result.stderr[-2000:])
+
+
+def test_eval_takes_trains_subset_flag_and_keeps_the_old_one(tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
+    checkpoint = _tiny_image_checkpoint(tmp_path, data)
+    for flag in ("--val-subset", "--subset"):
+        result = run_cli("eval", "--checkpoint", str(checkpoint), "--data", str(data), flag, "3", "--workers", "0")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "(3 images)" in result.stdout
