@@ -18,7 +18,8 @@ ENTRIES = list_weights()
 #: Top-1 of each file, from shared/reference/ghostnet-facts.md: §1.2 (official v1 checkpoint 73.98), §2 (GhostNetV2
 #: 75.3 / 76.9 / 77.8 and timm's 73.958 / 75.186 / 76.746 / 77.836), §1.5 (v3: state_dict 76.930, the weights timm
 #: ships; state_dict_ema 77.134); PaddleClas's files from its docs/zh_CN/models/Mobile.md table (0.668 / 0.740 /
-#: 0.757, and 0.794 for the distilled 1.3x); mindcv's files from its configs/ghostnet/README.md.
+#: 0.757, and 0.794 for the distilled 1.3x); mindcv's files from its configs/ghostnet/README.md; RepGhostNet from §9
+#: (the official eval.log values, which the README table rounds to one decimal: 66.946 -> 66.9, ...).
 FACTS_TOP1 = {
     "ghostnet_050.mindcv": 66.03, "ghostnet_100.mindcv": 73.78, "ghostnet_130.mindcv": 75.50,
     "ghostnet_050_paddle.paddle": 66.8, "ghostnet_100_paddle.paddle": 74.0, "ghostnet_130_paddle.paddle": 75.7,
@@ -28,6 +29,12 @@ FACTS_TOP1 = {
     "ghostnetv2_130.official": 76.9, "ghostnetv2_130.timm": 76.746,
     "ghostnetv2_160.official": 77.8, "ghostnetv2_160.timm": 77.836,
     "ghostnetv3_100.ema": 77.134, "ghostnetv3_100.raw": 76.930, "ghostnetv3_100.timm": 76.930,
+    "repghostnet_050.timm": 66.946, "repghostnet_058.timm": 68.944, "repghostnet_080.timm": 72.238,
+    "repghostnet_100.timm": 74.218, "repghostnet_111.timm": 75.066, "repghostnet_130.timm": 76.374,
+    "repghostnet_150.timm": 77.454, "repghostnet_200.timm": 78.806,
+    # G-Ghost RegNetX: the official README's table (ghostnet-facts.md section 9).
+    "g_ghost_regnetx_032.official": 77.8, "g_ghost_regnetx_040.official": 78.6,
+    "g_ghost_regnetx_080.official": 79.0, "g_ghost_regnetx_160.official": 79.9,
 }
 
 
@@ -52,7 +59,9 @@ def test_entries_belong_to_registered_models_and_each_model_has_a_default():
         "ghostnet_100": "timm", "ghostnetv2_100": "timm", "ghostnetv2_130": "timm", "ghostnetv2_160": "timm",
         "ghostnetv3_100": "ema", "ghostnet_050": "mindcv", "ghostnet_130": "mindcv", "ghostnet_050_paddle": "paddle",
         "ghostnet_100_paddle": "paddle",
-        "ghostnet_130_paddle": "ssld"}
+        "ghostnet_130_paddle": "ssld",
+        **{f"repghostnet_{w}": "timm" for w in ("050", "058", "080", "100", "111", "130", "150", "200")},
+        **{f"g_ghost_regnetx_{v}": "official" for v in ("032", "040", "080", "160")}}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.key)
@@ -111,7 +120,8 @@ def test_register_replace_and_unregister(private_table):
 
 def test_unknown_model_or_tag_names_what_exists():
     with pytest.raises(ValueError, match=r"no published weights are registered for 'ghostnetv3_050' \(models with "
-                                         r"weights: ghostnet_050, ghostnet_050_paddle, ghostnet_100, .*\); pass "
+                                         r"weights: (g_ghost_regnetx_\d{3}, )*ghostnet_050, ghostnet_050_paddle, "
+                                         r"ghostnet_100, .*\); pass "
                                          r"pretrained=PATH_OR_URL to load a checkpoint file$"):
         get_weights("ghostnetv3_050")
     with pytest.raises(ValueError, match=r"'ghostnetv3_100' has no weights tagged 'x'; available tags: ema, raw, "

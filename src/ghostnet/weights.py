@@ -86,6 +86,10 @@ _LIC_MINDCV = "Apache-2.0 (mindcv LICENSE)"
 _LIC_V1 = "Apache-2.0 (ghostnet_pytorch/License.txt of the official repository)"
 _LIC_EAB = "not stated: no licence file beside ghostnetv2_pytorch/ or ghostnetv3_pytorch/ in the official repository"
 _LIC_TIMM = "apache-2.0 (Hugging Face model card of the timm copy)"
+_LIC_G_GHOST = "Apache-2.0 (g_ghost_pytorch/License.txt of the official repository)"
+_LIC_REPGHOST = "MIT (Hugging Face model card of the timm copy; LICENSE of ChengpengChen/RepGhost)"
+_SRC_REPGHOST_ACC = ("ChengpengChen/RepGhost work_dirs/train/<run>/eval.log: validate.py --model-ema on the released "
+                     "checkpoint (the README rounds to one decimal); not re-measured on timm's copy")
 
 
 def _timm_url(name: str) -> str:
@@ -172,6 +176,56 @@ def _builtin_table() -> list[tuple[PretrainedWeights, bool]]:
             notes="mindcv's own training of the official network (MindSpore checkpoint, read as data and renamed on "
                   "load by ghostnet.convert.mindspore); the 8 hex digits in the file name are not documented as a "
                   "digest, so none is checked"), default))
+    return table + _repghost_table() + _g_ghost_table()
+
+
+def _repghost_table() -> list[tuple[PretrainedWeights, bool]]:
+    """RepGhostNet: timm's copies of the official release (the only hosted files; the README links Google Drive)."""
+    # (width, official file stem, top-1, top-5, sha256 where the Hugging Face file page shows it, file seen listed)
+    rows = (("050", "0_5x_43M_66.95", 66.946, 86.928,
+             "1113b67dd8459afa557de736b0aeab9bc07d6f6867b945fdb517608a207165d4", True),
+            ("058", "0_58x_60M_68.94", 68.944, 88.422,
+             "f4c02da20947575e1e7751001ea6abd35a846fd2ddf2f726a053e07629ba1406", True),
+            ("080", "0_8x_96M_72.24", 72.238, 90.486, None, True),
+            ("100", "1_0x_142M_74.22", 74.218, 91.548, None, False),
+            ("111", "1_11x_170M_75.07", 75.066, 92.186, None, False),
+            ("130", "1_3x_231M_76.37", 76.374, 92.898, None, True),
+            ("150", "1_5x_301M_77.45", 77.454, 93.5, None, False),
+            ("200", "2_0x_516M_78.81", 78.806, 94.326, None, False))
+    table = []
+    for width, stem, top1, top5, sha256, confirmed in rows:
+        name = f"repghostnet_{width}"
+        sha_src = f"; sha256 from huggingface.co/timm/{name}.in1k/blob/main/model.safetensors" if sha256 else ""
+        table.append((PretrainedWeights(
+            model=name, tag="timm", url=_timm_url(name), file_name=f"{name}-timm-in1k.safetensors",
+            file_format="safetensors", sha256=sha256, use_ema=False, top1=top1, top5=top5,
+            accuracy_source=_SRC_REPGHOST_ACC, license=_LIC_REPGHOST, source=_SRC_TIMM_URL + sha_src,
+            url_confirmed=confirmed,
+            notes=f"the official release repghostnet_{stem}.pth.tar (named in timm's repghost.py default_cfgs) "
+                  "re-saved by timm; training-form weights: reparameterize() or ghostnet.deploy.fuse() gives the "
+                  "deploy form" + ("" if confirmed else "; model.safetensors seen listed for the 0.5x, 0.58x, 0.8x "
+                                                         "and 1.3x repositories only")), True))
+    return table
+
+
+def _g_ghost_table() -> list[tuple[PretrainedWeights, bool]]:
+    """G-Ghost RegNetX: the official release (tag `g_ghost_regnet` of Efficient-AI-Backbones)."""
+    readme = "huawei-noah/Efficient-AI-Backbones g_ghost_pytorch/readme.md"
+    table = []
+    for variant, gflops, top1 in (("032", "3.2", 77.8), ("040", "4.0", 78.6), ("080", "8.0", 79.0),
+                                  ("160", "16.0", 79.9)):
+        name, file = f"g_ghost_regnetx_{variant}", f"g_ghost_regnet_{gflops}g_{top1}.pth"
+        table.append((PretrainedWeights(
+            model=name, tag="official", url=f"{_EAB}/releases/download/g_ghost_regnet/{file}",
+            file_name=f"{name}-official-{file}", file_format="pth", sha256=None, use_ema=False, top1=top1,
+            top5=None, accuracy_source=f"{readme}, 'Pretrained models' table", license=_LIC_G_GHOST,
+            source=f"{readme}: links the release page releases/tag/g_ghost_regnet and names the file; the address is "
+                   "GitHub's releases/download/<tag>/<file> pattern",
+            url_confirmed=False,
+            # The PyTorch ImageNet example the README points to: Resize(256) -> CenterCrop(224), bilinear.
+            data_config=imagenet_data_config("bilinear"),
+            notes="file contents not inspected here; a bare state_dict or the PyTorch ImageNet example's "
+                  "{'state_dict': ...} with DataParallel 'module.' prefixes both load"), True))
     return table
 
 

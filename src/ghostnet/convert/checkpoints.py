@@ -181,7 +181,10 @@ def load_checkpoint(model: nn.Module, path_or_url: PathLike, use_ema: bool = Fal
     expected = model.state_dict()
     state = adapt_keys(state, expected)
     ignore_unexpected: tuple[str, ...] = ()
-    if getattr(model, "features_only", False):
+    if hasattr(model, "unbuilt_prefixes"):
+        # A model that names the checkpoint keys it does not build (G-Ghost RegNet's features_only head and stages).
+        ignore_unexpected = tuple(model.unbuilt_prefixes)
+    elif getattr(model, "features_only", False):
         # The head, and the stages after the last requested tap, are not built in a features_only model.
         kept = len(getattr(model, "blocks", ()))
         head = ("conv_head.", "norm_head.", "classifier.")

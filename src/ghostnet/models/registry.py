@@ -45,7 +45,8 @@ def register_model(name: Optional[str] = None, **cfg_overrides: Any) -> Callable
 
 
 #: Modules whose import registers the built-in models (their @register_model decorators run on import).
-BUILTIN_MODEL_MODULES = ("ghostnet.models.zoo", "ghostnet.models.cifar", "ghostnet.models.resnet")
+BUILTIN_MODEL_MODULES = ("ghostnet.models.zoo", "ghostnet.models.cifar", "ghostnet.models.resnet",
+                         "ghostnet.models.repghost", "ghostnet.models.g_ghost")
 
 
 def _ensure_builtin_models() -> None:
