@@ -12,7 +12,7 @@ import torchvision
 
 from conftest import randomize_bn
 from ghostnet import GhostModule, ghostify
-from ghostnet.convert.ghostify import OrderedGhostModule
+from ghostnet.layers.swap import OrderedGhostModule
 
 SIZE = 64  # large enough that no stage of these ImageNet models shrinks to a 1x1 map
 

@@ -341,3 +341,34 @@ def test_torch_hub_load_from_an_uninstalled_checkout():
     assert out.returncode == 0, out.stderr
     path, classes = out.stdout.split()
     assert Path(path).resolve() == REPO / "src" / "ghostnet" / "__init__.py" and classes == "3"
+
+
+# ---------------------------------------------------------------------------------------------- one downloader
+
+
+def test_a_checkpoint_url_goes_through_the_same_cache_and_offline_switch(server, monkeypatch):
+    """`create_model(pretrained=URL)` and `load_checkpoint(model, URL)` use the downloader of the published weights:
+    the file lands in $GHOSTNET_CACHE, a second load does not contact the server, and GHOSTNET_OFFLINE forbids an
+    uncached download with a message that says where to put the file."""
+    state = random_state(SMALL, seed=7)
+    server.files["/mine/run-best.pth"] = torch_bytes(state)
+    url = server.url("/mine/run-best.pth")
+    monkeypatch.setenv("GHOSTNET_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match=r"GHOSTNET_OFFLINE.*run-best\.pth"):
+        create_model(SMALL, pretrained=url)
+    assert server.hits == []
+    monkeypatch.delenv("GHOSTNET_OFFLINE")
+    model = create_model(SMALL, pretrained=url)
+    assert (cache_dir() / "run-best.pth").is_file() and server.hits == ["/mine/run-best.pth"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    monkeypatch.setenv("GHOSTNET_OFFLINE", "1")  # cached now: offline works and the server is not asked again
+    create_model(SMALL, pretrained=url)
+    assert server.hits == ["/mine/run-best.pth"]
+
+
+def test_a_cut_checkpoint_url_download_is_not_cached(server):
+    server.files["/cut.pth"] = torch_bytes(random_state(SMALL, seed=8))
+    server.truncate.add("/cut.pth")
+    with pytest.raises(CheckpointError, match="cut short"):
+        create_model(SMALL, pretrained=server.url("/cut.pth"))
+    assert not (cache_dir() / "cut.pth").exists()

@@ -2,11 +2,11 @@
 deployment tools."""
 from .analysis import profile
 from .convert.checkpoints import CheckpointError, load_checkpoint
-from .convert.ghostify import ghostify
+from .surgery import ghostify
 from .layers import GhostBottleneck, GhostModule, GhostModuleV3, SqueezeExcite, reparameterize_model
 from .models import GhostNet, create_model, list_models
-
-__version__ = "0.1.0"
+from . import hub  # noqa: F401  (installs the pretrained-weights loader that create_model calls)
+from ._version import __version__
 
 
 def __getattr__(name: str):

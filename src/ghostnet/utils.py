@@ -7,11 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
+from .errors import OutputError
+
 PathLike = Union[str, os.PathLike]
-
-
-class OutputError(OSError):
-    """An output file or folder that cannot be written; the message names the path and what failed."""
 
 
 def current_umask() -> int:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .models.registry import IMAGENET_MEAN, IMAGENET_STD
+from .models.registry import default_data_config
 
 FILE_FORMATS = ("pth", "pth.tar", "safetensors", "pdparams", "ckpt")
 _HEX = re.compile(r"[0-9a-f]{8,64}")
@@ -21,8 +21,8 @@ MIN_SHA256_PREFIX = 8
 
 def imagenet_data_config(interpolation: str = "bicubic", crop_pct: float = 0.875) -> dict[str, Any]:
     """The evaluation data config of an ImageNet-1k checkpoint at 224x224 (timm's `pretrained_cfg` keys)."""
-    return dict(input_size=(3, 224, 224), crop_pct=crop_pct, interpolation=interpolation, mean=IMAGENET_MEAN,
-                std=IMAGENET_STD, num_classes=1000)
+    cfg = default_data_config(interpolation=interpolation, crop_pct=crop_pct)
+    return {key: cfg[key] for key in ("input_size", "crop_pct", "interpolation", "mean", "std", "num_classes")}
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,12 @@ def _timm_url(name: str) -> str:
 
 def _builtin_table() -> list[tuple[PretrainedWeights, bool]]:
     """(entry, is_default) for every published file we know of."""
+    return (_ghostnet_v1_table() + _ghostnet_v2_v3_table() + _paddle_table() + _mindcv_table() + _repghost_table()
+            + _g_ghost_table())
+
+
+def _ghostnet_v1_table() -> list[tuple[PretrainedWeights, bool]]:
+    """The official GhostNet 1.0x release and timm's copy of it."""
     v1_official = PretrainedWeights(
         model="ghostnet_100", tag="official",
         url="https://github.com/huawei-noah/ghostnet/raw/master/ghostnet_pytorch/models/state_dict_73.98.pth",
@@ -116,7 +122,12 @@ def _builtin_table() -> list[tuple[PretrainedWeights, bool]]:
         source=f"{_SRC_TIMM_URL}; sha256 from huggingface.co/timm/ghostnet_100.in1k/blob/d461b85/model.safetensors",
         notes="the official weights re-saved by timm, evaluated with timm's bicubic config; an older timm results "
               f"row measured bilinear gives 73.982 / 91.466 ({_SRC_TIMM_CSV})")
-    table = [(v1_official, False), (v1_timm, True)]
+    return [(v1_official, False), (v1_timm, True)]
+
+
+def _ghostnet_v2_v3_table() -> list[tuple[PretrainedWeights, bool]]:
+    """The official GhostNetV2 (1.0x/1.3x/1.6x) and V3 (1.0x, EMA and raw) releases, and timm's copies."""
+    table = []
     for width, v2_top1, timm_top1, confirmed in (("100", 75.3, 75.186, True), ("130", 76.9, 76.746, False),
                                                  ("160", 77.8, 77.836, True)):
         name = f"ghostnetv2_{width}"
@@ -151,6 +162,12 @@ def _builtin_table() -> list[tuple[PretrainedWeights, bool]]:
         top1=76.930, top5=93.132, accuracy_source="PaddleClas PR #3413: timm/ghostnetv3_100.in1k evaluated",
         license=_LIC_TIMM, source=_SRC_TIMM_URL, url_confirmed=False,
         notes="the raw (non-EMA) official weights re-saved by timm (76.936 top-1 in timm's own results)"), False))
+    return table
+
+
+def _paddle_table() -> list[tuple[PretrainedWeights, bool]]:
+    """PaddleClas's GhostNet 0.5x/1.0x/1.3x and the SSLD-distilled 1.3x (PaddleClas's form of the network)."""
+    table = []
     for width, scale, tag, top1, top5, default in (("050", "0_5", "paddle", 66.8, 86.9, True),
                                                    ("100", "1_0", "paddle", 74.0, 91.6, True),
                                                    ("130", "1_3", "paddle", 75.7, 92.5, False),
@@ -164,6 +181,12 @@ def _builtin_table() -> list[tuple[PretrainedWeights, bool]]:
             source=_SRC_PADDLE_URL, data_config=imagenet_data_config("bilinear"),
             notes="PaddleClas's weights, read as data and renamed on load (ghostnet.convert.paddle)" + (
                 "; trained by SSLD distillation from a larger teacher" if tag == "ssld" else "")), default))
+    return table
+
+
+def _mindcv_table() -> list[tuple[PretrainedWeights, bool]]:
+    """mindcv's MindSpore training of the official GhostNet at 0.5x/1.0x/1.3x."""
+    table = []
     for width, digits, top1, top5, default in (("050", "85b91860", 66.03, 86.64, True),
                                                ("100", "bef8025a", 73.78, 91.66, False),
                                                ("130", "cf4c235c", 75.50, 92.56, True)):
@@ -176,7 +199,7 @@ def _builtin_table() -> list[tuple[PretrainedWeights, bool]]:
             notes="mindcv's own training of the official network (MindSpore checkpoint, read as data and renamed on "
                   "load by ghostnet.convert.mindspore); the 8 hex digits in the file name are not documented as a "
                   "digest, so none is checked"), default))
-    return table + _repghost_table() + _g_ghost_table()
+    return table
 
 
 def _repghost_table() -> list[tuple[PretrainedWeights, bool]]:

@@ -17,16 +17,14 @@ from typing import Any, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..errors import CheckpointError  # re-exported here, its historical home
+
 PathLike = Union[str, os.PathLike]
 
 RAW_KEYS = ("state_dict", "model", "module", "net", "weights")
 EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
 IGNORED_KEY_SUFFIXES = ("total_ops", "total_params")
 MAX_LISTED_KEYS = 10
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or whose keys do not fit the model."""
 
 
 def looks_like_location(value: str) -> bool:
@@ -36,15 +34,10 @@ def looks_like_location(value: str) -> bool:
 
 
 def download_checkpoint(url: str, progress: bool = True) -> Path:
-    """Download `url` into torch.hub's checkpoint cache (once) and return the local path."""
-    from urllib.parse import urlparse
+    """The local copy of a checkpoint URL, through the one downloader (its cache, `GHOSTNET_OFFLINE`)."""
+    from ..download import download_to_cache
 
-    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / os.path.basename(urlparse(url).path)
-    if not target.exists():
-        torch.hub.download_url_to_file(url, str(target), progress=progress)
-    return target
+    return download_to_cache(url, progress=progress)[0]
 
 
 def checkpoint_format(path: PathLike) -> str:

@@ -20,7 +20,7 @@ from typing import Iterator, Mapping, Union
 
 import torch
 
-from .checkpoints import CheckpointError
+from ..errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..models.ghostnet import GHOSTNET_STAGES
-from .checkpoints import CheckpointError
+from ..errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..convert.ghostify import kaiming_init_
+from ..layers.swap import kaiming_init_
 from ..layers import GhostModule
 from ..layers.checkpointing import run_stage
 from .registry import register_model

@@ -7,13 +7,23 @@ from typing import Any, Callable, Optional, Union
 
 import torch.nn as nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD
+
+#: Loads published weights (or a checkpoint file/URL) into a built model: `loader(model, name, pretrained)`.
+#: Models know no files or downloads; `ghostnet.hub` (imported with the package) sets it.
+PretrainedLoader = Callable[[nn.Module, str, Union[bool, str]], nn.Module]
+_pretrained_loader: Optional[PretrainedLoader] = None
+
+
+def set_pretrained_loader(loader: PretrainedLoader) -> None:
+    """Install what `create_model(pretrained=...)` calls (done by `ghostnet.hub` on import)."""
+    global _pretrained_loader
+    _pretrained_loader = loader
 
 
 def default_data_config(**overrides: Any) -> dict[str, Any]:
     """The data config a model carries (timm's `pretrained_cfg` keys): ImageNet 224, crop 0.875, bicubic."""
-    cfg = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN,
+    cfg = dict(input_size=DEFAULT_INPUT_SIZE, crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN,
                std=IMAGENET_STD, num_classes=1000, first_conv="conv_stem", classifier="classifier")
     cfg.update(overrides)
     return cfg
@@ -92,11 +102,17 @@ def create_model(name: str, pretrained: Union[None, bool, str] = None, **kwargs:
     model.model_name = name
     if pretrained is None or pretrained is False:
         return model
-    from ..convert.checkpoints import load_checkpoint, looks_like_location
+    if _pretrained_loader is None:  # only when ghostnet.hub failed to import
+        raise ImportError("loading weights needs ghostnet.hub, which is not imported")
+    return _pretrained_loader(model, name, pretrained)
 
-    if isinstance(pretrained, str) and looks_like_location(pretrained):
-        load_checkpoint(model, pretrained)
-        return model
-    from ..hub import load_pretrained
 
-    return load_pretrained(model, name, None if pretrained is True else pretrained)
+def input_size_of(model: nn.Module, default: Optional[tuple[int, int, int]] = DEFAULT_INPUT_SIZE
+                  ) -> tuple[int, int, int]:
+    """(C, H, W) from the model's `pretrained_cfg["input_size"]`; `default` when it has none (None: an error)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        return tuple(cfg["input_size"])  # type: ignore[return-value]
+    if default is None:
+        raise ValueError(f"{type(model).__name__} has no pretrained_cfg['input_size']; pass an example input")
+    return tuple(default)  # type: ignore[return-value]

@@ -17,7 +17,7 @@ import torch.nn as nn
 from torchvision.models.resnet import Bottleneck, ResNet
 from torchvision.models.resnet import resnet50 as tv_resnet50
 
-from ..convert.ghostify import kaiming_init_, replace_conv_bn
+from ..layers.swap import kaiming_init_, replace_conv_bn
 from ..layers import GhostModule
 from .registry import register_model
 
