@@ -56,7 +56,7 @@ def register_model(name: Optional[str] = None, **cfg_overrides: Any) -> Callable
 
 #: Modules whose import registers the built-in models (their @register_model decorators run on import).
 BUILTIN_MODEL_MODULES = ("ghostnet.models.zoo", "ghostnet.models.cifar", "ghostnet.models.resnet",
-                         "ghostnet.models.repghost", "ghostnet.models.g_ghost")
+                         "ghostnet.models.repghost", "ghostnet.models.g_ghost", "ghostnet.models.parameternet")
 
 
 def _ensure_builtin_models() -> None:
