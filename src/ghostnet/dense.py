@@ -31,8 +31,12 @@ Pretrained = Union[None, bool, str]
 NUM_LAYER_GROUPS = 6  # the stem and the five taps' stage groups (strides 2, 4, 8, 16, 32)
 
 
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by a FrozenBatchNorm2d with the same statistics and affine parameters (in place)."""
+def convert_to_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by a FrozenBatchNorm2d with the same statistics and affine parameters (in place).
+
+    Not the trainer's `freeze_bn` (`ghostnet.train.engine.set_batchnorm_eval`), which keeps the BatchNorm layers and
+    only puts them in eval mode: here the layers are swapped for torchvision's fixed affine ones, for good.
+    """
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
@@ -43,8 +47,12 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
                 frozen.running_var.copy_(child.running_var)
             setattr(module, name, frozen)
         else:
-            freeze_batchnorm(child)
+            convert_to_frozen_batchnorm(child)
     return module
+
+
+#: The old name, kept for existing code.
+freeze_batchnorm = convert_to_frozen_batchnorm
 
 
 def layer_groups(model: GhostNet) -> list[list[nn.Module]]:
@@ -84,7 +92,7 @@ def ghostnet_body(name: str, pretrained: Pretrained, out_indices: Sequence[int],
     body = create_model(name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices),
                         output_stride=output_stride, **model_kwargs)
     set_trainable_layers(body, trainable_layers)
-    return freeze_batchnorm(body) if is_trained else body
+    return convert_to_frozen_batchnorm(body) if is_trained else body
 
 
 class GhostNetFPN(nn.Module):

@@ -11,18 +11,15 @@ import signal
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..utils import check_folder_writable, ensure_writable
 
+if TYPE_CHECKING:
+    from ..train.config import TrainConfig
+
 #: Flags spelled differently from their config field.
 FLAG_NAMES = {"output": ("--output", "-o")}
-#: Fields a resumed run may change: they do not alter the computation (or, for epochs, extend it on purpose).
-#: Gradient checkpointing gives the same step; compiling computes the same functions (to float rounding), so a run
-#: that no longer fits in memory or wants speed can take them up on resume.
-RESUME_MUTABLE = {"data", "data_dir", "download", "workers", "progress", "tensorboard", "plots", "output", "device",
-                  "save_every_steps", "eval_every", "log_every_steps", "epochs", "skip_corrupt", "grad_checkpointing",
-                  "compile"}
 
 
 def _parse_list(text: str) -> list:
@@ -128,30 +125,11 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in config_fields() if hasattr(args, name)}
 
 
-def build_train_config(args: argparse.Namespace):
+def build_train_config(args: argparse.Namespace) -> tuple["TrainConfig", Optional[Path]]:
     """(TrainConfig, resume path or None) from parsed `ghostnet train` arguments."""
-    from ..train.config import TrainConfig, load_recipe, make_config
-    from ..train.checkpoint import read_training_state
+    from ..train.resume import run_config
 
-    overrides = _config_overrides(args)
-    if args.resume is None:
-        if args.recipe:
-            return load_recipe(args.recipe, overrides, flag_label), None
-        return make_config({}, "defaults", overrides, flag_label), None
-    if args.recipe:
-        raise ValueError("--resume continues a run with the settings stored in its checkpoint; drop --recipe")
-    output = overrides.get("output", TrainConfig().output)
-    resume = Path(args.resume) if args.resume else Path(output) / "last.pt"
-    if not resume.is_file():
-        raise FileNotFoundError(f"{resume}: no checkpoint to resume from")
-    stored = read_training_state(resume)["config"]
-    changed = sorted(k for k, v in overrides.items() if k not in RESUME_MUTABLE and stored.get(k) != v)
-    if changed:
-        raise ValueError(f"cannot change {', '.join(changed)} when resuming (the run would no longer be the same); "
-                         f"only {', '.join(sorted(RESUME_MUTABLE))} may change")
-    if "output" not in overrides:
-        overrides["output"] = str(resume.parent)
-    return make_config(stored, str(resume), overrides, flag_label), resume
+    return run_config(args.recipe, _config_overrides(args), args.resume, flag_label)
 
 
 def flag_label(field: str, value: Any) -> str:

@@ -1,9 +1,10 @@
 """Data sets, transform presets and reproducible loaders for training and evaluation."""
+from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from .datasets import (ArrayDataset, CorruptImageError, ImageFolderDataset, SkippedSample, dataset_class_ids,
                        dataset_classes, load_rgb, open_split, read_class_names)
 from .loader import (Batch, ResumableSampler, SeededDataset, ShardSampler, collate_skipping, make_loader, sample_seed,
                      subset)
-from .transforms import CIFAR10_MEAN, CIFAR10_STD, TransformConfig, eval_transform, train_transform
+from .transforms import TransformConfig, eval_transform, train_transform
 
 __all__ = ["ArrayDataset", "Batch", "CIFAR10_MEAN", "CIFAR10_STD", "CorruptImageError", "ImageFolderDataset",
            "ResumableSampler", "SeededDataset", "ShardSampler", "SkippedSample", "TransformConfig", "collate_skipping",

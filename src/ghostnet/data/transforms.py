@@ -14,6 +14,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from ..constants import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from ..constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: F401  (their old home: kept importable from here)
+
 PRESETS = ("imagenet", "cifar")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 RE_MODES = ("pixel", "const")
@@ -21,20 +24,22 @@ RANDAUGMENT_LEVELS = 10  # magnitudes 0..10, as in the RandAugment paper and tim
 RANDAUGMENT_IMPLS = ("torchvision", "timm")
 RANDOM_INTERPOLATIONS = ("bilinear", "bicubic")  # what timm's "random" training interpolation chooses from
 EVAL_KEYS = ("preset", "img_size", "crop_pct", "interpolation", "mean", "std")  # what evaluation needs
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 @dataclass(frozen=True)
 class TransformConfig:
-    """Everything the presets need; `TrainConfig.transform_config()` fills it from a recipe."""
+    """Everything the presets need; `TrainConfig.transform_config()` fills it from a recipe.
+
+    The defaults are those of a model's data config (`ghostnet.models.default_data_config`): ImageNet 224, crop
+    0.875, bicubic, ImageNet mean/std; `from_model_cfg` replaces them with a model's own.
+    """
 
     preset: str = "imagenet"
-    img_size: int = 224
-    mean: Sequence[float] = (0.485, 0.456, 0.406)
-    std: Sequence[float] = (0.229, 0.224, 0.225)
+    img_size: int = DEFAULT_INPUT_SIZE[-1]
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
     crop_pct: float = 0.875
-    interpolation: str = "bilinear"
+    interpolation: str = "bicubic"
     train_interpolation: Optional[str] = None  # training resize: None (as `interpolation`), one of those, or "random"
     scale: Sequence[float] = (0.08, 1.0)
     ratio: Sequence[float] = (3 / 4, 4 / 3)

@@ -22,13 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from ..layers.swap import kaiming_init_
 from ..layers import GhostModule
 from ..layers.checkpointing import run_stage
 from .registry import register_model
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 #: The data config of every CIFAR model: 32x32 inputs used as they are, CIFAR-10 statistics, 10 classes.
 CIFAR_CFG = dict(input_size=(3, 32, 32), crop_pct=1.0, interpolation="bilinear", mean=CIFAR10_MEAN,
                  std=CIFAR10_STD, num_classes=10, first_conv="conv1", classifier="fc")

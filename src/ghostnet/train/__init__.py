@@ -1,9 +1,10 @@
 """Training: the loop (engine), optimizers and schedule, EMA, checkpoints with exact resume, DDP, metrics, plots."""
+from .build import load_initial_weights
 from .checkpoint import (Progress, TrainedModel, export_checkpoint, export_weights, load_trained, read_training_state,
                          save_training_state)
 from .config import TrainConfig, list_recipes, load_recipe, make_config, read_recipe, recipe_path
 from .distill import build_teacher, distillation_loss, soft_target_loss
-from .engine import load_initial_weights, train
+from .engine import train
 from .metrics import EvalResult, evaluate
 from .optim import build_optimizer, lr_at, param_groups
 

@@ -71,10 +71,9 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's `obj` on every process."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def log_main(info: DistInfo, message: str) -> None:
+    """Print a line on the main process only, above any progress bar."""
+    if info.is_main:
+        from tqdm import tqdm
+
+        tqdm.write(message)

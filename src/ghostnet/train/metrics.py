@@ -90,7 +90,3 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], path: PathLike) -> Path:
         tmp.write_text("".join(json.dumps(dict(row)) + "\n" for row in rows), encoding="utf-8")
     return path
 
-
-def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..analysis.cost import default_input_size, ghost_modules
+from ..data.transforms import TransformConfig, eval_transform
 from ._mpl import new_figure, save_png
 
 
@@ -33,7 +34,6 @@ class GhostMaps:
 def load_image(path: Union[str, os.PathLike], model: nn.Module) -> torch.Tensor:
     """Read an image and preprocess it with the model's data config (resize, centre crop, normalize): (1, C, H, W)."""
     from PIL import Image, UnidentifiedImageError
-    from torchvision import transforms
 
     path = Path(path)
     if not path.is_file():
@@ -43,17 +43,10 @@ def load_image(path: Union[str, os.PathLike], model: nn.Module) -> torch.Tensor:
             img = img.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from exc
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = default_input_size(model)[-1]
-    crop_pct = cfg.get("crop_pct", 0.875)
-    interpolation = transforms.InterpolationMode(cfg.get("interpolation", "bicubic"))
-    tf = transforms.Compose([
-        transforms.Resize(int(math.floor(size / crop_pct)), interpolation=interpolation),
-        transforms.CenterCrop(size),
-        transforms.ToTensor(),
-        transforms.Normalize(cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))),
-    ])
-    return tf(img).unsqueeze(0)
+    # The evaluation transform of training and `ghostnet eval`; the size is the one the cost analysis uses.
+    cfg = TransformConfig.from_model_cfg(getattr(model, "pretrained_cfg", None) or {},
+                                         img_size=default_input_size(model)[-1])
+    return eval_transform(cfg)(img).unsqueeze(0)
 
 
 def _map_sources(module: nn.Module) -> tuple[nn.Module, nn.Module]:
