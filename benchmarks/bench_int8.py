@@ -36,8 +36,8 @@ import torch
 from ghostnet.data import TransformConfig
 from ghostnet.deploy import fuse
 from ghostnet.deploy.align import align_channels, nchwc_block_size
-from ghostnet.deploy.bench import environment
 from ghostnet.deploy.export import export_onnx, onnx_session
+from ghostnet.deploy.machine import environment
 from ghostnet.deploy.quantize import calibration_batches, load_images, onnx_accuracy, quantize_onnx
 from ghostnet.train import load_recipe, train
 from ghostnet.train.checkpoint import TrainedModel, load_trained

@@ -9,10 +9,13 @@
 #      and training steps, ours against timm's ghostnet_100 / mobilenetv3_large_100 and torchvision's;
 #      its summary checks the issue's targets (>= 40,000 images/s inference, >= 9,000 training);
 #   3. torch.compile of ghostnet_100 alone in training (whether compiling reaches the training target);
-#   4. last, as it may not fit the time: torch.compile of ghostnet_100 in inference, beside the fused eager form.
+#   4. the family: RepGhostNet 1.0x and G-Ghost RegNetX-3.2GF beside GhostNet, MobileNetV3-Large, RegNetX-3.2GF and
+#      ResNet-50 (eager and fused, batch 256, bf16, CUDA graphs): does the concat-free / depthwise-free design pay on
+#      a GPU, as the papers say;
+#   5. last, as it may not fit the time: torch.compile of ghostnet_100 in inference, beside the fused eager form.
 # The machine's own python3 (with torch, timm, onnx) runs the package from src/, nothing is installed.
 # Outputs (at most 8 files come back from the device): log.txt, gpu.{json,md}, gpu_train_b256.{json,md},
-# compile.{json,md}, compile_infer.md in ${OUT:-benchmarks/results/gpu}; each step writes its files as it ends, so
+# compile.md, family.md, compile_infer.md in ${OUT:-benchmarks/results/gpu}; each step writes its files as it ends, so
 # a run stopped by the device's limit still returns the steps before.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +35,14 @@ py=${PYTHON:-python3}
   echo "== 3. torch.compile, ghostnet_100 training (the 9,000 images/s target; eager is in step 2)"
   timeout 150 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
     --mode train --backends compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile --no-plot
-  echo "== 4. torch.compile, ghostnet_100 inference"
+  rm -f "$out_dir"/compile.json  # the .md has the numbers; keeps the outputs within 8 files
+  echo "== 4. the Ghost family on the GPU: RepGhostNet (concat-free) and G-Ghost RegNet (no depthwise) beside GhostNet"
+  timeout 150 $py -m ghostnet bench ghostnet_100 repghostnet_100 g_ghost_regnetx_032 \
+    --peers timm:mobilenetv3_large_100,timm:regnetx_032,torchvision:resnet50 --device cuda --dtype bfloat16 \
+    --batch-size 256 --backends eager,fused --cuda-graphs --threads 1 --rounds 3 --reps 10 --out-dir "$out_dir" \
+    --name family --no-plot --reference timm/mobilenetv3_large_100/eager
+  rm -f "$out_dir"/family.json
+  echo "== 5. torch.compile, ghostnet_100 inference"
   timeout 100 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
     --backends fused,compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile_infer --no-plot
   rm -f "$out_dir"/compile_infer.json

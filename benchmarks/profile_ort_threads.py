@@ -21,9 +21,9 @@ import torch
 from ghostnet import create_model
 from ghostnet.deploy import fuse
 from ghostnet.deploy.align import align_channels, nchwc_block_size
-from ghostnet.deploy.bench import environment
 from ghostnet.deploy.export import export_onnx
-from ghostnet.train.modelspec import create as create_spec
+from ghostnet.deploy.machine import environment
+from ghostnet.models.spec import create_from_spec as create_spec
 from ghostnet.utils import atomic_write
 
 MODELS = {"GhostNet": "ghostnet_100", "MobileNetV3": "timm:mobilenetv3_large_100"}

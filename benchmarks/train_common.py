@@ -17,7 +17,7 @@ SHARED_DATA = Path(os.environ.get("GHOSTNET_DATA", Path(__file__).resolve().pare
 
 def cost(model_spec: str, input_size: int, **kwargs: Any) -> tuple[float, float]:
     """(parameters in millions, multiply-accumulates in millions) of one image (torch.utils.flop_counter / 2)."""
-    from ghostnet.deploy.bench import count_macs
+    from ghostnet.analysis.cost import count_macs
 
     model = modelspec_create(model_spec, **kwargs).eval()
     macs = count_macs(model, torch.randn(1, 3, input_size, input_size))
@@ -43,7 +43,7 @@ def run(recipe: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def machine() -> dict[str, str]:
     """Versions and processor of this machine."""
-    from ghostnet.deploy.bench import environment
+    from ghostnet.deploy.machine import environment
 
     env = environment()
     info = {key: str(env[key]) for key in ("python", "torch", "torchvision")}
@@ -140,6 +140,6 @@ def interleaved_throughput(models: Sequence[tuple[str, dict]], input_size: int, 
 
 def modelspec_create(name: str, **kwargs: Any) -> torch.nn.Module:
     """A model by trainer name (registered, or timm:NAME)."""
-    from ghostnet.train import modelspec
+    from ghostnet.models.spec import create_from_spec
 
-    return modelspec.create(name, **kwargs)
+    return create_from_spec(name, **kwargs)

@@ -29,6 +29,8 @@ DEPRECATED_ALIASES = {
     "ghostnet.convert.ghostify": "ghostify moved to ghostnet.surgery",
     "ghostnet.convert": "its __getattr__ forwards the moved ghostify names to ghostnet.surgery",
     "ghostnet.train.modelspec": "the model-spec grammar moved to ghostnet.models.spec",
+    "ghostnet.deploy.fuse": "the module is deploy/fusion.py (the name ghostnet.deploy.fuse is the function); "
+                            "deploy/__init__ registers a forwarding module under the old path",
 }
 #: Siblings in one layer that must not know each other.
 FORBIDDEN = (("ghostnet.deploy", "ghostnet.train", "deployment needs no trainer"),)

@@ -107,8 +107,11 @@ def test_cuda_requested_without_cuda():
 
 
 def test_unknown_peer_source():
+    # A prefix that is no source and no module path is refused; one that names no importable module says so.
     with pytest.raises(ValueError, match="unknown model source"):
-        build_model("keras:mobilenet")
+        build_model("no-such-source:mobilenet")
+    with pytest.raises(ValueError, match="cannot import 'no_such_package_for_ghostnet'"):
+        build_model("no_such_package_for_ghostnet:mobilenet")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..layers.dynamic_conv import DynamicConv2d
+from ..models.registry import input_size_of
 from . import formulas
 from .memory import (ForwardTrace, MeasuredPeak, PeakEstimate, estimate_peak, measure_peak, trace_forward,
                      weight_bytes)
@@ -154,10 +156,11 @@ def stage_names(model: nn.Module) -> Callable[[str], str]:
 
     Every child of a top-level `Sequential`/`ModuleList` of blocks is a stage ("blocks.3", "features.12"); other
     top-level containers are one stage each ("classifier"); top-level leaves before the first container are the
-    "stem", those after it the "head".
+    "stem", those after it the "head". A dynamic convolution (ParameterNet's stem) is one layer, not a container,
+    although its routing and experts are child modules.
     """
     def has_children(module: nn.Module) -> bool:
-        return any(True for _ in module.children())
+        return not isinstance(module, DynamicConv2d) and any(True for _ in module.children())
 
     stages: dict[str, str] = {}
     seen_container = False
@@ -202,20 +205,31 @@ def _check_input_size(input_size: Any, batch_size: int) -> tuple[int, int, int]:
     return size  # type: ignore[return-value]
 
 
-def _count_flops(model: nn.Module, x: torch.Tensor) -> tuple[ForwardTrace, dict[str, int], int]:
-    """One pass under both the flop counter and the lifetime tracer; per-module FLOPs keyed by module path."""
-    with FlopCounterMode(display=False) as counter:
-        trace = trace_forward(model, x)
-    # The counter names modules "<RootClass>.<path>"; its "Global" entry is the whole pass.
-    prefix = type(model).__name__
-    per_module: dict[str, int] = {}
-    for key, by_op in counter.get_flop_counts().items():
-        if key == "Global":
-            continue
-        path = "" if key == prefix else key[len(prefix) + 1:] if key.startswith(prefix + ".") else None
-        if path is not None:
-            per_module[path] = sum(by_op.values())
-    return trace, per_module, counter.get_total_flops()
+class MacCounter(FlopCounterMode):
+    """The one operation counter (`count_macs`, `profile`, `ghostify`): FLOPs, MACs and FLOPs per module path."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(display=False)
+        self.model = model
+
+    def total_macs(self) -> int:
+        """Multiply-accumulates of everything run inside the counter: FLOPs // 2, the paper's convention."""
+        return self.get_total_flops() // 2
+
+    def flops_by_module(self) -> dict[str, int]:
+        """FLOPs per module path of `model` ("" is the model itself); modules that never ran have no entry."""
+        # The counter names modules "<RootClass>.<path>"; its "Global" entry is the whole pass.
+        prefix = type(self.model).__name__
+        flops = {key: sum(by_op.values()) for key, by_op in self.get_flop_counts().items() if key != "Global"}
+        return {"" if key == prefix else key[len(prefix) + 1:]: n for key, n in flops.items()
+                if key == prefix or key.startswith(prefix + ".")}
+
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on `example_input`, without gradients (conv + linear, FLOPs // 2)."""
+    with torch.no_grad(), MacCounter(model) as counter:
+        model(example_input)
+    return counter.total_macs()
 
 
 def _own_params(module: nn.Module) -> int:
@@ -366,8 +380,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     """The model's `pretrained_cfg["input_size"]` where it has one, else (3, 224, 224)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("input_size", (3, 224, 224)))  # type: ignore[return-value]
+    return input_size_of(model)
 
 
 def profile(
@@ -398,7 +411,9 @@ def profile(
     try:
         x = torch.randn(batch_size, *input_size, device=device, dtype=torch_dtype)
         try:
-            trace, flops, total_flops = _count_flops(model, x)
+            with MacCounter(model) as counter:  # one pass under both the flop counter and the lifetime tracer
+                trace = trace_forward(model, x)
+            flops, total_flops = counter.flops_by_module(), counter.get_total_flops()
         except RuntimeError as exc:
             # Almost always an input the network cannot take (too small, wrong channels): say which.
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

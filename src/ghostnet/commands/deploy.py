@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Callable
 
 from ..utils import check_folder_writable, ensure_writable
 
 
-#: `export --check` of an int8 program: largest output difference allowed, relative to the largest float output.
-INT8_CHECK_RELATIVE = 0.25
-
-
-def _csv(kind):
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
     def parse(text: str) -> list:
         try:
             return [kind(part) for part in text.split(",") if part]
@@ -22,9 +19,15 @@ def _csv(kind):
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    from ..deploy.bench import BACKENDS, DEFAULT_PEERS, DTYPES, MODES
+    """Register `export`, `quantize` and `bench`."""
+    _add_export(subparsers)
+    _add_quantize(subparsers)
+    _add_bench(subparsers)
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
     from ..deploy.export import DEFAULT_OPSET, EXPORT_FORMATS, ONNX_EXPORTERS
-    from ..deploy.quantize import CALIBRATION_METHODS
+    from ..deploy.pipeline import SINGLE_PATH_CHOICES
 
     p = subparsers.add_parser("export", help="export a model (fused by default) to ONNX, TorchScript, torch.export "
                               "or ExecuTorch", description="Export a registered model, fused for inference by "
@@ -45,7 +48,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--align-channels", type=int, default=0, metavar="N",
                    help="pad a fused GhostNet's channels to multiples of N for onnxruntime's blocked CPU kernels "
                    "(16 with AVX-512, 8 with AVX2; 0: off)")
-    p.add_argument("--single-path", default="auto", choices=("auto", "all", "none"),
+    p.add_argument("--single-path", default="auto", choices=SINGLE_PATH_CHOICES,
                    help="Ghost modules without their concat (primary outputs duplicated, identity kernels in the "
                    "cheap conv): auto = where it pays with channel alignment (only with --align-channels), "
                    "all = every module that allows it, none = keep the concat")
@@ -55,6 +58,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    "images from this ImageFolder root or folder of .npz shards (its train split)")
     p.add_argument("--num-images", type=int, default=256, help="calibration images for --int8-calibration-data")
     p.set_defaults(func=run_export)
+
+
+def _add_quantize(subparsers: argparse._SubParsersAction) -> None:
+    from ..deploy.quantize import CALIBRATION_METHODS
 
     p = subparsers.add_parser("quantize", help="int8 post-training static quantization of an ONNX file",
                               description="Quantize an fp32 ONNX file (from `ghostnet export`) to int8 with "
@@ -76,6 +83,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="quantize every op onnxruntime can (Add, Concat, ...), not only Conv/Gemm/MatMul")
     p.add_argument("--method", default="minmax", choices=CALIBRATION_METHODS)
     p.set_defaults(func=run_quantize)
+
+
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    from ..deploy.bench_config import BACKENDS, DEFAULT_PEERS, DTYPES, MODES
+    from ..deploy.bench_report import DEFAULT_REFERENCE
 
     p = subparsers.add_parser("bench", help="latency and throughput against timm/torchvision peers",
                               description="Time models with several backends against peers, interleaved, on the "
@@ -101,7 +113,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--align-channels", type=int, default=None, metavar="N",
                    help="onnxruntime backend: pad our GhostNets' channels to multiples of N (default: the CPU's "
                    "NCHWc block, 16 with AVX-512; 0: off)")
-    p.add_argument("--reference", default="timm/ghostnet_100/eager",
+    p.add_argument("--reference", default=DEFAULT_REFERENCE,
                    help="MODEL/BACKEND the ratio column divides by")
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"))
     p.add_argument("--name", default="bench", help="file name stem of the outputs")
@@ -110,69 +122,26 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..deploy import fuse
-    from ..deploy.export import FORMAT_SUFFIX, export_model, load_exported
-    from ..deploy.fuse import example_input_for
-    from ..models import create_model
+    """`ghostnet export`: write the deployment form of a model, and with --check compare it with the model."""
+    from ..deploy.export import FORMAT_SUFFIX
+    from ..deploy.pipeline import export_for_deployment
 
     output = ensure_writable(args.output or Path(args.model + FORMAT_SUFFIX[args.format]), "--output")
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    model = create_model(args.model, pretrained=args.weights, **kwargs).eval()
-    x = example_input_for(model, batch_size=2, image_size=args.image_size)
-    export_form = fuse(model, example_input=x) if args.fuse else model
-    if (args.align_channels or args.single_path == "all") and not args.fuse:
-        raise ValueError("--align-channels and --single-path all need the fused model (drop --no-fuse)")
-    if args.align_channels:
-        from ..deploy.align import align_channels
-
-        single_path = {"auto": None, "all": True, "none": False}[args.single_path]
-        export_form = align_channels(export_form, args.align_channels, single_path)
-    elif args.single_path == "all":
-        from ..deploy.fuse import single_path_ghost_modules
-
-        single_path_ghost_modules(export_form)
-    static = args.format == "executorch"  # a static shape: batch 1, as a phone runs it
-    if static:
-        x = x[:1]
-    extra = {} if args.format in ("torchscript", "executorch") else {"dynamic_batch": args.dynamic_batch}
-    if args.format == "onnx":
-        extra.update(opset=args.opset, exporter=args.exporter)
-    if args.int8_calibration_data:
-        if not static:
-            raise ValueError("--int8-calibration-data is for --format executorch (ONNX files: ghostnet quantize)")
-        from ..deploy.quantize import calibration_batches, load_calibration_images
-
-        cfg = dict(model.pretrained_cfg, input_size=tuple(x.shape[1:]))
-        images = load_calibration_images(args.int8_calibration_data, cfg, args.num_images)
-        extra["calibration"] = calibration_batches(images)
-    export_model(export_form, output, x, args.format, **extra)
-    form = [args.format] + (["int8"] if args.int8_calibration_data else []) + (["fused"] if args.fuse else [])
-    if args.align_channels:
-        form.append(f"channels aligned to {args.align_channels}")
-    single_path = sum(getattr(m, "single_path", False) for m in export_form.modules())
-    if single_path:
-        form.append(f"{single_path} single-path Ghost modules")
-    print(f"wrote {output} ({', '.join(form)})")
+    export = export_for_deployment(
+        args.model, output, args.format, weights=args.weights, num_classes=args.num_classes,
+        image_size=args.image_size, fused=args.fuse, opset=args.opset, exporter=args.exporter,
+        dynamic_batch=args.dynamic_batch, align_channels=args.align_channels, single_path=args.single_path,
+        int8_calibration_data=args.int8_calibration_data, num_images=args.num_images)
+    print(f"wrote {export.path} ({export.form})")
     if args.check:
-        exported = load_exported(output)
-        dynamic = args.dynamic_batch and not static
-        batch = torch.cat([x, x[:1]]) if dynamic else x  # a batch size the export did not see
-        if args.int8_calibration_data:
-            batch = images[:1]  # a real image: int8 ranges are calibrated for those, not for noise
-        with torch.no_grad():
-            reference = model(batch)
-            diff = (exported(batch) - reference).abs().max().item()
-        print(f"max abs difference against the eager model on a batch of {len(batch)}: {diff:.3g}")
-        # int8 is judged on data (accuracy); the check only catches a broken quantization.
-        limit = INT8_CHECK_RELATIVE * reference.abs().max().item() if args.int8_calibration_data else 1e-4
-        if diff > limit:
-            raise ValueError(f"exported model differs from the eager model by {diff:.3g} (> {limit:.3g})")
+        check = export.check()
+        print(f"max abs difference against the eager model on a batch of {check.batch_size}: {check.difference:.3g}")
+        check.raise_if_failed()
     return 0
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    """`ghostnet quantize`: int8 post-training quantization of an ONNX file, calibrated on real images."""
     from ..deploy.quantize import DEFAULT_OP_TYPES, calibration_batches, load_calibration_images, quantize_onnx
     from ..models.spec import data_config_of as data_defaults
 
@@ -187,6 +156,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """`ghostnet bench`: time models against peers and write the report."""
     from ..deploy.bench import BenchConfig, run_benchmark, to_markdown, write_report
 
     check_folder_writable(args.out_dir, "--out-dir")

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.helpers import bias_or_zeros, conv_from
-from .fuse import FusedGhostBottleneck, FusedGhostModule, FusedSqueezeExcite
+from .fusion import FusedGhostBottleneck, FusedGhostModule, FusedSqueezeExcite
 
 __all__ = ["Layout", "align_channels", "can_align", "nchwc_block_size"]
 

@@ -29,8 +29,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from ..layers import GhostBottleneck, GhostBottleneckV3, GhostModule, GhostModuleV3, SqueezeExcite, reparameterize_model
+from ..layers.dynamic_conv import DynamicConv2d
 from ..layers.ghost import apply_dfc_gate
 from ..layers.helpers import HardSigmoid, bias_or_zeros, conv_from, fuse_conv_bn_weights, identity_kernel
+from ..models.registry import input_size_of
 
 __all__ = ["FusedGhostBottleneck", "FusedGhostModule", "FusedSqueezeExcite", "example_input_for", "fold_batchnorms",
            "fuse", "single_path_ghost_modules"]
@@ -38,10 +40,7 @@ __all__ = ["FusedGhostBottleneck", "FusedGhostModule", "FusedSqueezeExcite", "ex
 
 def example_input_for(model: nn.Module, batch_size: int = 1, image_size: Optional[int] = None) -> torch.Tensor:
     """A random input batch of the model's configured size (`pretrained_cfg["input_size"]`), on its device."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if "input_size" not in cfg:
-        raise ValueError(f"{type(model).__name__} has no pretrained_cfg['input_size']; pass an example input")
-    chans, height, width = cfg["input_size"]
+    chans, height, width = input_size_of(model, default=None)  # no configured size: a ValueError
     if image_size is not None:
         height = width = image_size
     param = next(model.parameters(), None)
@@ -77,10 +76,13 @@ def _is_foldable_bn(module: nn.Module) -> bool:
             and module.running_var is not None)
 
 
-def _find_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """(conv, bn) pairs where bn reads the conv's output and nothing else does; each module runs exactly once."""
+def _find_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[nn.Module, nn.BatchNorm2d]]:
+    """(conv, bn) pairs where bn reads the conv's output and nothing else does; each module runs exactly once.
+
+    A conv is an nn.Conv2d or a DynamicConv2d (ParameterNet), which folds a batch norm into its experts.
+    """
     calls: dict[nn.Module, int] = defaultdict(int)
-    conv_of_output: dict[int, nn.Conv2d] = {}
+    conv_of_output: dict[int, nn.Module] = {}
     bn_input: dict[nn.Module, int] = {}
 
     def after_conv(module, args, output):
@@ -93,7 +95,7 @@ def _find_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[t
 
     handles = []
     for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+        if (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros") or isinstance(module, DynamicConv2d):
             handles.append(module.register_forward_hook(after_conv))
         elif _is_foldable_bn(module):
             handles.append(module.register_forward_pre_hook(before_bn))
@@ -122,7 +124,8 @@ def _replace_modules(model: nn.Module, replacements: dict[nn.Module, nn.Module])
 
 @torch.no_grad()
 def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Fold every BatchNorm2d that directly and exclusively follows a Conv2d into it, in place; returns the count.
+    """Fold every BatchNorm2d that directly and exclusively follows a Conv2d (or DynamicConv2d) into it, in place;
+    returns the count.
 
     The model must be in eval mode (batch norms use their running statistics). Folded batch norms become
     `nn.Identity`.
@@ -131,6 +134,9 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> int:
         raise ValueError("fold_batchnorms needs a model in eval mode (call model.eval() first)")
     pairs = _find_conv_bn_pairs(model, example_input)
     for conv, bn in pairs:
+        if isinstance(conv, DynamicConv2d):
+            conv.fold_batchnorm(bn)
+            continue
         weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn)
         conv.weight.copy_(weight)
         if conv.bias is None:

@@ -1,0 +1,143 @@
+"""What the latency harness measures and what it reports: the settings, the backends, the result rows, and the models
+it times (any model spec) with their cost."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+BACKENDS = ("eager", "fused", "single-path", "torchscript", "compile", "onnxruntime", "int8", "executorch",
+            "executorch-int8")
+EXECUTORCH_BACKENDS = ("executorch", "executorch-int8")
+MODES = ("infer", "train")
+#: Backends that only make sense for our own models (peers have no Ghost-aware fusion).
+OWN_ONLY_BACKENDS = ("fused", "single-path")
+DEFAULT_PEERS = ("timm:ghostnet_100", "timm:mobilenetv3_large_100", "torchvision:mobilenet_v3_large")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+__all__ = ["BACKENDS", "DEFAULT_PEERS", "DTYPES", "EXECUTORCH_BACKENDS", "MODES", "OWN_ONLY_BACKENDS",
+           "BackendUnavailable", "BenchConfig", "BenchResult", "BenchRow", "PreparedModel", "build_model"]
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot run here (missing package, no CUDA provider, ...); the candidate is skipped."""
+
+
+@dataclass
+class BenchConfig:
+    """What to measure. `models` are registry names; `peers` are "timm:NAME" or "torchvision:NAME"."""
+
+    models: Sequence[str] = ("ghostnet_100",)
+    peers: Sequence[str] = DEFAULT_PEERS
+    backends: Sequence[str] = ("eager", "fused", "onnxruntime")
+    threads: Sequence[int] = (1, 2)
+    batch_size: int = 1
+    image_size: int = 224
+    rounds: int = 5
+    reps: int = 20
+    warmup: int = 5
+    device: str = "cpu"
+    dtype: str = "float32"
+    channels_last: bool = True
+    cuda_graphs: bool = False
+    mode: str = "infer"
+    # onnxruntime and executorch backends, our GhostNets: None = the CPU's NCHWc block, 0 = off
+    align_channels: Optional[int] = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ValueError for settings the harness cannot run."""
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {unknown}; expected some of {BACKENDS}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "train" and set(self.backends) - {"eager", "compile"}:
+            raise ValueError("train mode measures the 'eager' and 'compile' backends only")
+        if self.mode == "train" and (self.cuda_graphs or self.dtype == "float16"):
+            raise ValueError("train mode runs float32 or bfloat16 autocast, without CUDA graphs")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.device == "cpu" and self.dtype != "float32":
+            raise ValueError("on CPU only float32 is measured (use the int8 backend for reduced precision)")
+        if self.cuda_graphs and self.device != "cuda":
+            raise ValueError("cuda_graphs needs device='cuda'")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        for name, value in (("batch_size", self.batch_size), ("image_size", self.image_size),
+                            ("rounds", self.rounds), ("reps", self.reps)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not self.threads or min(self.threads) < 1:
+            raise ValueError(f"threads must be positive integers, got {list(self.threads)}")
+        if not self.models and not self.peers:
+            raise ValueError("nothing to measure: give at least one model or peer")
+
+
+@dataclass
+class BenchRow:
+    """One candidate's measurements (times in milliseconds per call)."""
+
+    model: str
+    source: str
+    backend: str
+    threads: int
+    batch_size: int
+    image_size: int
+    device: str
+    dtype: str
+    mode: str
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    best_round_ms: float
+    cpu_ms: float
+    images_per_s: float
+    macs: int
+    params: int
+    calls: int
+
+
+@dataclass
+class BenchResult:
+    """Rows plus what produced them: config, machine, versions, load average before and after, skipped candidates."""
+
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    rows: list[BenchRow] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, ready for JSON."""
+        return {"config": self.config, "environment": self.environment, "rows": [asdict(r) for r in self.rows],
+                "skipped": self.skipped}
+
+
+@dataclass
+class PreparedModel:
+    """A model to time, with its label, source, cost and the files exported from it (kept for every thread count)."""
+
+    label: str
+    source: str
+    model: nn.Module
+    macs: int
+    params: int
+    export_files: dict[str, Path] = field(default_factory=dict)
+
+
+def build_model(spec: str, num_classes: Optional[int] = None) -> tuple[str, str, nn.Module]:
+    """(label, source, model in eval mode) for any model spec (ghostnet.models.spec: NAME, timm:NAME,
+    torchvision:NAME, package.module:callable); source is ghostnet, timm, torchvision or import."""
+    from ..models.spec import create_from_spec, parse_model_spec
+
+    parsed = parse_model_spec(spec)
+    if parsed.source == "timm" and importlib.util.find_spec("timm") is None:
+        raise BackendUnavailable("timm is not installed")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    return parsed.label, parsed.source, create_from_spec(parsed, **kwargs).eval()

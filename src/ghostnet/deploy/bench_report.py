@@ -1,0 +1,119 @@
+"""Reports of a benchmark result: a markdown table per thread count and batch size, a latency-vs-MACs plot, and
+the JSON / markdown / PNG files written together."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ..utils import atomic_write
+from .bench_config import BACKENDS, BenchResult, BenchRow
+
+PathLike = Union[str, os.PathLike]
+
+#: The candidate ("model/backend") the ratio column divides by: the official GhostNet as timm runs it.
+DEFAULT_REFERENCE = "timm/ghostnet_100/eager"
+
+__all__ = ["DEFAULT_REFERENCE", "plot_latency_vs_macs", "to_markdown", "write_report"]
+
+
+def _reference(rows: list[BenchRow], reference: Optional[str]) -> dict[tuple[int, int], float]:
+    """best_round_ms of the reference candidate ("model/backend") per (threads, batch)."""
+    refs = {}
+    if reference:
+        model, _, backend = reference.rpartition("/")
+        for row in rows:
+            if row.model == model and row.backend == backend:
+                refs[(row.threads, row.batch_size)] = row.best_round_ms
+    return refs
+
+
+def to_markdown(result: BenchResult, reference: Optional[str] = DEFAULT_REFERENCE) -> str:
+    """A markdown table per (threads, batch size); `reference` ("model/backend") gives the ratio column."""
+    env = result.environment
+    lines = [f"Machine: {env['cpu']} ({env['cpu_count']} CPUs{', GPU ' + env['gpu'] if 'gpu' in env else ''}); "
+             f"torch {env['torch']}, torchvision {env['torchvision']}, timm {env['timm']}, "
+             f"onnxruntime {env['onnxruntime']}"
+             + (f", executorch {env['executorch']}" if env.get("executorch") else "")
+             + f"; {env['date']}; load average before "
+             f"{_fmt_load(env.get('load_average'))}, after {_fmt_load(env.get('load_average_after'))}.", ""]
+    refs = _reference(result.rows, reference)
+    groups: dict[tuple[int, int], list[BenchRow]] = {}
+    for row in result.rows:
+        groups.setdefault((row.threads, row.batch_size), []).append(row)
+    for (threads, batch), rows in groups.items():
+        first = rows[0]
+        lines.append(f"**{first.mode}, {threads} thread(s), batch {batch}, {first.image_size}x{first.image_size}, "
+                     f"{first.device} {first.dtype}**")
+        lines.append("")
+        ratio_head = f" | ratio vs {reference}" if (threads, batch) in refs else ""
+        lines.append("| model | backend | MACs (M) | best-round median ms | median ms (p25-p75) | CPU ms/call | "
+                     f"images/s{ratio_head} |")
+        lines.append("|---|---|---|---|---|---|---" + ("|---|" if ratio_head else "|"))
+        for row in sorted(rows, key=lambda r: r.best_round_ms):
+            ratio = f" | {row.best_round_ms / refs[(threads, batch)]:.2f}" if ratio_head else ""
+            lines.append(f"| {row.model} | {row.backend} | {row.macs / 1e6:.1f} | {row.best_round_ms:.2f} | "
+                         f"{row.median_ms:.2f} ({row.p25_ms:.2f}-{row.p75_ms:.2f}) | {row.cpu_ms:.2f} | "
+                         f"{row.images_per_s:.1f}{ratio} |")
+        lines.append("")
+    if result.skipped:
+        lines.append("Skipped: " + "; ".join(result.skipped))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt_load(load: Optional[Sequence[float]]) -> str:
+    return "n/a" if not load else "/".join(f"{v:.1f}" for v in load)
+
+
+def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
+    """PNG of best-round latency against MACs, one panel per thread count, one marker per backend."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import ScalarFormatter
+
+    colors = {"ghostnet": "tab:blue", "timm": "tab:orange", "torchvision": "tab:green"}
+    markers = dict(zip(BACKENDS, "osXD^vP*h"))
+    thread_counts = sorted({r.threads for r in result.rows})
+    fig = Figure(figsize=(6 * len(thread_counts), 4.5))  # no pyplot: leaves the caller's backend alone
+    axes = fig.subplots(1, len(thread_counts), squeeze=False)[0]
+    for ax, threads in zip(axes, thread_counts):
+        for row in (r for r in result.rows if r.threads == threads):
+            ax.scatter(row.macs / 1e6, row.best_round_ms, marker=markers[row.backend], color=colors[row.source])
+            ax.annotate(f"{row.model} {row.backend}", (row.macs / 1e6, row.best_round_ms),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+        first = result.rows[0]
+        ax.set_xlabel("MACs per image (M)")
+        ax.set_ylabel("latency, best-round median (ms)")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.set_title(f"{threads} thread(s), batch {first.batch_size}, {first.device}")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], marker=m, linestyle="", color="gray", label=b) for b, m in markers.items()
+               if any(r.backend == b for r in result.rows)]
+    handles += [Line2D([], [], marker="o", linestyle="", color=c, label=s) for s, c in colors.items()
+                if any(r.source == s for r in result.rows)]
+    axes[-1].legend(handles=handles, fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return path
+
+
+def write_report(result: BenchResult, out_dir: PathLike, name: str = "bench", plot: bool = True,
+                 reference: Optional[str] = DEFAULT_REFERENCE) -> list[Path]:
+    """Write NAME.json, NAME.md and (with matplotlib) NAME.png into `out_dir`; returns the paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    with atomic_write(out_dir / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+    paths.append(out_dir / f"{name}.json")
+    with atomic_write(out_dir / f"{name}.md") as tmp:
+        tmp.write_text(to_markdown(result, reference))
+    paths.append(out_dir / f"{name}.md")
+    if plot and result.rows:
+        paths.append(plot_latency_vs_macs(result, out_dir / f"{name}.png"))
+    return paths

@@ -1,0 +1,94 @@
+"""The deploy package's layout: old import paths still work after the split, one MAC counter, one input-size lookup,
+and the export pipeline as a library function (the CLI only parses and prints; tests/test_export.py runs it)."""
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import ghostnet
+import ghostnet.deploy
+from ghostnet.analysis.cost import MacCounter, count_macs, default_input_size, profile
+from ghostnet.deploy import bench, fusion
+from ghostnet.deploy.pipeline import ExportCheck, export_for_deployment
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_fuse_is_the_function_and_its_old_module_path_still_imports():
+    assert callable(ghostnet.deploy.fuse) and ghostnet.deploy.fuse is fusion.fuse
+    with pytest.warns(DeprecationWarning, match="moved to ghostnet.deploy.fusion"):
+        from ghostnet.deploy.fuse import (FusedGhostModule, example_input_for, fold_batchnorms,
+                                          single_path_ghost_modules)
+    assert (FusedGhostModule, example_input_for, fold_batchnorms, single_path_ghost_modules) == (
+        fusion.FusedGhostModule, fusion.example_input_for, fusion.fold_batchnorms, fusion.single_path_ghost_modules)
+    assert ghostnet.deploy.fuse is fusion.fuse  # importing the old path did not rebind the package attribute
+    with pytest.warns(DeprecationWarning):  # a pickle of a fused model made before the move names the old path
+        assert pickle.loads(b"cghostnet.deploy.fuse\nFusedGhostModule\n.") is fusion.FusedGhostModule
+
+
+def test_old_fuse_path_imports_first_in_a_fresh_interpreter():
+    code = ("import importlib, warnings; warnings.simplefilter('error', DeprecationWarning); "
+            "import ghostnet.deploy.fuse as f; m = importlib.import_module('ghostnet.deploy.fuse'); "
+            "import ghostnet.deploy as d; assert callable(f) and f is d.fuse and m.__name__ == 'ghostnet.deploy.fuse'; "
+            "warnings.simplefilter('ignore', DeprecationWarning); assert m.fuse is d.fuse and 'fuse' in dir(m)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_bench_keeps_every_name_it_exposed_before_the_split():
+    names = ["BACKENDS", "EXECUTORCH_BACKENDS", "MODES", "OWN_ONLY_BACKENDS", "DEFAULT_PEERS", "DTYPES", "PathLike",
+             "BackendUnavailable", "BenchConfig", "BenchRow", "BenchResult", "environment", "count_macs",
+             "build_model", "run_benchmark", "to_markdown", "plot_latency_vs_macs", "write_report", "_cpu_name",
+             "_version", "_load_average", "_Prepared", "_deploy_form", "_alignment", "_timing_calibration",
+             "_pte_file", "_onnx_file", "_cuda_graph_runner", "_train_step", "_make_runner", "_time_calls",
+             "_quantile", "_measure", "_reference", "_fmt_load"]
+    assert [name for name in names if not hasattr(bench, name)] == []
+    assert all(hasattr(bench, name) for name in bench.__all__)
+
+
+def test_one_mac_counter_for_bench_profile_and_its_modules():
+    model = ghostnet.create_model("ghostnet_050").eval()
+    x = torch.randn(2, 3, 64, 64)
+    macs = count_macs(model, x[:1])
+    assert bench.count_macs(model, x) == macs  # the harness counts per image
+    assert count_macs(model, x) == 2 * macs
+    assert profile(model, input_size=(3, 64, 64), measure_memory=False).macs == macs
+    with torch.no_grad(), MacCounter(model) as counter:
+        model(x[:1])
+    per_module = counter.flops_by_module()
+    assert counter.total_macs() == macs and per_module[""] == 2 * macs
+    stem = model.conv_stem.out_channels
+    assert per_module["conv_stem"] == 2 * stem * 3 * 9 * 32 * 32  # stride-2 3x3 stem: maps of 32x32
+
+
+def test_input_size_of_a_model_without_a_config():
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3))
+    assert default_input_size(plain) == (3, 224, 224)
+    assert default_input_size(ghostnet.create_model("resnet20_cifar")) == (3, 32, 32)
+    with pytest.raises(ValueError, match=r"Sequential has no pretrained_cfg\['input_size'\]; pass an example input"):
+        fusion.example_input_for(plain)
+    assert fusion.example_input_for(ghostnet.create_model("ghostnet_050"), 2, image_size=48).shape == (2, 3, 48, 48)
+
+
+def test_export_pipeline_returns_what_it_wrote(tmp_path):
+    export = export_for_deployment("ghostnet_050", tmp_path / "g.pt", "torchscript", image_size=32,
+                                   single_path="all")
+    assert export.path == tmp_path / "g.pt" and export.path.is_file()
+    assert export.form == "torchscript, fused, 32 single-path Ghost modules"
+    check = export.check()
+    assert check.passed and check.batch_size == 3 and check.limit == 1e-4  # a batch size the trace did not see
+    with pytest.raises(ValueError, match="need the fused model"):
+        export_for_deployment("ghostnet_050", tmp_path / "h.pt", "torchscript", fused=False, single_path="all")
+    with pytest.raises(ValueError, match="single_path must be one of"):
+        export_for_deployment("ghostnet_050", tmp_path / "h.pt", "torchscript", single_path="some")
+    assert not (tmp_path / "h.pt").exists()
+
+
+def test_a_failed_check_says_by_how_much():
+    ExportCheck(1e-5, 2, 1e-4).raise_if_failed()
+    with pytest.raises(ValueError, match=r"differs from the eager model by 0.5 \(> 0.0001\)"):
+        ExportCheck(0.5, 2, 1e-4).raise_if_failed()
