@@ -66,6 +66,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=_parse_mapping, metavar="MAPPING")
         else:
             kwargs.update(type=base, metavar=name.split("_")[-1].upper())
+        if "cli_const" in f.metadata:  # e.g. a bare --pretrained means --pretrained true
+            kwargs.update(nargs="?", const=f.metadata["cli_const"])
         group.add_argument(*flags, **kwargs)
 
 

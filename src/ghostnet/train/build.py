@@ -14,15 +14,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..convert.checkpoints import adapt_keys, extract_state_dict, read_checkpoint
 from ..data import (ResumableSampler, SeededDataset, ShardSampler, TransformConfig, dataset_classes, eval_transform,
                     make_loader, open_split, subset, train_transform)
 from ..layers.checkpointing import set_grad_checkpointing
-from ..models.spec import create_from_spec, data_config_of
 from .checkpoint import Progress, model_info, read_training_state, set_rng_state
 from .config import TrainConfig, effective_warmup_epochs
 from .distill import build_teacher
 from .distributed import DistInfo, log_main
+from .finetune import InitialWeights, create_initialised, freeze_backbone, initial_weights
 from .optim import build_optimizer
 
 PathLike = Union[str, os.PathLike]
@@ -78,19 +77,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2 ** 32)
 
 
-def load_initial_weights(model: nn.Module, path: PathLike) -> list[str]:
-    """Load a checkpoint for fine-tuning, skipping keys whose shape differs (e.g. another classifier size).
-
-    Returns the names of the skipped keys.
-    """
-    obj, _ = read_checkpoint(path)
-    expected = model.state_dict()
-    state = adapt_keys(extract_state_dict(obj, source=str(path)), expected)
-    skipped = [k for k in expected if k not in state or state[k].shape != expected[k].shape]
-    model.load_state_dict({k: v for k, v in state.items() if k in expected and k not in skipped}, strict=False)
-    return skipped
-
-
 def check_run(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], out: Path) -> None:
     """Refuse settings that cannot run here, before anything is built or written."""
     device = dist.device
@@ -121,10 +107,19 @@ def seed_and_settle(cfg: TrainConfig, dist: DistInfo) -> TrainConfig:
     return cfg
 
 
-def build_data(cfg: TrainConfig, dist: DistInfo) -> RunData:
-    """Data sets and loaders; the transforms take the model's input size, crop and normalization unless the recipe
-    sets them."""
-    tcfg = cfg.transform_config(data_config_of(cfg.model))
+def resolve_weights(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike]) -> InitialWeights:
+    """Where the initial weights come from and the data config they bring (a URL is downloaded now, once). A resumed
+    run loads its weights from the checkpoint and keeps the data config it stored."""
+    stored = read_training_state(resume)["model_info"].get("data_config") if resume is not None else None
+    return initial_weights(cfg.model, None if resume is not None else cfg.pretrained,
+                           progress=cfg.progress and dist.is_main, resumed_data_config=stored)
+
+
+def build_data(cfg: TrainConfig, dist: DistInfo, weights: Optional[InitialWeights] = None) -> RunData:
+    """Data sets and loaders; the transforms take the input size, crop and normalization of the initial weights (or
+    the model's) unless the recipe sets them."""
+    weights = weights or initial_weights(cfg.model, None)
+    tcfg = cfg.transform_config(weights.data_config)
     opts = dict(download=cfg.download and dist.is_main, data_dir=cfg.data_dir, skip_corrupt=cfg.skip_corrupt)
     train_set = open_split(cfg.data, "train", train_transform(tcfg), **opts)
     val_set = open_split(cfg.data, "val", eval_transform(tcfg), **opts)
@@ -143,20 +138,22 @@ def build_data(cfg: TrainConfig, dist: DistInfo) -> RunData:
     return RunData(tcfg, classes, len(train_set), sampler, train_loader, val_loader, per_rank_batch, steps_per_epoch)
 
 
-def build_model(cfg: TrainConfig, dist: DistInfo, data: RunData) -> RunModel:
-    """The model (initialized from `pretrained` where given), its EMA, the optimizer, grad scaler, loss and teacher."""
+def build_model(cfg: TrainConfig, dist: DistInfo, data: RunData, weights: Optional[InitialWeights] = None
+                ) -> RunModel:
+    """The model (initialised from `weights` where given, its classifier sized for the data; the backbone frozen for
+    a linear probe), its EMA, the optimizer, grad scaler, loss and teacher."""
     classes = data.classes
     model_kwargs = {"num_classes": len(classes), **cfg.model_kwargs}
     if model_kwargs["num_classes"] != len(classes):
         raise ValueError(f"model_kwargs num_classes={model_kwargs['num_classes']} but the data has {len(classes)} "
                          "classes")
-    model = create_from_spec(cfg.model, **model_kwargs)
+    model = create_initialised(weights or initial_weights(cfg.model, None), model_kwargs,
+                               log=lambda line: log_main(dist, line))
+    if cfg.linear_probe:
+        trainable = freeze_backbone(model)
+        log_main(dist, f"linear probe: training {', '.join(trainable)}; the rest is frozen, BatchNorm in eval mode")
     if cfg.grad_checkpointing:
         set_grad_checkpointing(model)
-    if cfg.pretrained:
-        skipped = load_initial_weights(model, cfg.pretrained)
-        log_main(dist, f"initialized from {cfg.pretrained}"
-                       + (f" (kept random: {', '.join(skipped)})" if skipped else ""))
     info = model_info(cfg.model, model_kwargs, classes, data.tcfg.eval_dict())
     if cfg.sync_bn and dist.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

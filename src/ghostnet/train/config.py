@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..data.transforms import TransformConfig
+from .finetune import check_pretrained, normalise_pretrained
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -58,7 +59,15 @@ class TrainConfig:
     model: str = _f("ghostnet_100", "model spec: NAME (ghostnet models lists them), timm:NAME, torchvision:NAME "
                                     "or package.module:callable")
     model_kwargs: dict = _f({}, "extra model arguments, e.g. {stem_stride: 1, drop_rate: 0.2} (JSON on the CLI)")
-    pretrained: Optional[str] = _f(None, "initialize from this checkpoint file (strict=False: head may differ)")
+    pretrained: Optional[str] = _f(None, "initialise from weights: true (the model's published weights), a weights "
+                                         "tag (timm, official, mindcv, ema, ...), a checkpoint file or a URL; the "
+                                         "classifier is replaced for the data's classes, and the weights' data "
+                                         "config (size, crop, interpolation, mean/std) is used unless set here",
+                                   cli_const="true")
+    linear_probe: bool = _f(False, "train the classifier only: every other parameter frozen, BatchNorm in eval mode")
+    backbone_lr_scale: float = _f(1.0, "learning rate of everything but the classifier, as a fraction of lr")
+    layer_decay: Optional[float] = _f(None, "layer-wise lr decay: stage k of K (stem 0, head K) gets "
+                                            "lr * layer_decay^(K-k), as in BEiT and timm")
     sync_bn: bool = _f(False, "SyncBatchNorm across processes (CUDA only)")
     freeze_bn: bool = _f(False, "keep BatchNorm layers in eval mode (running statistics frozen)")
     # --- data
@@ -180,8 +189,25 @@ class TrainConfig:
             raise ConfigError("lr_noise_pct", f"lr_noise_pct must be > 0, got {self.lr_noise_pct}")
         if self.kd_temperature <= 0:
             raise ConfigError("kd_temperature", f"kd_temperature must be > 0, got {self.kd_temperature}")
+        self._validate_finetuning()
         # Building the transform config checks preset, interpolation and erasing mode.
         self.transform_config()
+
+    def _validate_finetuning(self) -> None:
+        self.pretrained = normalise_pretrained(self.pretrained)  # True/False from Python or YAML
+        if self.pretrained is not None:
+            try:
+                check_pretrained(self.model, self.pretrained)
+            except ValueError as exc:
+                raise ConfigError("pretrained", f"pretrained: {exc}") from None
+        if not self.backbone_lr_scale > 0:
+            raise ConfigError("backbone_lr_scale", f"backbone_lr_scale must be > 0, got {self.backbone_lr_scale} "
+                                                   "(linear_probe freezes the backbone)")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError("layer_decay", f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.linear_probe and (self.backbone_lr_scale != 1 or self.layer_decay is not None):
+            raise ConfigError("linear_probe", "linear_probe freezes the backbone: backbone_lr_scale and layer_decay "
+                                              "would have nothing to scale; drop them or linear_probe")
 
     def transform_config(self, model_cfg: Optional[dict] = None) -> TransformConfig:
         """The transform settings, taking unset sizes/normalization from the model's data config."""
@@ -251,6 +277,8 @@ def make_config(values: dict[str, Any], source: str = "config", overrides: Optio
         raise ValueError(f"{blame(unknown[0])}: unknown key(s) {', '.join(hints)}")
     checked = {}
     for key, value in merged.items():
+        if key == "pretrained":
+            value = normalise_pretrained(value)  # a YAML `pretrained: true` is the word true
         try:
             checked[key] = _check_type(key, value)
         except ValueError as exc:

@@ -22,12 +22,13 @@ import torch
 import torch.nn as nn
 
 from ..utils import atomic_write
-from .build import (RunData, RunModel, RunState, build_data, build_model, check_run, load_initial_weights, new_state,
+from .build import (RunData, RunModel, RunState, build_data, build_model, check_run, new_state, resolve_weights,
                     resume_state, seed_and_settle, seed_everything, wrap_for_training)
 from .checkpoint import Progress, export_weights, rng_state, save_training_state
 from .config import TrainConfig
 from .distill import distillation_loss
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup, init_distributed, log_main
+from .finetune import load_initial_weights
 from .metrics import EvalResult, autocast, evaluate, write_jsonl
 from .optim import lr_at, set_lr
 
@@ -36,7 +37,8 @@ StepCallback = Callable[[Progress], None]
 #: How often (in steps) the progress bar's loss/accuracy are refreshed; each refresh synchronizes with the GPU.
 BAR_REFRESH_STEPS = 10
 
-# load_initial_weights and seed_everything live in build.py; they are named here too so that old imports keep working.
+# load_initial_weights (finetune.py) and seed_everything (build.py) live elsewhere; they are named here too so that old
+# imports keep working.
 __all__ = ["StepCallback", "load_initial_weights", "seed_everything", "set_batchnorm_eval", "train"]
 
 
@@ -77,8 +79,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
     check_run(cfg, dist, resume, out)
     writer = _tensorboard(cfg, out) if dist.is_main else None
     cfg = seed_and_settle(cfg, dist)
-    data = build_data(cfg, dist)
-    parts = build_model(cfg, dist, data)
+    weights = resolve_weights(cfg, dist, resume)  # before the data: the weights' data config makes the transforms
+    data = build_data(cfg, dist, weights)
+    parts = build_model(cfg, dist, data, weights)
     state = new_state(cfg, dist, data.steps_per_epoch)
     torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; the data order does not use this
     if resume is not None:
@@ -110,7 +113,7 @@ def _train_epoch(run: _Run, epoch: int, on_step: Optional[StepCallback]) -> tupl
     data.sampler.set_epoch(epoch)
     data.sampler.set_start(progress.step_in_epoch * data.per_rank_batch)
     run.train_model.train()
-    if cfg.freeze_bn:
+    if cfg.freeze_bn or cfg.linear_probe:  # a linear probe's frozen backbone keeps its BN statistics too
         set_batchnorm_eval(run.parts.model)  # train() above put them back in training mode
     bar = _progress_bar(data.train_loader, dist, cfg, epoch, data.steps_per_epoch, progress.step_in_epoch)
     start, seen = time.perf_counter(), 0

@@ -5,27 +5,86 @@ The schedule is a pure function of the global step (`lr_at`), so a resumed run n
 from __future__ import annotations
 
 import math
+import re
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from .config import TrainConfig
+from .finetune import classifier_name
 
 
-def param_groups(model: nn.Module, weight_decay: float, wd_norm_bias: bool = False) -> list[dict]:
-    """Parameter groups; unless `wd_norm_bias`, 1-D parameters (biases, norm scales) get no weight decay."""
-    if wd_norm_bias or weight_decay == 0:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
-    for p in model.parameters():
+#: How a parameter's name tells its stage, for layer-wise lr decay: GhostNet v1/v2/v3, RepGhostNet, ParameterNet
+#: (and timm's EfficientNet-style models) number their stages blocks.N; the ResNets (CIFAR, ResNet-50, G-GhostNet's
+#: RegNet) layerN; timm's ConvNeXt/RegNet-style models stages.N. The first pattern that names any parameter is used.
+STAGE_PATTERNS = (re.compile(r"^blocks\.(\d+)\."), re.compile(r"^layer(\d+)\."), re.compile(r"^stages\.(\d+)\."))
+
+
+def stage_ids(model: nn.Module) -> tuple[dict[str, int], int]:
+    """(stage of every parameter, K): the stem (what comes before the first stage) is 0, the stages 1..K-1 in
+    order, and what follows the last stage (GhostNet's conv_head, the classifier) is K, the head."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in STAGE_PATTERNS:
+        found = {n: int(m.group(1)) for n in names if (m := pattern.match(n))}
+        if found:
+            break
+    else:
+        raise ValueError(f"layer_decay needs a model whose stages are named blocks.N, layerN or stages.N (the "
+                         f"GhostNet family, ResNets, timm's CNNs); {type(model).__name__} has none")
+    rank = {stage: i + 1 for i, stage in enumerate(sorted(set(found.values())))}  # layer1.. starts at 1, blocks.0 at 0
+    head = len(rank) + 1
+    ids, after_stages = {}, False
+    for name in names:
+        after_stages = after_stages or name in found
+        ids[name] = rank[found[name]] if name in found else head if after_stages else 0
+    return ids, head
+
+
+def lr_scales(model: nn.Module, backbone_lr_scale: float = 1.0, layer_decay: Optional[float] = None
+              ) -> dict[str, float]:
+    """Each parameter's multiple of the scheduled lr: 1 for the classifier and `backbone_lr_scale` for the rest,
+    times `layer_decay ** (K - k)` for a parameter of stage k of K (`stage_ids`) when `layer_decay` is given."""
+    names = [n for n, _ in model.named_parameters()]
+    if backbone_lr_scale == 1 and layer_decay is None:
+        return dict.fromkeys(names, 1.0)
+    head = classifier_name(model) + "."
+    ids, last = stage_ids(model) if layer_decay is not None else ({}, 0)
+    return {n: (1.0 if n.startswith(head) else backbone_lr_scale)
+               * (layer_decay ** (last - ids[n]) if layer_decay is not None else 1.0) for n in names}
+
+
+def param_groups(model: nn.Module, weight_decay: float, wd_norm_bias: bool = False,
+                 scales: Optional[dict[str, float]] = None) -> list[dict]:
+    """Parameter groups of the trainable parameters; unless `wd_norm_bias`, 1-D parameters (biases, norm scales)
+    get no weight decay. With `scales` (parameter name -> multiple of the lr, see `lr_scales`), each group also
+    holds its `lr_scale`, which `set_lr` applies."""
+    if scales is None or all(v == 1 for v in scales.values()):
+        if wd_norm_bias or weight_decay == 0:
+            return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: dict[tuple[float, float], dict] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decay = weight_decay if wd_norm_bias or p.ndim > 1 else 0.0
+            key = (scales.get(name, 1.0), decay)
+            groups.setdefault(key, {"params": [], "weight_decay": decay, "lr_scale": key[0]})["params"].append(p)
+    return list(groups.values())
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), AdamW, or TensorFlow-style RMSProp (timm's RMSpropTF, as the v2 recipe uses)."""
-    groups = param_groups(model, cfg.weight_decay, cfg.wd_norm_bias)
+    """SGD (momentum, Nesterov), AdamW, or TensorFlow-style RMSProp (timm's RMSpropTF, as the v2 recipe uses), over
+    `param_groups` with the lr multiples of `cfg.backbone_lr_scale` and `cfg.layer_decay`."""
+    groups = param_groups(model, cfg.weight_decay, cfg.wd_norm_bias,
+                          lr_scales(model, cfg.backbone_lr_scale, cfg.layer_decay))
+    if not any(group["params"] for group in groups):
+        raise ValueError(f"{cfg.model} has no trainable parameters")
+    for group in groups:
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adamw":
@@ -81,6 +140,6 @@ def _scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
+    """Set the learning rate of every parameter group: `lr` times the group's `lr_scale` (1 where it has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
