@@ -25,7 +25,8 @@ from ghostnet.train.config import ConfigError
 from ghostnet.train.finetune import create_initialised, initial_weights, load_initial_weights
 from ghostnet.train.optim import build_optimizer, lr_scales, set_lr
 from ghostnet.train.resume import RESUME_MUTABLE, run_config
-from support.weights_server import WeightServer, isolate, random_state, serve_entry, serve_published, torch_bytes
+from support.weights_server import (isolated, random_state, serve_entry, serve_published, server,  # noqa: F401
+                                    torch_bytes)
 from test_train_support import write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,18 +38,6 @@ CLASSES = 10
 WEIGHTS_DATA = dict(input_size=(3, 24, 24), crop_pct=0.95, interpolation="bilinear", mean=(0.5, 0.4, 0.3),
                     std=(0.2, 0.25, 0.3), num_classes=1000)
 NEW_FIELDS = ("pretrained", "linear_probe", "backbone_lr_scale", "layer_decay")
-
-
-@pytest.fixture
-def server():
-    srv = WeightServer()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    isolate(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -18,24 +18,11 @@ from ghostnet import create_model, list_models
 from ghostnet.convert.checkpoints import CheckpointError
 from ghostnet.hub import WeightsUnavailableError, cache_dir, cached_file, load_pretrained
 from ghostnet.weights import get_weights
-from support.weights_server import (WeightServer, assert_state_equal, cache_listing, isolate, random_state,
-                                    serve_entry, torch_bytes)
+from support.weights_server import (assert_state_equal, cache_listing, isolated, random_state,  # noqa: F401
+                                    serve_entry, server, torch_bytes)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "ghostnet_050"  # the smallest v1: a 10 MB file
-
-
-@pytest.fixture
-def server():
-    srv = WeightServer()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """A private cache, a private copy of the weights table, and no network except 127.0.0.1."""
-    isolate(tmp_path, monkeypatch)
 
 
 def test_download_verify_cache_and_hit_without_network(server):

@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Optional
 
+import pytest
 import torch
 
 from ghostnet import create_model
@@ -137,3 +138,17 @@ def assert_state_equal(model: torch.nn.Module, state: dict[str, torch.Tensor], s
 def cache_listing() -> list[str]:
     folder = cache_dir()
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture
+def server():
+    """A WeightServer on 127.0.0.1 for one test."""
+    srv = WeightServer()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """`isolate` for every test of a module that imports this fixture (it is autouse there)."""
+    isolate(tmp_path, monkeypatch)

@@ -148,6 +148,23 @@ def check_fit(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Te
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
 
 
+def in_our_names(state: dict[str, torch.Tensor], path: PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """A PaddleClas or MindSpore state dict renamed to our (= timm's) keys, and a hint for error messages about
+    where it came from; torch and safetensors files are returned as they are."""
+    file_format = checkpoint_format(path)
+    if file_format == "pdparams":
+        from .paddle import paddle_models, paddle_to_ghostnet
+
+        return paddle_to_ghostnet(state, source=str(path)), (
+            f" (a PaddleClas GhostNet checkpoint: it fits {', '.join(paddle_models())}, whose SE blocks and head "
+            "are PaddleClas's)")
+    if file_format == "mindspore":
+        from .mindspore import mindspore_to_ghostnet
+
+        return mindspore_to_ghostnet(state), " (a MindSpore checkpoint, renamed from MindSpore's names)"
+    return state, ""
+
+
 def load_checkpoint(model: nn.Module, path_or_url: PathLike, use_ema: bool = False, strict: bool = True,
                     progress: bool = True) -> nn.Module:
     """Load a checkpoint file (or URL, downloaded into torch.hub's cache) into `model` and return it.
@@ -155,22 +172,10 @@ def load_checkpoint(model: nn.Module, path_or_url: PathLike, use_ema: bool = Fal
     With `strict=False`, keys the model lacks or has extra (e.g. another classifier size) are skipped instead of
     raising; shape mismatches of shared keys still raise. A `features_only` model ignores the checkpoint's head.
     """
-    from .mindspore import mindspore_to_ghostnet  # both modules import this one
-    from .paddle import paddle_models, paddle_to_ghostnet
-
     location = str(path_or_url)
     path = download_checkpoint(location, progress) if "://" in location else Path(location)
     obj, _ = read_checkpoint(path)
-    state = extract_state_dict(obj, use_ema=use_ema, source=str(path))
-    hint = ""
-    file_format = checkpoint_format(path)
-    if file_format == "pdparams":
-        state = paddle_to_ghostnet(state, source=str(path))
-        hint = (f" (a PaddleClas GhostNet checkpoint: it fits {', '.join(paddle_models())}, whose SE blocks and head "
-                "are PaddleClas's)")
-    elif file_format == "mindspore":
-        state = mindspore_to_ghostnet(state)
-        hint = " (a MindSpore checkpoint, renamed from MindSpore's names)"
+    state, hint = in_our_names(extract_state_dict(obj, use_ema=use_ema, source=str(path)), path)
     expected = model.state_dict()
     state = adapt_keys(state, expected)
     ignore_unexpected: tuple[str, ...] = ()

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch.nn as nn
 
-from ..convert.checkpoints import (checkpoint_format, download_checkpoint, extract_state_dict, load_checkpoint,
+from ..convert.checkpoints import (download_checkpoint, extract_state_dict, in_our_names, load_checkpoint,
                                    looks_like_location, read_checkpoint)
 from ..models.spec import ModelSpec, create_from_spec, data_config_of, parse_model_spec
 
@@ -146,17 +146,8 @@ def _inspect(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
     obj, metadata = read_checkpoint(path)
     stored: Any = json.loads(metadata["ghostnet.data_config"]) if "ghostnet.data_config" in metadata else \
         (obj.get("model_info") or {}).get("data_config")
-    state = extract_state_dict(obj, source=str(path))
     # Foreign formats are renamed on load (load_checkpoint); rename here too, to find their classifier.
-    file_format = checkpoint_format(path)
-    if file_format == "pdparams":
-        from ..convert.paddle import paddle_to_ghostnet
-
-        state = paddle_to_ghostnet(state, source=str(path))
-    elif file_format == "mindspore":
-        from ..convert.mindspore import mindspore_to_ghostnet
-
-        state = mindspore_to_ghostnet(state)
+    state, _ = in_our_names(extract_state_dict(obj, source=str(path)), path)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     return shapes, model_data_config(stored) if isinstance(stored, dict) else {}
 
