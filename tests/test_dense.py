@@ -11,6 +11,7 @@ from ghostnet.dense import (GhostNetFPN, deeplabv3_ghostnet, fasterrcnn_ghostnet
                             ghostnet_fpn_backbone, layer_groups, lraspp_ghostnet, set_trainable_layers)
 
 from conftest import randomize_bn
+from support.numerics import assert_float32_parity, eager_and_reference
 
 NAME = "ghostnet_050"
 
@@ -52,14 +53,17 @@ def test_trainable_layers_freeze_the_early_groups(layers):
 def test_frozen_batchnorm_keeps_the_function():
     model = randomize_bn(ghostnet.create_model(NAME, features_only=True)).eval()
     x = torch.randn(2, 3, 96, 96)
+    expected, reference = eager_and_reference(model, x)  # before freezing: freeze_batchnorm works in place
     with torch.no_grad():
-        expected = model(x)
         frozen = freeze_batchnorm(model)
         got = frozen(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules())
-    for g, e in zip(got, expected):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    # Each tap within float32 rounding of the float64 BatchNorm model (FrozenBatchNorm2d computes scale and shift
+    # first, another rounding order): support/numerics.py.
+    assert len(got) == len(expected) == 5
+    for i, (g, e, r) in enumerate(zip(got, expected, reference)):
+        assert_float32_parity(g, e, r, what=f"frozen BN, tap {i}")
 
 
 def test_a_pretrained_backbone_is_loaded_with_frozen_bn_and_three_trainable_groups(tmp_path):
@@ -81,6 +85,13 @@ def test_a_pretrained_backbone_is_loaded_with_frozen_bn_and_three_trainable_grou
 
 
 def test_fasterrcnn_trains_and_detects():
+    """Twelve SGD steps on two images: the loss falls well below where it started.
+
+    The losses after the first steps depend on rounding (which proposals survive NMS changes which are sampled),
+    so no single late loss is compared: the mean of the last four against the first loss, which rounding barely
+    moves (1.876 in every run measured). Measured (seeds 0-3, AVX-512 and AVX2, 1 or 2 threads): at most 0.55 of
+    the first loss; 0.69 at a tenth of the learning rate; 1.0 without learning. 0.75 tells learning from not.
+    """
     torch.manual_seed(0)
     model = fasterrcnn_ghostnet_fpn(num_classes=3, backbone=NAME, min_size=128, max_size=160,
                                     rpn_batch_size_per_image=64, box_batch_size_per_image=32,
@@ -94,13 +105,13 @@ def test_fasterrcnn_trains_and_detects():
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     model.train()
     losses = []
-    for _ in range(8):
+    for _ in range(12):
         loss = sum(model(images, targets).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert sum(losses[-4:]) / 4 < 0.75 * losses[0], losses
     model.eval()
     with torch.no_grad():
         detections = model(images)
@@ -161,11 +172,12 @@ def test_segmenters_fuse_and_export_to_onnx(build, tmp_path):
 
     model = randomize_bn(build(num_classes=5, backbone=NAME)).eval()
     x = torch.randn(1, 3, 128, 160)
+    # Both held to the float32 eager model's own error against a float64 run (support/numerics.py).
+    eager, reference = (out["out"] for out in eager_and_reference(model, x))
     with torch.no_grad():
-        expected = model(x)["out"]
         fused = fuse(model, example_input=x)
-        torch.testing.assert_close(fused(x)["out"], expected, rtol=1e-4, atol=1e-5)
+        assert_float32_parity(fused(x)["out"], eager, reference, what="fused segmenter")
     session = onnx_session(export_onnx(fused, tmp_path / "seg.onnx", x))
     got = session.run(None, {session.get_inputs()[0].name: torch.cat([x, x]).numpy()})[0]
     assert got.shape == (2, 5, 128, 160)
-    assert abs(got[:1] - expected.numpy()).max() <= 1e-4
+    assert_float32_parity(torch.from_numpy(got[:1]), eager, reference, what="segmenter in onnxruntime")

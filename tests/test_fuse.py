@@ -1,4 +1,9 @@
-"""The fused inference form: same function as the original (float64, 1e-5 relative) for every registered model."""
+"""The fused inference form: same function as the original for every registered model.
+
+Fusing is checked in float64 on both sides (support/numerics.py): equal up to float64 rounding, 1e-10 of the
+output's scale, where a float32 tolerance would hide a wrong weight (one weight off by 1e-3 moves a GhostNet's
+logits by 5e-7 of their scale or more).
+"""
 from __future__ import annotations
 
 import pytest
@@ -6,50 +11,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import randomize_bn
+from support.numerics import (GroupedConvAsEinsum, assert_float32_parity, assert_float64_close, corrupt_one_weight,
+                              eager_and_reference)
 from torch.overrides import TorchFunctionMode
 
 import ghostnet
 from ghostnet.deploy import FusedGhostBottleneck, FusedGhostModule, fold_batchnorms, fuse, single_path_ghost_modules
 from ghostnet.layers import GhostModule
 
-RTOL = 1e-5
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class GroupedConvAsEinsum(TorchFunctionMode):
-    """Run float64 grouped convolutions as unfold + einsum.
-
-    ATen has no fast float64 path for grouped convs on CPU and loops over the groups (55,000 conv calls for one
-    ghostnetv3_160 forward); the einsum computes the same sums in another order, so the comparison is unchanged.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.conv2d:
-            x, weight = args[0], args[1]
-            params = dict(zip(("bias", "stride", "padding", "dilation", "groups"), args[2:]), **kwargs)
-            if params.get("groups", 1) > 1 and x.dtype == torch.float64 and not isinstance(params.get("padding"), str):
-                return _grouped_conv(x, weight, **params)
-        return func(*args, **kwargs)
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _grouped_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    n, _, h, w = x.shape
-    out_chs, in_per_group, kh, kw = weight.shape
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
-    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    cols = cols.view(n, groups, in_per_group * kh * kw, out_h * out_w)
-    out = torch.einsum("ngkl,gok->ngol", cols, weight.reshape(groups, out_chs // groups, -1))
-    out = out.reshape(n, out_chs, out_h, out_w)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 def test_grouped_conv_helper_matches_aten():
@@ -68,10 +38,6 @@ def _input_for(model: nn.Module) -> torch.Tensor:
     return torch.randn(1, chans, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
 
-def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 @pytest.mark.parametrize("name", ghostnet.list_models())
 def test_fused_matches_original_float64(name):
     model = randomize_bn(ghostnet.create_model(name)).double().eval()
@@ -81,7 +47,7 @@ def test_fused_matches_original_float64(name):
         expected = model(x)
         fused = fuse(model, example_input=x, inplace=True)  # in place: a copy of the big models costs seconds
         got = fused(x)
-    assert _relative_error(got, expected) <= RTOL
+    assert_float64_close(got, expected, what=f"fused {name}")
     # Every 2-D batch norm of the registered models follows a convolution, so none may be left.
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     assert not any(isinstance(m, GhostModule) for m in fused.modules())
@@ -92,7 +58,20 @@ def test_fused_matches_original_float64(name):
     else:
         single_path_ghost_modules(fused)
     with torch.no_grad(), GroupedConvAsEinsum():
-        assert _relative_error(fused(x), expected) <= RTOL
+        assert_float64_close(fused(x), expected, what=f"single-path {name}")
+
+
+def test_fuse_check_fails_for_one_corrupted_weight():
+    """The float64 bound can fail: 1e-3 added to one stem weight of the fused model is thousands of times over it."""
+    torch.manual_seed(0)
+    model = randomize_bn(ghostnet.create_model("ghostnet_100")).double().eval()
+    x = _input_for(model)
+    with torch.no_grad(), GroupedConvAsEinsum():
+        expected = model(x)
+        fused = fuse(model, example_input=x, inplace=True)
+        weight = corrupt_one_weight(fused)
+        with pytest.raises(AssertionError, match="relative error"):
+            assert_float64_close(fused(x), expected, what=weight)
 
 
 def test_fuse_leaves_the_original_alone():
@@ -112,7 +91,9 @@ def test_fused_form_traces_without_the_training_models_checkpointing():
     fused = fuse(model, example_input=x)
     assert not fused.grad_checkpointing and model.grad_checkpointing  # the copy only
     traced = torch.jit.trace(fused, x)  # with gradients on: through a checkpoint this fails its sanity check
-    assert torch.allclose(traced(x), model(x), rtol=1e-4, atol=1e-5)
+    eager, reference = eager_and_reference(model, x)
+    with torch.no_grad():
+        assert_float32_parity(traced(x), eager, reference, what="traced fused model")
 
 
 def test_fuse_in_place_returns_the_same_object():
@@ -165,7 +146,7 @@ def test_channels_last_fused_model_matches():
     with torch.no_grad(), GroupedConvAsEinsum():
         fused = fuse(model, example_input=x, channels_last=True)
         assert fused.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
-        assert _relative_error(fused(x), model(x)) <= RTOL
+        assert_float64_close(fused(x), model(x), what="channels-last fused")
 
 
 def test_fuse_works_on_a_torchvision_model():
@@ -174,7 +155,7 @@ def test_fuse_works_on_a_torchvision_model():
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad(), GroupedConvAsEinsum():
         fused = fuse(model, example_input=x)
-        assert _relative_error(fused(x), model(x)) <= RTOL
+        assert_float64_close(fused(x), model(x), what="fused mobilenet_v3_small")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
 
 
@@ -199,7 +180,7 @@ def test_bn_is_folded_only_when_it_alone_reads_the_conv_output():
     expected = model(x)
     assert fold_batchnorms(model, x) == 1
     assert isinstance(model.bn, nn.BatchNorm2d) and isinstance(model.bn2, nn.Identity)
-    assert _relative_error(model(x), expected) <= RTOL
+    assert_float64_close(model(x), expected)
 
 
 def test_fold_batchnorms_needs_eval_mode():
@@ -232,7 +213,7 @@ def test_single_path_ghost_module_is_exact_and_concat_free(kwargs):
     with torch.no_grad(), ops:
         got = fused(x)
     assert "cat" not in ops.names and ops.names.count("conv2d") == 2
-    assert _relative_error(got, expected) <= RTOL
+    assert_float64_close(got, expected, what="single-path Ghost module")
 
 
 @pytest.mark.parametrize("kwargs, reason", [
@@ -261,7 +242,7 @@ def test_aligned_channels_compute_the_same_function(name):
         intrinsic = [g.primary.out_channels for g in ghosts]
         aligned = align_channels(fused, 16)
         got = aligned(x)
-    assert _relative_error(got, expected) <= RTOL
+    assert_float64_close(got, expected, what=f"aligned {name}")
     convs = [m for m in aligned.blocks.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.out_channels % 16 == 0 and (c.in_channels // c.groups) % 16 in (0, 1) for c in convs)
     # Single path only where it fills padding: the 2h maps padded once take fewer channels than two padded halves.
@@ -290,7 +271,7 @@ def test_aligned_channels_with_or_without_single_path(single_path):
         expected = model(x)
         aligned = align_channels(fuse(model, example_input=x, inplace=True), 16, single_path=single_path)
         got = aligned(x)
-    assert _relative_error(got, expected) <= RTOL
+    assert_float64_close(got, expected, what="aligned ghostnetv2_100")
     ghosts = [m for m in aligned.modules() if isinstance(m, FusedGhostModule)]
     assert len(ghosts) == 32 and all(g.single_path == single_path for g in ghosts)
 
@@ -329,4 +310,4 @@ def test_align_keeps_one_layout_along_identity_shortcuts():
     aligned = align_channels(fused, 16)
     assert blocks[13].ghost2.single_path and not blocks[12].ghost2.single_path
     with torch.no_grad():
-        assert _relative_error(aligned(x), expected) <= RTOL
+        assert_float64_close(aligned(x), expected, what="aligned, one module single-path by hand")

@@ -18,9 +18,10 @@ from ghostnet.convert.mindspore import read_mindspore_checkpoint
 from ghostnet.models.ghostnet import GhostNet
 # The local weights server, and the autouse fixture that gives each test a private cache and weights table and no
 # network beyond 127.0.0.1.
-from test_hub import assert_state_equal, isolated, random_state, serve_published, server  # noqa: F401
+from support.weights_server import assert_state_equal, isolated, random_state, serve_published, server  # noqa: F401
 
 from conftest import randomize_bn
+from support.numerics import assert_float32_parity, corrupt_one_weight, eager_and_reference, float32_parity
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURE = DATA / "mindcv_ghostnet_w0_1.ckpt"
@@ -32,9 +33,18 @@ def fixture_model(**kwargs) -> GhostNet:
     return GhostNet(width=0.1, num_classes=10, **kwargs).eval()
 
 
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(torch.from_numpy(REFERENCE["input"]))
+def mindcv_outputs(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mindcv's stored logits, our float32 logits, our float64 logits) on the fixture's batch.
+
+    MindSpore computed its logits in float32 on some other CPU; if our network computes the same function, their
+    distance from the float64 truth is float32 rounding, of the size of our own float32 error (support/numerics.py).
+    """
+    eager, reference = eager_and_reference(model, torch.from_numpy(REFERENCE["input"]))
+    return torch.from_numpy(REFERENCE["logits"]), eager, reference
+
+
+def assert_same_logits_as_mindcv(model: torch.nn.Module) -> None:
+    assert_float32_parity(*mindcv_outputs(model), what="mindcv's logits")
 
 
 # -- a minimal writer of MindSpore's checkpoint message, for files the fixture does not cover ------------------------
@@ -92,8 +102,20 @@ def to_mindspore_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def test_mindcv_network_and_ours_give_the_same_logits():
     assert checkpoint_format(FIXTURE) == "mindspore"
+    assert_same_logits_as_mindcv(load_checkpoint(fixture_model(), FIXTURE))
+
+
+def test_the_logits_check_fails_for_one_corrupted_weight():
+    """The bound above can fail: 1e-3 added to one converted weight is caught (over 10x the bound).
+
+    Not a stem weight: this random width-0.1 network passes little of its early layers' signal on (1e-3 in the
+    stem moves the logits by 2.5e-7, a few float32 ulps of the stored logits); a depthwise conv of the last
+    Ghost stage reaches them.
+    """
     model = load_checkpoint(fixture_model(), FIXTURE)
-    torch.testing.assert_close(logits(model), torch.from_numpy(REFERENCE["logits"]), rtol=1e-4, atol=1e-6)
+    weight = corrupt_one_weight(model, conv="blocks.8.0.ghost2.cheap_operation.0")
+    parity = float32_parity(*mindcv_outputs(model))
+    assert not parity.ok, f"{weight} + 1e-3 went unnoticed: {parity}"
 
 
 def test_mindcv_names_are_ours_with_mindspore_batch_norm_names():
@@ -108,8 +130,7 @@ def test_sliced_tensors_packed_dims_and_training_state(tmp_path):
                     "learning_rate": torch.tensor(0.1)})
     path = write_ckpt(tmp_path / "train.ckpt", tensors, split=("conv_head.weight", "blocks.9.features.1.gamma"),
                       packed=True)
-    model = load_checkpoint(fixture_model(), path)
-    torch.testing.assert_close(logits(model), torch.from_numpy(REFERENCE["logits"]), rtol=1e-4, atol=1e-6)
+    assert_same_logits_as_mindcv(load_checkpoint(fixture_model(), path))
 
 
 def test_a_crc_protected_file_is_checked(tmp_path):
@@ -119,8 +140,7 @@ def test_a_crc_protected_file_is_checked(tmp_path):
     body = FIXTURE.read_bytes()
     protected = tmp_path / "crc.ckpt"
     protected.write_bytes(body + b"crc_num" + zlib.crc32(body).to_bytes(10, "big"))
-    model = load_checkpoint(fixture_model(), protected)
-    torch.testing.assert_close(logits(model), torch.from_numpy(REFERENCE["logits"]), rtol=1e-4, atol=1e-6)
+    assert_same_logits_as_mindcv(load_checkpoint(fixture_model(), protected))
     damaged = tmp_path / "damaged.ckpt"
     flipped = bytearray(protected.read_bytes())
     flipped[len(body) // 2] ^= 0x01

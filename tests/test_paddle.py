@@ -19,9 +19,10 @@ from ghostnet.convert.paddle import NAME_TABLE_KEY, key_table, paddle_to_ghostne
 from ghostnet.layers import ClipGate
 from ghostnet.models.ghostnet import GhostNet
 from ghostnet.models.zoo import PADDLE_VARIANT
+from support.numerics import assert_float32_parity, corrupt_one_weight, eager_and_reference, float32_parity
 # The local weights server, and the autouse fixture that gives each test a private cache and weights table and no
 # network beyond 127.0.0.1.
-from test_hub import assert_state_equal, isolated, random_state, serve_published, server  # noqa: F401
+from support.weights_server import assert_state_equal, isolated, random_state, serve_published, server  # noqa: F401
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURE = DATA / "paddleclas_ghostnet_x0_1.pdparams"
@@ -39,6 +40,20 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
         return model(torch.from_numpy(REFERENCE["input"]))
 
 
+def paddleclas_outputs(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(PaddleClas's stored logits, our float32 logits, our float64 logits) on the fixture's batch.
+
+    Paddle computed its logits in float32 on some other CPU; if our network computes the same function, their
+    distance from the float64 truth is float32 rounding, of the size of our own float32 error (support/numerics.py).
+    """
+    eager, reference = eager_and_reference(model, torch.from_numpy(REFERENCE["input"]))
+    return torch.from_numpy(REFERENCE["logits"]), eager, reference
+
+
+def assert_same_logits_as_paddleclas(model: torch.nn.Module) -> None:
+    assert_float32_parity(*paddleclas_outputs(model), what="PaddleClas's logits")
+
+
 def write_pdparams(path: Path, arrays: dict) -> Path:
     with open(path, "wb") as f:
         pickle.dump(arrays, f, protocol=2)  # the protocol of the Paddle 2.x files PaddleClas released
@@ -46,9 +61,20 @@ def write_pdparams(path: Path, arrays: dict) -> Path:
 
 
 def test_paddleclas_network_and_ours_give_the_same_logits():
+    assert_same_logits_as_paddleclas(load_checkpoint(fixture_model(), FIXTURE))
+
+
+def test_the_logits_check_fails_for_one_corrupted_weight():
+    """The bound above can fail: 1e-3 added to one converted weight is caught (over 5x the bound).
+
+    Not a stem weight: this random width-0.1 network passes little of its early layers' signal on (1e-3 in the
+    stem moves the logits by 1e-8, under one float32 ulp of the stored logits, so no float32 comparison could see
+    it); a depthwise conv of the last Ghost stage reaches them.
+    """
     model = load_checkpoint(fixture_model(), FIXTURE)
-    expected = torch.from_numpy(REFERENCE["logits"])
-    torch.testing.assert_close(logits(model), expected, rtol=1e-4, atol=1e-6)
+    weight = corrupt_one_weight(model, conv="blocks.8.0.ghost2.cheap_operation.0")
+    parity = float32_parity(*paddleclas_outputs(model))
+    assert not parity.ok, f"{weight} + 1e-3 went unnoticed: {parity}"
 
 
 def test_the_fixture_tells_the_paddleclas_details_apart():
@@ -78,7 +104,7 @@ def test_files_keyed_by_parameter_names_load_the_same(tmp_path):
     renamed = {names[k]: v for k, v in raw.items()}
     assert set(renamed) != set(raw)
     model = load_checkpoint(fixture_model(), write_pdparams(tmp_path / "by_param_name.pdparams", renamed))
-    torch.testing.assert_close(logits(model), torch.from_numpy(REFERENCE["logits"]), rtol=1e-4, atol=1e-6)
+    assert_same_logits_as_paddleclas(model)
 
 
 def test_every_key_of_the_file_is_in_the_key_table():

@@ -10,6 +10,7 @@ from ghostnet.layers import dfc_attention
 from ghostnet.layers.ghost import make_short_conv
 
 from conftest import randomize_bn
+from support.numerics import assert_float64_close
 
 
 def official_dfc(short_conv, x, out_size):
@@ -21,9 +22,11 @@ def official_dfc(short_conv, x, out_size):
 @pytest.mark.parametrize("h,w", [(2, 2), (7, 7), (14, 14), (9, 4), (3, 8), (15, 2)])
 def test_matches_official_where_official_works(h, w):
     torch.manual_seed(0)
-    short_conv = randomize_bn(make_short_conv(6, 6, 1, 1)).eval()
-    x = torch.randn(2, 6, h, w)
-    torch.testing.assert_close(dfc_attention(short_conv, x, (h, w)), official_dfc(short_conv, x, (h, w)))
+    short_conv = randomize_bn(make_short_conv(6, 6, 1, 1)).double().eval()
+    x = torch.randn(2, 6, h, w, dtype=torch.float64)
+    # float64 on both sides: equal up to float64 rounding, whatever the CPU's float32 kernels (support/numerics.py)
+    with torch.no_grad():
+        assert_float64_close(dfc_attention(short_conv, x, (h, w)), official_dfc(short_conv, x, (h, w)))
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (1, 6), (5, 1)])
