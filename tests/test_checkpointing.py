@@ -12,7 +12,7 @@ import ghostnet
 from ghostnet.layers import checkpointing
 from ghostnet.layers.checkpointing import set_grad_checkpointing
 from ghostnet.train import make_config, read_training_state, train
-from test_train_support import tiny_config, write_npz_data
+from support.training import tiny_config, write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 import ghostnet
 from ghostnet import CheckpointError, load_checkpoint
 
-from conftest import randomize_bn
+from support.common import randomize_bn
 
 
 @pytest.fixture(scope="module")

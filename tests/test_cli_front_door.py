@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_train_support import tiny_config, write_image_folder, write_npz_data
+from support.training import tiny_config, write_image_folder, write_npz_data
 
 CLI = [sys.executable, "-m", "ghostnet"]
 

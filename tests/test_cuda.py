@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
-from conftest import randomize_bn
-from test_train_support import tiny_config, write_npz_data
+from support.common import randomize_bn
+from support.training import tiny_config, write_npz_data
 
 import ghostnet
 from ghostnet.analysis import profile

@@ -8,7 +8,7 @@ import torch
 from ghostnet.data import (ArrayDataset, CorruptImageError, ResumableSampler, SeededDataset, TransformConfig,
                            collate_skipping, eval_transform, make_loader, open_split, subset, train_transform)
 from ghostnet.train import make_config, read_training_state, train
-from test_train_support import tiny_config, write_image_folder, write_npz_data
+from support.training import tiny_config, write_image_folder, write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import ghostnet
-from ghostnet.dense import (GhostNetFPN, deeplabv3_ghostnet, fasterrcnn_ghostnet_fpn, freeze_batchnorm,
-                            ghostnet_fpn_backbone, layer_groups, lraspp_ghostnet, set_trainable_layers)
+from ghostnet.dense import (GhostNetFPN, convert_to_frozen_batchnorm, deeplabv3_ghostnet, fasterrcnn_ghostnet_fpn,
+                            freeze_batchnorm, ghostnet_fpn_backbone, layer_groups, lraspp_ghostnet,
+                            set_trainable_layers)
 
-from conftest import randomize_bn
+from support.common import randomize_bn
 from support.numerics import assert_float32_parity, eager_and_reference
 
 NAME = "ghostnet_050"
@@ -156,7 +157,8 @@ def test_a_model_that_is_not_a_ghostnet_is_refused():
         ghostnet_fpn_backbone("resnet20_cifar")
 
 
-@pytest.mark.parametrize("name", ["ghostnetv2_100", "ghostnetv3_050", "ghostnet_050_paddle"])
+@pytest.mark.parametrize("name", ["ghostnetv2_100", "ghostnetv3_050", "ghostnet_050_paddle", "repghostnet_050",
+                                  "parameternet_600m"])
 def test_every_ghostnet_family_is_a_backbone(name):
     fpn = ghostnet_fpn_backbone(name, out_indices=(2, 3, 4)).eval()
     with torch.no_grad():
@@ -181,3 +183,11 @@ def test_segmenters_fuse_and_export_to_onnx(build, tmp_path):
     got = session.run(None, {session.get_inputs()[0].name: torch.cat([x, x]).numpy()})[0]
     assert got.shape == (2, 5, 128, 160)
     assert_float32_parity(torch.from_numpy(got[:1]), eager, reference, what="segmenter in onnxruntime")
+
+
+def test_frozen_batchnorm_keeps_the_models_dtype():
+    """A float64 (or CUDA) body stays one: the frozen layers take the BatchNorm's dtype and device."""
+    body = convert_to_frozen_batchnorm(ghostnet.create_model("ghostnet_050", features_only=True).double().eval())
+    frozen = [m for m in body.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and all(m.running_mean.dtype == torch.float64 for m in frozen)
+    assert body(torch.randn(1, 3, 64, 64, dtype=torch.float64))[-1].dtype == torch.float64

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ghostnet.train import make_config, read_training_state, train
-from test_train_support import TINY, write_npz_data
+from support.training import TINY, write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,9 +10,9 @@ import torch
 from ghostnet.cli import main
 from ghostnet.data import TransformConfig, eval_transform, load_rgb
 from ghostnet.train import load_trained
-from conftest import single_thread
+from support.common import single_thread
 from support.weights_server import isolated, serve_published, server  # noqa: F401  (private cache and table, local server)
-from test_train_support import write_image_folder
+from support.training import write_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = ("cat", "dog", "fox")

@@ -16,7 +16,7 @@ from ghostnet.deploy import fuse
 from ghostnet.deploy.bench import BenchConfig, run_benchmark
 from ghostnet.deploy.export import export_executorch, load_exported
 
-from conftest import randomize_bn
+from support.common import randomize_bn
 
 HAVE_EXECUTORCH = importlib.util.find_spec("executorch") is not None
 needs_executorch = pytest.mark.skipif(not HAVE_EXECUTORCH, reason="executorch is an optional extra, not installed")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from conftest import randomize_bn
+from support.common import randomize_bn
 
 import ghostnet
 from ghostnet.cli import main as cli_main
@@ -97,7 +97,11 @@ def test_dynamo_exporter_matches(tmp_path):
     assert len(onnx.load(str(path)).graph.node) < len(scripted.graph.node)
 
 
-@pytest.mark.parametrize("name", ["ghostnetv2_100", "ghostnetv3_050", "ghost_resnet20_cifar"])
+#: The families (v1 is covered by ONNX for every model), each in TorchScript and torch.export.
+FAMILIES = ["ghostnetv2_100", "ghostnetv3_050", "repghostnet_050", "g_ghost_regnetx_032", "parameternet_600m"]
+
+
+@pytest.mark.parametrize("name", FAMILIES + ["ghost_resnet20_cifar"])
 def test_torchscript_round_trip(name, tmp_path):
     model = _model(name)
     path = export_torchscript(fuse(model, example_input=_images(1)), tmp_path / "m.pt", _images(1))
@@ -108,7 +112,7 @@ def test_torchscript_round_trip(name, tmp_path):
         assert_float32_parity(loaded(x), eager, reference, what="TorchScript")
 
 
-@pytest.mark.parametrize("name", ["ghostnetv2_100", "resnet20_cifar"])
+@pytest.mark.parametrize("name", FAMILIES + ["resnet20_cifar"])
 def test_torch_export_round_trip_with_dynamic_batch(name, tmp_path):
     model = _model(name)
     path = export_program(fuse(model, example_input=_images(1)), tmp_path / "m.pt2", _images(1))

@@ -27,7 +27,7 @@ from ghostnet.train.optim import build_optimizer, lr_scales, set_lr
 from ghostnet.train.resume import RESUME_MUTABLE, run_config
 from support.weights_server import (isolated, random_state, serve_entry, serve_published, server,  # noqa: F401
                                     torch_bytes)
-from test_train_support import write_npz_data
+from support.training import write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import randomize_bn
+from support.common import randomize_bn
 from support.numerics import (GroupedConvAsEinsum, assert_float32_parity, assert_float64_close, corrupt_one_weight,
                               eager_and_reference)
 from torch.overrides import TorchFunctionMode

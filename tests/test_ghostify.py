@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from conftest import randomize_bn
+from support.common import randomize_bn
 from ghostnet import GhostModule, ghostify
 from ghostnet.layers.swap import OrderedGhostModule
 from support.numerics import assert_float32_parity, assert_float64_close, eager_and_reference, float64_copy, run_float64

@@ -20,7 +20,7 @@ from ghostnet.models.ghostnet import GhostNet
 # network beyond 127.0.0.1.
 from support.weights_server import assert_state_equal, isolated, random_state, serve_published, server  # noqa: F401
 
-from conftest import randomize_bn
+from support.common import randomize_bn
 from support.numerics import assert_float32_parity, corrupt_one_weight, eager_and_reference, float32_parity
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -9,7 +9,7 @@ import torch
 
 from ghostnet.cli import main
 from ghostnet.models.spec import create_from_spec, data_config_of, parse_model_spec
-from test_train_support import write_image_folder, write_npz_data
+from support.training import write_image_folder, write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -35,7 +35,7 @@ def fp32_path(fused_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
-    from conftest import SHARED_DATA
+    from support.common import SHARED_DATA
 
     cifar = SHARED_DATA / "cifar10"
     if not cifar.is_dir():
@@ -133,7 +133,7 @@ def test_load_images_keeps_labels_with_their_images(tmp_path):
 
 
 def test_cli_quantize(calibration, tmp_path, capsys):
-    from conftest import SHARED_DATA
+    from support.common import SHARED_DATA
 
     model = ghostnet.create_model("resnet20_cifar").eval()
     fp32 = export_onnx(fuse(model, example_input=torch.randn(1, 3, 32, 32)), tmp_path / "r.onnx",

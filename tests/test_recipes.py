@@ -6,7 +6,7 @@ import torch
 
 from ghostnet.cli import main
 from ghostnet.train import list_recipes, load_recipe, read_recipe, read_training_state, train
-from test_train_support import write_npz_data
+from support.training import write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import torch
 import ghostnet
 from ghostnet.layers import GhostModuleV3
 
-from conftest import randomize_bn
+from support.common import randomize_bn
 from support.numerics import GroupedConvAsEinsum, assert_float64_close, corrupt_one_weight
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from conftest import randomize_bn
+from support.common import randomize_bn
 
 import ghostnet
 from ghostnet.analysis import profile

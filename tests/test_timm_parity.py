@@ -6,7 +6,7 @@ import torch
 
 import ghostnet
 
-from conftest import randomize_bn
+from support.common import randomize_bn
 from support.numerics import GroupedConvAsEinsum, assert_float64_close, corrupt_one_weight
 
 timm = pytest.importorskip("timm", reason="the parity tests need the 'timm' extra (pip install -e '.[dev]')")

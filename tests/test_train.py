@@ -11,8 +11,8 @@ import ghostnet
 from ghostnet.train import (distillation_loss, export_checkpoint, load_trained, lr_at, make_config, param_groups,
                             read_training_state, soft_target_loss, train)
 from ghostnet.models.spec import create_from_spec, data_config_of
-from conftest import single_thread
-from test_train_support import tiny_config, write_npz_data
+from support.common import single_thread
+from support.training import tiny_config, write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,8 +6,8 @@ import torch
 
 from ghostnet.cli import main
 from ghostnet.train import make_config, read_training_state, train
-from conftest import single_thread
-from test_train_support import tiny_config, write_npz_data
+from support.common import single_thread
+from support.training import tiny_config, write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ import ghostnet
 from ghostnet.layers import dfc_attention
 from ghostnet.layers.ghost import make_short_conv
 
-from conftest import randomize_bn
+from support.common import randomize_bn
 from support.numerics import assert_float64_close
 
 

@@ -39,7 +39,9 @@ def convert_to_frozen_batchnorm(module: nn.Module) -> nn.Module:
     """
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            # On the layer's own device and dtype: a float64 or CUDA model stays one (the buffers' defaults would not).
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps).to(child.running_mean.device,
+                                                                              child.running_mean.dtype)
             with torch.no_grad():
                 frozen.weight.copy_(child.weight if child.affine else torch.ones_like(frozen.weight))
                 frozen.bias.copy_(child.bias if child.affine else torch.zeros_like(frozen.bias))
