@@ -21,6 +21,8 @@ from typing import Optional, Protocol
 import torch
 import torch.nn as nn
 
+from .helpers import conv_bn, same_conv
+
 
 class StageBlockFactory(Protocol):
     """Builds one block of a stage: `narrow` is True for the inner blocks that only see the intrinsic channels.
@@ -55,7 +57,7 @@ class RegNetXBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample: Optional[nn.Sequential] = None
         if stride != 1 or in_chs != out_chs:
-            self.downsample = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
+            self.downsample = conv_bn(same_conv(in_chs, out_chs, 1, stride), out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -131,8 +133,7 @@ class GGhostStage(nn.Module):
         self.end = block_fn(out_chs, out_chs, stride=1, dilation=dilation, narrow=False)
         # Declared in the official order (base, end, merge, cheap, layers) so that parameters() order matches too.
         self.merge = StageMix(out_chs + raw_chs * (depth - 2), self.cheap_chs)
-        self.cheap = nn.Sequential(nn.Conv2d(self.cheap_chs, self.cheap_chs, 1, bias=False),
-                                   nn.BatchNorm2d(self.cheap_chs))
+        self.cheap = conv_bn(same_conv(self.cheap_chs, self.cheap_chs, 1), self.cheap_chs)
         self.cheap_relu = nn.ReLU(inplace=True)
         self.layers = nn.Sequential(*[block_fn(raw_chs, raw_chs, stride=1, dilation=dilation, narrow=True)
                                       for _ in range(depth - 2)])

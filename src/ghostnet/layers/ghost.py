@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .helpers import LayerFactory, make_act, same_padding
+from .helpers import LayerFactory, conv_bn, make_act, same_conv
 
 #: A cheap operation is built from (intrinsic channels, ghost channels, cheap kernel size d, dilation).
 CheapOpFactory = Callable[[int, int, int, int], nn.Module]
@@ -20,8 +20,7 @@ CheapOpFactory = Callable[[int, int, int, int], nn.Module]
 
 def depthwise_cheap_op(in_chs: int, out_chs: int, kernel_size: int, dilation: int = 1) -> nn.Module:
     """The paper's default: each intrinsic map feeds out/in maps through its own d x d filter."""
-    return nn.Conv2d(in_chs, out_chs, kernel_size, 1, same_padding(kernel_size, dilation),
-                     dilation=dilation, groups=in_chs, bias=False)
+    return same_conv(in_chs, out_chs, kernel_size, 1, dilation, groups=in_chs)
 
 
 def pointwise_cheap_op(in_chs: int, out_chs: int, kernel_size: int, dilation: int = 1) -> nn.Module:
@@ -34,8 +33,7 @@ def group_cheap_op(in_chs: int, out_chs: int, kernel_size: int, dilation: int = 
     groups = math.gcd(in_chs, out_chs)
     while groups > 1 and in_chs // groups < group_size and groups % 2 == 0:
         groups //= 2
-    return nn.Conv2d(in_chs, out_chs, kernel_size, 1, same_padding(kernel_size, dilation),
-                     dilation=dilation, groups=groups, bias=False)
+    return same_conv(in_chs, out_chs, kernel_size, 1, dilation, groups=groups)
 
 
 CHEAP_OPS: dict[str, CheapOpFactory] = {
@@ -59,6 +57,16 @@ def ghost_channels(out_chs: int, ratio: int) -> tuple[int, int]:
     """(intrinsic, ghost) channel counts: ceil(out/s) intrinsic maps, each feeding s-1 ghost maps."""
     init_chs = math.ceil(out_chs / ratio)
     return init_chs, init_chs * (ratio - 1)
+
+
+def init_ghost_geometry(module: nn.Module, in_chs: int, out_chs: int, ratio: int, dw_size: int, kernel_size: int,
+                        stride: int, dilation: int) -> None:
+    """Check a Ghost module's arguments and set the attributes GhostModule and GhostModuleV3 share (`in_chs`,
+    `out_chs`, `ratio`, `dw_size`, `init_chs`, `new_chs`), which `merge_ghost_maps`, fusion and cost analysis read."""
+    _check_ghost_args(in_chs, out_chs, ratio, dw_size, kernel_size, stride, dilation)
+    module.in_chs, module.out_chs = in_chs, out_chs
+    module.ratio, module.dw_size = int(ratio), dw_size
+    module.init_chs, module.new_chs = ghost_channels(out_chs, module.ratio)
 
 
 def _check_ghost_args(in_chs: int, out_chs: int, ratio: int, dw_size: int, kernel_size: int, stride: int,
@@ -89,12 +97,9 @@ def dfc_attention(short_conv: nn.Module, x: torch.Tensor, out_size: tuple[int, i
 def make_short_conv(in_chs: int, out_chs: int, kernel_size: int, stride: int) -> nn.Sequential:
     """The DFC branch's convolutions: 1x1 (or k x k) conv + BN, depthwise 1x5 + BN, depthwise 5x1 + BN."""
     return nn.Sequential(
-        nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_chs),
-        nn.Conv2d(out_chs, out_chs, (1, 5), 1, (0, 2), groups=out_chs, bias=False),
-        nn.BatchNorm2d(out_chs),
-        nn.Conv2d(out_chs, out_chs, (5, 1), 1, (2, 0), groups=out_chs, bias=False),
-        nn.BatchNorm2d(out_chs),
+        *conv_bn(same_conv(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2), out_chs),
+        *conv_bn(same_conv(out_chs, out_chs, (1, 5), padding=(0, 2), groups=out_chs), out_chs),
+        *conv_bn(same_conv(out_chs, out_chs, (5, 1), padding=(2, 0), groups=out_chs), out_chs),
     )
 
 
@@ -140,21 +145,11 @@ class GhostModule(nn.Module):
         dfc: bool = False,
     ) -> None:
         super().__init__()
-        _check_ghost_args(in_chs, out_chs, ratio, dw_size, kernel_size, stride, dilation)
-        self.in_chs, self.out_chs = in_chs, out_chs
-        self.ratio, self.dw_size = int(ratio), dw_size
-        self.init_chs, self.new_chs = ghost_channels(out_chs, self.ratio)
-        padding = same_padding(kernel_size, dilation) if padding is None else padding
-        self.primary_conv = nn.Sequential(
-            nn.Conv2d(in_chs, self.init_chs, kernel_size, stride, padding, dilation=dilation, bias=False),
-            nn.BatchNorm2d(self.init_chs),
-            make_act(act_layer),
-        )
-        self.cheap_operation = nn.Sequential(
-            resolve_cheap_op(cheap_op)(self.init_chs, self.new_chs, dw_size, dilation),
-            nn.BatchNorm2d(self.new_chs),
-            make_act(act_layer),
-        )
+        init_ghost_geometry(self, in_chs, out_chs, ratio, dw_size, kernel_size, stride, dilation)
+        self.primary_conv = conv_bn(same_conv(in_chs, self.init_chs, kernel_size, stride, dilation, padding=padding),
+                                    self.init_chs, make_act(act_layer))
+        self.cheap_operation = conv_bn(resolve_cheap_op(cheap_op)(self.init_chs, self.new_chs, dw_size, dilation),
+                                       self.new_chs, make_act(act_layer))
         self.short_conv = make_short_conv(in_chs, out_chs, kernel_size, stride) if dfc else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

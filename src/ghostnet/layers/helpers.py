@@ -8,6 +8,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 LayerFactory = Optional[Type[nn.Module]]
+#: Builds a bias-free conv with "same" padding from (in_chs, out_chs, kernel_size, stride=, dilation=, groups=):
+#: `same_conv`, or ParameterNet's `DynamicConv2d` (whose padding defaults to "same").
+ConvFactory = Callable[..., nn.Module]
 
 
 def make_divisible(v: float, divisor: int = 4, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
@@ -22,6 +25,21 @@ def make_divisible(v: float, divisor: int = 4, min_value: Optional[int] = None, 
 def same_padding(kernel_size: int, dilation: int = 1) -> int:
     """Padding that keeps the spatial size of an odd kernel at stride 1."""
     return dilation * (kernel_size - 1) // 2
+
+
+def same_conv(in_chs: int, out_chs: int, kernel_size: Union[int, tuple[int, int]], stride: int = 1,
+              dilation: int = 1, groups: int = 1, padding: Union[None, int, tuple[int, int]] = None) -> nn.Conv2d:
+    """A bias-free Conv2d, as every conv followed by a batch norm here is; padding defaults to "same" (odd kernel)."""
+    padding = same_padding(kernel_size, dilation) if padding is None else padding
+    return nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=False)
+
+
+def conv_bn(conv: nn.Module, out_chs: int, *after: nn.Module) -> nn.Sequential:
+    """`conv`, a BatchNorm2d of its `out_chs` maps, then `after` (an activation), as one Sequential.
+
+    The official code's layout: keys `.0.*` (conv) and `.1.*` (BN), so checkpoints load unchanged.
+    """
+    return nn.Sequential(conv, nn.BatchNorm2d(out_chs), *after)
 
 
 def make_act(act_layer: LayerFactory) -> nn.Module:
@@ -47,7 +65,7 @@ class HardSigmoid(nn.Module):
 
 
 class ConvBnAct(nn.Module):
-    """Conv + BatchNorm + activation with timm's key names (`conv`, `bn1`)."""
+    """Conv + BatchNorm + activation with timm's key names (`conv`, `bn1`); `conv_layer` makes the conv."""
 
     def __init__(
         self,
@@ -58,12 +76,10 @@ class ConvBnAct(nn.Module):
         dilation: int = 1,
         groups: int = 1,
         act_layer: LayerFactory = nn.ReLU,
+        conv_layer: ConvFactory = same_conv,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_chs, out_chs, kernel_size, stride, same_padding(kernel_size, dilation),
-            dilation=dilation, groups=groups, bias=False,
-        )
+        self.conv = conv_layer(in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, groups=groups)
         self.bn1 = nn.BatchNorm2d(out_chs)
         self.act1 = make_act(act_layer)
 

@@ -8,29 +8,25 @@ ordinary. The SE block takes the network's activation (Hardswish) where GhostNet
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
+from .bottleneck import BottleneckLayout
 from .dynamic_conv import DynamicConv2d
-from .helpers import LayerFactory, make_act, same_padding
+from .helpers import ConvBnAct, LayerFactory, conv_bn, make_act
 from .squeeze_excite import SqueezeExcite
 
 
-class DynamicConvBnAct(nn.Module):
+class DynamicConvBnAct(ConvBnAct):
     """Dynamic conv + BatchNorm + activation, keys `conv`, `bn1` (the official `ConvBnAct`)."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, dilation: int = 1,
                  act_layer: LayerFactory = nn.Hardswish, num_experts: int = 4) -> None:
-        super().__init__()
-        self.conv = DynamicConv2d(in_chs, out_chs, kernel_size, stride, same_padding(kernel_size, dilation), dilation,
-                                  num_experts=num_experts)
-        self.bn1 = nn.BatchNorm2d(out_chs)
-        self.act1 = make_act(act_layer)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv(x)))
+        super().__init__(in_chs, out_chs, kernel_size, stride, dilation, act_layer=act_layer,
+                         conv_layer=partial(DynamicConv2d, num_experts=num_experts))
 
 
 class DynamicGhostModule(nn.Module):
@@ -48,17 +44,10 @@ class DynamicGhostModule(nn.Module):
             raise ValueError(f"cheap kernel size d must be a positive odd integer, got {dw_size}")
         self.out_chs = out_chs
         init_chs = math.ceil(out_chs / 2)
-        self.primary_conv = nn.Sequential(
-            DynamicConv2d(in_chs, init_chs, 1, num_experts=num_experts),
-            nn.BatchNorm2d(init_chs),
-            make_act(act_layer),
-        )
-        self.cheap_operation = nn.Sequential(
-            DynamicConv2d(init_chs, init_chs, dw_size, 1, same_padding(dw_size, dilation), dilation, groups=init_chs,
-                          num_experts=num_experts),
-            nn.BatchNorm2d(init_chs),
-            make_act(act_layer),
-        )
+        self.primary_conv = conv_bn(DynamicConv2d(in_chs, init_chs, 1, num_experts=num_experts), init_chs,
+                                    make_act(act_layer))
+        self.cheap_operation = conv_bn(DynamicConv2d(init_chs, init_chs, dw_size, dilation=dilation, groups=init_chs,
+                                                     num_experts=num_experts), init_chs, make_act(act_layer))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.primary_conv(x)
@@ -66,24 +55,11 @@ class DynamicGhostModule(nn.Module):
         return out if out.shape[1] == self.out_chs else out[:, : self.out_chs]
 
 
-def make_dynamic_shortcut(in_chs: int, out_chs: int, kernel_size: int, stride: int, dilation: int,
-                          needs_projection: bool, num_experts: int = 4) -> nn.Sequential:
-    """Identity (empty Sequential) or dynamic depthwise k x k (stride s) + BN + dynamic 1x1 + BN."""
-    if not needs_projection:
-        return nn.Sequential()
-    return nn.Sequential(
-        DynamicConv2d(in_chs, in_chs, kernel_size, stride, same_padding(kernel_size, dilation), dilation,
-                      groups=in_chs, num_experts=num_experts),
-        nn.BatchNorm2d(in_chs),
-        DynamicConv2d(in_chs, out_chs, 1, num_experts=num_experts),
-        nn.BatchNorm2d(out_chs),
-    )
-
-
-class DynamicGhostBottleneck(nn.Module):
+class DynamicGhostBottleneck(BottleneckLayout):
     """ParameterNet's bottleneck: ghost1 -> [strided depthwise + BN] -> [SE] -> ghost2 (linear), plus a shortcut.
 
-    `has_dw` keeps the strided depthwise conv and the projection shortcut when dilation replaces the stride
+    The Ghost bottleneck's layout with dynamic Ghost modules and a projection shortcut of dynamic convs; the strided
+    depthwise conv stays ordinary. `has_dw` keeps it and the projection shortcut when dilation replaces the stride
     (`stride=1, dilation>1`), so that weights keep loading.
     """
 
@@ -102,28 +78,8 @@ class DynamicGhostBottleneck(nn.Module):
         se_layer: Callable[..., nn.Module] = SqueezeExcite,
     ) -> None:
         super().__init__()
-        has_dw = stride > 1 if has_dw is None else has_dw
-        self.stride = stride
-        self.ghost1 = DynamicGhostModule(in_chs, mid_chs, dilation=dilation, act_layer=act_layer,
-                                         num_experts=num_experts)
-        if has_dw:
-            self.conv_dw: Optional[nn.Conv2d] = nn.Conv2d(
-                mid_chs, mid_chs, dw_kernel_size, stride, same_padding(dw_kernel_size, dilation), dilation=dilation,
-                groups=mid_chs, bias=False)
-            self.bn_dw: Optional[nn.Module] = nn.BatchNorm2d(mid_chs)
-        else:
-            self.conv_dw = self.bn_dw = None
-        self.se = se_layer(mid_chs, rd_ratio=se_ratio) if se_ratio and se_ratio > 0 else None
-        self.ghost2 = DynamicGhostModule(mid_chs, out_chs, dilation=dilation, act_layer=None, num_experts=num_experts)
-        self.shortcut = make_dynamic_shortcut(in_chs, out_chs, dw_kernel_size, stride, dilation,
-                                              needs_projection=in_chs != out_chs or has_dw, num_experts=num_experts)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.ghost1(x)
-        if self.conv_dw is not None:
-            x = self.bn_dw(self.conv_dw(x))
-        if self.se is not None:
-            x = self.se(x)
-        x = self.ghost2(x)
-        return x + self.shortcut(shortcut)
+        ghost = partial(DynamicGhostModule, dilation=dilation, num_experts=num_experts)
+        # DynamicConv2d pads "same" by default, as the official shortcut does.
+        self._build_layout(in_chs, mid_chs, out_chs, partial(ghost, act_layer=act_layer),
+                           partial(ghost, act_layer=None), dw_kernel_size, stride, dilation, se_ratio, has_dw,
+                           se_layer, shortcut_conv=partial(DynamicConv2d, num_experts=num_experts))

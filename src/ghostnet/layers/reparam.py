@@ -6,20 +6,22 @@ linear until the shared activation, they sum to one conv with bias. Key names fo
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .bottleneck import make_shortcut
-from .ghost import _check_ghost_args, ghost_channels, make_short_conv, merge_ghost_maps
+from .bottleneck import BottleneckLayout
+from .ghost import init_ghost_geometry, make_short_conv, merge_ghost_maps
 from .helpers import ConvBnAct, LayerFactory, conv_from, fuse_conv_bn_weights, identity_kernel, make_act
 from .squeeze_excite import SqueezeExcite
 
 
-def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, dilation: int = 1,
-             groups: int = 1) -> ConvBnAct:
+def _linear_branch(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+                   groups: int = 1) -> ConvBnAct:
+    """One Conv+BN training branch (keys `conv`, `bn1` as in the official code), linear until the shared act."""
     return ConvBnAct(in_chs, out_chs, kernel_size, stride, dilation, groups, act_layer=None)
 
 
@@ -61,25 +63,22 @@ class GhostModuleV3(nn.Module):
         num_conv_branches: int = 3,
     ) -> None:
         super().__init__()
-        _check_ghost_args(in_chs, out_chs, ratio, dw_size, kernel_size, stride, dilation)
+        init_ghost_geometry(self, in_chs, out_chs, ratio, dw_size, kernel_size, stride, dilation)
         if num_conv_branches < 1:
             raise ValueError(f"num_conv_branches must be >= 1, got {num_conv_branches}")
-        self.in_chs, self.out_chs = in_chs, out_chs
-        self.ratio, self.dw_size = int(ratio), dw_size
-        self.init_chs, self.new_chs = ghost_channels(out_chs, self.ratio)
         self.reparameterized = False
         # Placeholders of the inference form: parameter-free until reparameterize() fills them.
         self.primary_conv: nn.Module = nn.Identity()
         self.cheap_operation: nn.Module = nn.Identity()
         self.primary_rpr_conv = nn.ModuleList(
-            _conv_bn(in_chs, self.init_chs, kernel_size, stride, dilation) for _ in range(num_conv_branches))
+            _linear_branch(in_chs, self.init_chs, kernel_size, stride, dilation) for _ in range(num_conv_branches))
         self.primary_activation = make_act(act_layer)
         # The BN identity branch only exists where ghost maps and intrinsic maps match one to one (s = 2).
         self.cheap_rpr_skip = nn.BatchNorm2d(self.init_chs) if self.new_chs == self.init_chs else None
         self.cheap_rpr_conv = nn.ModuleList(
-            _conv_bn(self.init_chs, self.new_chs, dw_size, 1, dilation, groups=self.init_chs)
+            _linear_branch(self.init_chs, self.new_chs, dw_size, 1, dilation, groups=self.init_chs)
             for _ in range(num_conv_branches))
-        self.cheap_rpr_scale = _conv_bn(self.init_chs, self.new_chs, 1, groups=self.init_chs)
+        self.cheap_rpr_scale = _linear_branch(self.init_chs, self.new_chs, 1, groups=self.init_chs)
         self.cheap_activation = make_act(act_layer)
         self.short_conv = make_short_conv(in_chs, out_chs, kernel_size, stride) if dfc else None
 
@@ -114,8 +113,12 @@ class GhostModuleV3(nn.Module):
         self.reparameterized = True
 
 
-class GhostBottleneckV3(nn.Module):
-    """GhostNetV3 bottleneck: v1/v2 layout with re-parameterizable ghost modules and strided depthwise conv."""
+class GhostBottleneckV3(BottleneckLayout):
+    """GhostNetV3 bottleneck: v1/v2 layout with re-parameterizable ghost modules and strided depthwise conv.
+
+    The depthwise part is trained as k x k branches plus a 1x1 scale branch (`dw_rpr_conv`, `dw_rpr_scale`);
+    `reparameterize()` fuses them into `conv_dw` (with bias; `bn_dw` becomes an Identity).
+    """
 
     def __init__(
         self,
@@ -133,42 +136,35 @@ class GhostBottleneckV3(nn.Module):
         se_layer: Callable[..., nn.Module] = SqueezeExcite,
     ) -> None:
         super().__init__()
-        has_dw = stride > 1 if has_dw is None else has_dw
-        self.stride = stride
         self.dw_kernel_size = dw_kernel_size
+        self.num_conv_branches = num_conv_branches
         self.reparameterized = False
-        self.ghost1 = GhostModuleV3(in_chs, mid_chs, dilation=dilation, act_layer=act_layer, dfc=dfc,
-                                    num_conv_branches=num_conv_branches)
+        ghost = partial(GhostModuleV3, dilation=dilation, num_conv_branches=num_conv_branches)
+        self._build_layout(in_chs, mid_chs, out_chs, partial(ghost, act_layer=act_layer, dfc=dfc),
+                           partial(ghost, act_layer=None), dw_kernel_size, stride, dilation, se_ratio, has_dw, se_layer)
+
+    def _build_depthwise(self, mid_chs: int, kernel_size: int, stride: int, dilation: int, has_dw: bool) -> None:
+        """The training branches; `conv_dw` / `bn_dw` stay None until `reparameterize()` fills them."""
         self.conv_dw: Optional[nn.Module] = None
         self.bn_dw: Optional[nn.Module] = None
         if has_dw:
             self.dw_rpr_conv = nn.ModuleList(
-                _conv_bn(mid_chs, mid_chs, dw_kernel_size, stride, dilation, groups=mid_chs)
-                for _ in range(num_conv_branches))
-            self.dw_rpr_scale = _conv_bn(mid_chs, mid_chs, 1, stride, groups=mid_chs)
+                _linear_branch(mid_chs, mid_chs, kernel_size, stride, dilation, groups=mid_chs)
+                for _ in range(self.num_conv_branches))
+            self.dw_rpr_scale = _linear_branch(mid_chs, mid_chs, 1, stride, groups=mid_chs)
         else:
             self.dw_rpr_conv = None
             self.dw_rpr_scale = None
-        self.se = se_layer(mid_chs, rd_ratio=se_ratio) if se_ratio and se_ratio > 0 else None
-        self.ghost2 = GhostModuleV3(mid_chs, out_chs, dilation=dilation, act_layer=None,
-                                    num_conv_branches=num_conv_branches)
-        self.shortcut = make_shortcut(in_chs, out_chs, dw_kernel_size, stride, dilation,
-                                      needs_projection=in_chs != out_chs or has_dw)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.ghost1(x)
-        if self.conv_dw is not None:
-            x = self.conv_dw(x)
-        elif self.dw_rpr_conv is not None:
-            y = self.dw_rpr_scale(x)
-            for branch in self.dw_rpr_conv:
-                y = y + branch(x)
-            x = y
-        if self.se is not None:
-            x = self.se(x)
-        x = self.ghost2(x)
-        return x + self.shortcut(shortcut)
+    def forward_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_dw is not None:  # fused: one conv with bias
+            return self.conv_dw(x)
+        if self.dw_rpr_conv is None:
+            return x
+        y = self.dw_rpr_scale(x)
+        for branch in self.dw_rpr_conv:
+            y = y + branch(x)
+        return y
 
     @torch.no_grad()
     def reparameterize(self) -> None:

@@ -11,13 +11,14 @@ either form load unchanged.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
-from .bottleneck import make_shortcut
-from .helpers import conv_from, fuse_conv_bn_weights, identity_kernel, make_act, same_padding
+from .bottleneck import BottleneckLayout
+from .helpers import conv_bn, conv_from, fuse_conv_bn_weights, identity_kernel, make_act, same_conv
 from .squeeze_excite import SqueezeExcite
 
 
@@ -49,18 +50,12 @@ class RepGhostModule(nn.Module):
             raise ValueError(f"dw_size must be odd (the identity branch is its centre tap), got {dw_size}")
         self.in_chs, self.out_chs, self.dw_size = in_chs, out_chs, dw_size
         self.reparameterized = False
-        self.primary_conv = nn.Sequential(
-            nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_chs),
-            make_act(nn.ReLU if relu else None),
-        )
+        self.primary_conv = conv_bn(same_conv(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2),
+                                    out_chs, make_act(nn.ReLU if relu else None))
         # A Sequential so that the key is `fusion_bn.0.*` as in the official code and timm; None once fused.
         self.fusion_bn: Optional[nn.Sequential] = nn.Sequential(nn.BatchNorm2d(out_chs)) if reparam else None
-        self.cheap_operation: nn.Module = nn.Sequential(
-            nn.Conv2d(out_chs, out_chs, dw_size, 1, same_padding(dw_size, dilation), dilation=dilation,
-                      groups=out_chs, bias=False),
-            nn.BatchNorm2d(out_chs),
-        )
+        self.cheap_operation: nn.Module = conv_bn(same_conv(out_chs, out_chs, dw_size, 1, dilation, groups=out_chs),
+                                                  out_chs)
         self.relu = make_act(nn.ReLU if relu else None)  # in place: the sum (or fused conv output) has no other reader
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +92,7 @@ class RepGhostModule(nn.Module):
         self.reparameterized = True
 
 
-class RepGhostBottleneck(nn.Module):
+class RepGhostBottleneck(BottleneckLayout):
     """RepGhost bottleneck: ghost1 (ReLU) -> [strided depthwise + BN] -> [SE] -> ghost2 (linear), plus a shortcut.
 
     The Ghost bottleneck's layout with RepGhost modules. `has_dw` keeps the strided depthwise conv and the
@@ -118,27 +113,6 @@ class RepGhostBottleneck(nn.Module):
         se_layer: Callable[..., nn.Module] = SqueezeExcite,
     ) -> None:
         super().__init__()
-        has_dw = stride > 1 if has_dw is None else has_dw
-        self.stride = stride
-        self.ghost1 = RepGhostModule(in_chs, mid_chs, dilation=dilation, relu=True, reparam=reparam)
-        if has_dw:
-            self.conv_dw: Optional[nn.Conv2d] = nn.Conv2d(
-                mid_chs, mid_chs, dw_kernel_size, stride, same_padding(dw_kernel_size, dilation),
-                dilation=dilation, groups=mid_chs, bias=False)
-            self.bn_dw: Optional[nn.Module] = nn.BatchNorm2d(mid_chs)
-        else:
-            self.conv_dw = self.bn_dw = None
-        self.se = se_layer(mid_chs, rd_ratio=se_ratio) if se_ratio and se_ratio > 0 else None
-        self.ghost2 = RepGhostModule(mid_chs, out_chs, dilation=dilation, relu=False, reparam=reparam)
-        self.shortcut = make_shortcut(in_chs, out_chs, dw_kernel_size, stride, dilation,
-                                      needs_projection=in_chs != out_chs or has_dw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.ghost1(x)
-        if self.conv_dw is not None:
-            x = self.bn_dw(self.conv_dw(x))
-        if self.se is not None:
-            x = self.se(x)
-        x = self.ghost2(x)
-        return x + self.shortcut(shortcut)
+        ghost = partial(RepGhostModule, dilation=dilation, reparam=reparam)
+        self._build_layout(in_chs, mid_chs, out_chs, partial(ghost, relu=True), partial(ghost, relu=False),
+                           dw_kernel_size, stride, dilation, se_ratio, has_dw, se_layer)

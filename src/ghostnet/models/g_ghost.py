@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..layers.checkpointing import run_stage
 from ..layers.g_ghost import GGhostStage, RegNetXBottleneck, plain_stage
-from .ghostnet import FeatureInfo
+from .backbone import Backbone, DilationSchedule, FeatureInfo, check_io_channels, check_output_stride
 from .registry import register_model
 
 STEM_CHANNELS = 32
@@ -69,7 +69,7 @@ def _regnetx_block(in_chs: int, out_chs: int, *, stride: int, dilation: int, nar
     return RegNetXBottleneck(in_chs, out_chs, stride, dilation, narrow_group_width if narrow else group_width)
 
 
-class GGhostRegNet(nn.Module):
+class GGhostRegNet(Backbone):
     """G-Ghost RegNetX.
 
     Args:
@@ -82,6 +82,8 @@ class GGhostRegNet(nn.Module):
         out_indices: which of the taps (stem at stride 2, end of layer1..layer4 at strides 4..32) to return.
     """
 
+    classifier_name = "fc"
+
     def __init__(self, cfg: GGhostRegNetCfg, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2,
                  cheap_ratio: float = 0.5, output_stride: int = 32, features_only: bool = False,
                  out_indices: Sequence[int] = (0, 1, 2, 3, 4)) -> None:
@@ -91,10 +93,8 @@ class GGhostRegNet(nn.Module):
         if any(cfg.ghost) and int(cfg.group_width * NARROW_GROUP_RATIO) < 1:
             raise ValueError(f"G-Ghost stages need group_width >= 2 (their inner blocks use int(0.75 * group_width)), "
                              f"got {cfg.group_width}")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        if in_chans < 1 or num_classes < 0:
-            raise ValueError(f"in_chans must be >= 1 and num_classes >= 0, got {in_chans} and {num_classes}")
+        check_output_stride(output_stride)
+        check_io_channels(in_chans, num_classes)
         if any(not 0 <= i <= len(STAGE_NAMES) for i in out_indices) or not out_indices:
             raise ValueError(f"out_indices must be a non-empty selection of 0..{len(STAGE_NAMES)}, got "
                              f"{tuple(out_indices)}")
@@ -106,23 +106,31 @@ class GGhostRegNet(nn.Module):
         self.conv1 = nn.Conv2d(in_chans, STEM_CHANNELS, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
         self.act1 = nn.ReLU(inplace=True)
+        self.feature_info_all = self._build_stages(cfg, cheap_ratio, output_stride,
+                                                   last=max(self.out_indices) if features_only else len(STAGE_NAMES))
+        self.num_features = cfg.widths[-1]
+        self.head_hidden_size = 0 if features_only else self.num_features
+        self.fc: Optional[nn.Module] = None
+        if not features_only:
+            self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _build_stages(self, cfg: GGhostRegNetCfg, cheap_ratio: float, output_stride: int,
+                      last: int) -> list[FeatureInfo]:
+        """Build layer1..layer`last` (the later ones are None: no unused parameters in a features_only backbone);
+        returns the taps, the stem's and every stage's."""
         taps = [FeatureInfo(STEM_CHANNELS, 2, "act1", 0)]
         narrow_group_width = int(cfg.group_width * NARROW_GROUP_RATIO)
         block_fn = partial(_regnetx_block, group_width=cfg.group_width, narrow_group_width=narrow_group_width)
-        last = max(self.out_indices) if features_only else len(STAGE_NAMES)
-        prev_chs, net_stride, dilation = STEM_CHANNELS, 2, 1
+        schedule = DilationSchedule(output_stride, stem_stride=2)
+        prev_chs = STEM_CHANNELS
         for i, name in enumerate(STAGE_NAMES):
-            # DeepLab-style dilation: the block that gives up its stride keeps the old dilation.
-            first_dilation, stride = dilation, 2
-            if net_stride * 2 > output_stride:
-                dilation, stride = dilation * 2, 1
-            else:
-                net_stride *= 2
-            taps.append(FeatureInfo(cfg.widths[i], net_stride, name, i + 1))
+            stride, first_dilation = schedule.step(2)
+            taps.append(FeatureInfo(cfg.widths[i], schedule.net_stride, name, i + 1))
             if i + 1 > last:
-                setattr(self, name, None)  # not built: no unused parameters in a features_only backbone
+                setattr(self, name, None)
                 continue
-            kwargs = dict(stride=stride, dilation=dilation, first_dilation=first_dilation)
+            kwargs = dict(stride=stride, dilation=schedule.dilation, first_dilation=first_dilation)
             if cfg.ghost[i]:
                 # The intrinsic channels are rounded to the inner blocks' group width, as in the official code.
                 stage: nn.Module = GGhostStage(prev_chs, cfg.widths[i], cfg.depths[i], block_fn,
@@ -131,13 +139,7 @@ class GGhostRegNet(nn.Module):
                 stage = plain_stage(prev_chs, cfg.widths[i], cfg.depths[i], block_fn, **kwargs)
             setattr(self, name, stage)
             prev_chs = cfg.widths[i]
-        self.feature_info_all = taps
-        self.num_features = cfg.widths[-1]
-        self.head_hidden_size = 0 if features_only else self.num_features
-        self.fc: Optional[nn.Module] = None
-        if not features_only:
-            self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
+        return taps
 
     def _init_weights(self) -> None:
         # The official initialization: He (fan_out) convolutions, unit BN; Linear keeps PyTorch's default.
@@ -161,37 +163,12 @@ class GGhostRegNet(nn.Module):
             return ()
         return ("fc.",) + tuple(f"{n}." for n in STAGE_NAMES if getattr(self, n) is None)
 
-    @property
-    def feature_info(self) -> list[FeatureInfo]:
-        """The taps returned by `features_only` (all five when the model is a classifier)."""
-        taps = self.feature_info_all
-        return [taps[i] for i in self.out_indices] if self.features_only else list(taps)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D batch (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape "
-                             f"{tuple(x.shape)}); build the model with in_chans={x.shape[1]} to accept it")
-        if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
-            raise ValueError(f"input {x.shape[-2]}x{x.shape[-1]} is too small: this network needs at least "
-                             f"{self.min_input_size}x{self.min_input_size} pixels")
-
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return self.act1(self.bn1(self.conv1(x)))
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage's activations in the backward pass (BN statistics kept right; see
-        ghostnet.layers.checkpointing)."""
-        self.grad_checkpointing = enable
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem and the four stages: the final map."""
-        x = self.forward_stem(x)
-        for stage in self.stages:
-            x = run_stage(stage, x, self.grad_checkpointing)
-        return x
+    def built_stages(self) -> list[nn.Module]:
+        return self.stages
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
         """Feature maps at the requested taps (default: `out_indices`)."""
@@ -209,51 +186,29 @@ class GGhostRegNet(nn.Module):
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier (0 removes it)."""
-        if self.features_only:
-            raise ValueError("a features_only model has no classifier")
-        self.num_classes = num_classes
-        device = self.conv1.weight.device
-        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-
 
 # The official training and evaluation follow the PyTorch ImageNet example: Resize(256) + CenterCrop(224) with
 # torchvision's default (bilinear) interpolation.
 _G_GHOST_CFG = dict(interpolation="bilinear", first_conv="conv1", classifier="fc")
 
 
-def _g_ghost_regnetx(variant: str, **kwargs: Any) -> GGhostRegNet:
-    return GGhostRegNet(G_GHOST_REGNETX[variant], **kwargs)
+#: The registered builders (the four with released weights) and their descriptions (official figures).
+G_GHOST_RELEASED: dict[str, str] = {
+    "032": "G-Ghost RegNetX-3.2GF (official: 10.5M params, 1.8B MACs, 77.8% top-1).",
+    "040": "G-Ghost RegNetX-4.0GF (official: 15.7M params, 2.2B MACs, 78.6% top-1).",
+    "080": "G-Ghost RegNetX-8.0GF (official: 24.6M params, 4.2B MACs, 79.0% top-1).",
+    "160": "G-Ghost RegNetX-16GF (official: 32.4M params, 9.0B MACs, 79.9% top-1).",
+}
 
 
-@register_model(**_G_GHOST_CFG)
-def g_ghost_regnetx_032(**kwargs: Any) -> GGhostRegNet:
-    """G-Ghost RegNetX-3.2GF (official: 10.5M params, 1.8B MACs, 77.8% top-1)."""
-    return _g_ghost_regnetx("032", **kwargs)
+def _register_g_ghost_regnetx(variant: str, description: str) -> None:
+    def build(**kwargs: Any) -> GGhostRegNet:
+        return GGhostRegNet(G_GHOST_REGNETX[variant], **kwargs)
+
+    build.__name__ = build.__qualname__ = f"g_ghost_regnetx_{variant}"
+    build.__doc__ = description
+    register_model(**_G_GHOST_CFG)(build)
 
 
-@register_model(**_G_GHOST_CFG)
-def g_ghost_regnetx_040(**kwargs: Any) -> GGhostRegNet:
-    """G-Ghost RegNetX-4.0GF (official: 15.7M params, 2.2B MACs, 78.6% top-1)."""
-    return _g_ghost_regnetx("040", **kwargs)
-
-
-@register_model(**_G_GHOST_CFG)
-def g_ghost_regnetx_080(**kwargs: Any) -> GGhostRegNet:
-    """G-Ghost RegNetX-8.0GF (official: 24.6M params, 4.2B MACs, 79.0% top-1)."""
-    return _g_ghost_regnetx("080", **kwargs)
-
-
-@register_model(**_G_GHOST_CFG)
-def g_ghost_regnetx_160(**kwargs: Any) -> GGhostRegNet:
-    """G-Ghost RegNetX-16GF (official: 32.4M params, 9.0B MACs, 79.9% top-1)."""
-    return _g_ghost_regnetx("160", **kwargs)
+for _variant, _description in G_GHOST_RELEASED.items():
+    _register_g_ghost_regnetx(_variant, _description)

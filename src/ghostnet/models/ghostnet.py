@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..layers import (SE_GATES, ConvBnAct, GhostBottleneck, GhostBottleneckV3, SqueezeExcite, make_divisible,
                       reparameterize_model)
 from ..layers.checkpointing import run_stage
+from .backbone import Backbone, DilationSchedule, FeatureInfo, check_io_channels, check_output_stride
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,58 @@ GLOBAL_POOLS = ("avg", "max", "avgmax")
 HEAD_CHANNELS = 1280  # never scaled by width in the official code
 
 
+class BlockFactory(Protocol):
+    """Builds the bottleneck of one table row: channels already scaled by width, `stride` and `dilation` the actual
+    ones (after output stride), `has_dw` whether the row's stride is > 1, `index` the block's place in the network."""
+
+    def __call__(self, in_chs: int, mid_chs: int, out_chs: int, *, index: int, dw_kernel_size: int, stride: int,
+                 dilation: int, se_ratio: float, has_dw: bool) -> nn.Module: ...
+
+
+def _conv3x3_stem(in_chs: int, out_chs: int, stride: int) -> nn.Module:
+    return nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
+
+
 @dataclass(frozen=True)
-class FeatureInfo:
-    """A dense-prediction tap: channels, total stride (reduction) and the module whose output it is."""
+class SkeletonParts:
+    """What the networks on GhostNet's skeleton (GhostNet v1/v2/v3, RepGhostNet, ParameterNet) build differently.
 
-    num_chs: int
-    reduction: int
-    module: str
-    stage: int
+    The skeleton: stem conv + BN + act, the stages of the table (bottlenecks from `block`), a 1x1 conv + BN + act
+    (`final_conv`, `final_conv_mult` times the last expansion wide), global pool, 1x1 conv to 1280 [+ BN] + act,
+    classifier.
+    """
+
+    block: BlockFactory
+    stem_conv: Callable[..., nn.Module] = _conv3x3_stem  # (in_chs, out_chs, stride=)
+    final_conv: Callable[[int, int], nn.Module] = ConvBnAct  # (in_chs, out_chs)
+    final_conv_mult: int = 1
+    act_layer: type[nn.Module] = nn.ReLU  # of the stem and the head
+    head_norm: bool = False  # a BN between the head conv (then without bias) and its activation
 
 
-class GhostNet(nn.Module):
+def _ghost_block(in_chs: int, mid_chs: int, out_chs: int, *, index: int, version: str, num_conv_branches: int,
+                 **block_args: Any) -> nn.Module:
+    """GhostNet's bottleneck: v2 and v3 put DFC attention into ghost1 of every block after the first two."""
+    dfc = version != "v1" and index > 1
+    if version == "v3":
+        return GhostBottleneckV3(in_chs, mid_chs, out_chs, dfc=dfc, num_conv_branches=num_conv_branches, **block_args)
+    return GhostBottleneck(in_chs, mid_chs, out_chs, dfc=dfc, **block_args)
+
+
+def check_skeleton_args(width: float, output_stride: int, stem_stride: int, global_pool: str, in_chans: int,
+                        num_classes: int) -> None:
+    """The arguments every network on GhostNet's skeleton takes."""
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    check_output_stride(output_stride)
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+    check_io_channels(in_chans, num_classes)
+
+
+class GhostNet(Backbone):
     """GhostNet v1/v2/v3 at any width.
 
     Args:
@@ -81,6 +123,9 @@ class GhostNet(nn.Module):
         se_divisor: the SE reduction is rounded to a multiple of this: 4 (official: 72 channels reduce to 20) or 1
             (PaddleClas: in_chs // 4, here always a multiple of 4 divided by 4).
         head_norm: a batch norm between the 1280-channel head conv (then without bias) and its ReLU (PaddleClas).
+
+    RepGhostNet and ParameterNet subclass it: their constructors check their own options and call `_build` with
+    their `SkeletonParts`; every other method is this one's.
     """
 
     def __init__(
@@ -104,81 +149,75 @@ class GhostNet(nn.Module):
         super().__init__()
         if version not in VERSIONS:
             raise ValueError(f"unknown GhostNet version {version!r}; expected one of {VERSIONS}")
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        if stem_stride not in (1, 2):
-            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        check_skeleton_args(width, output_stride, stem_stride, global_pool, in_chans, num_classes)
         if se_gate not in SE_GATES:
             raise ValueError(f"se_gate must be one of {tuple(SE_GATES)}, got {se_gate!r}")
         if se_divisor < 1:
             raise ValueError(f"se_divisor must be >= 1, got {se_divisor}")
-        if in_chans < 1 or num_classes < 0:
-            raise ValueError(f"in_chans must be >= 1 and num_classes >= 0, got {in_chans} and {num_classes}")
-        self.version, self.width = version, width
-        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
-        self.global_pool_type = global_pool
-        self.features_only = features_only
-
+        self.version = version
         se_layer = partial(SqueezeExcite, divisor=se_divisor, gate_layer=SE_GATES[se_gate])
-        stem_chs = make_divisible(16 * width, 4)
-        self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, stem_stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem_chs)
-        self.act1 = nn.ReLU(inplace=True)
+        block = partial(_ghost_block, version=version, num_conv_branches=num_conv_branches, se_layer=se_layer)
+        self._build(SkeletonParts(block, head_norm=head_norm), stages, width, num_classes, in_chans, drop_rate,
+                    global_pool, output_stride, stem_stride, features_only, out_indices)
 
-        # Walk the table once, turning strides past `output_stride` into dilation (DeepLab style: the block that
-        # loses its stride keeps the old dilation, the blocks after it use the new one).
-        net_stride, table_stride, dilation, prev_chs, block_idx = stem_stride, stem_stride, 1, stem_chs, 0
+    def _build(self, parts: SkeletonParts, stages: Sequence[Sequence[BlockCfg]], width: float, num_classes: int,
+               in_chans: int, drop_rate: float, global_pool: str, output_stride: int, stem_stride: int,
+               features_only: bool, out_indices: Sequence[int]) -> None:
+        """Build the skeleton from checked arguments: stem, stages, final conv, taps and (unless features_only)
+        head, in the official order (so a seeded model starts from the official code's weights)."""
+        self.width, self.num_classes, self.in_chans, self.drop_rate = width, num_classes, in_chans, drop_rate
+        self.global_pool_type, self.features_only = global_pool, features_only
+        stem_chs = make_divisible(16 * width, 4)
+        self.conv_stem = parts.stem_conv(in_chans, stem_chs, stride=stem_stride)
+        self.bn1 = nn.BatchNorm2d(stem_chs)
+        self.act1 = parts.act_layer(inplace=True)
+        stage_modules, stage_strides = self._build_stages(parts, stages, width, stem_chs, stem_stride, output_stride)
+        self.blocks = nn.Sequential(*stage_modules)
+        self._set_taps(stage_strides, out_indices, stem_stride)
+        if features_only:
+            # Drop the stages after the last requested tap so that no unused parameters remain.
+            self.blocks = self.blocks[: self.feature_info_all[max(self.out_indices)].stage + 1]
+            self.head_hidden_size = 0
+            self.conv_head = self.norm_head = self.act2 = self.classifier = None
+            return
+        self.head_hidden_size = HEAD_CHANNELS
+        self.conv_head = nn.Conv2d(self.num_features, HEAD_CHANNELS, 1, bias=not parts.head_norm)
+        self.norm_head = nn.BatchNorm2d(HEAD_CHANNELS) if parts.head_norm else nn.Identity()
+        self.act2 = parts.act_layer(inplace=True)
+        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _build_stages(self, parts: SkeletonParts, stages: Sequence[Sequence[BlockCfg]], width: float, stem_chs: int,
+                      stem_stride: int, output_stride: int) -> tuple[list[nn.Module], list[tuple[int, int, int]]]:
+        """The stages of the table and the final 1x1 conv as Sequentials, with (channels, table stride, actual
+        stride) after each; sets `num_features`. Strides past `output_stride` become dilation."""
+        schedule = DilationSchedule(output_stride, stem_stride)
+        prev_chs, block_idx = stem_chs, 0
         stage_modules: list[nn.Module] = []
-        stage_strides: list[tuple[int, int, int]] = []  # (channels, table stride, actual stride) after each stage
+        stage_strides: list[tuple[int, int, int]] = []
         for stage_cfg in stages:
             layers = []
             for cfg in stage_cfg:
                 out_chs = make_divisible(cfg.out * width, 4)
                 mid_chs = make_divisible(cfg.exp * width, 4)
-                stride, block_dilation = cfg.stride, dilation
-                table_stride *= cfg.stride
-                if cfg.stride > 1 and net_stride * cfg.stride > output_stride:
-                    dilation, stride = dilation * cfg.stride, 1
-                else:
-                    net_stride *= cfg.stride
-                kwargs = dict(dw_kernel_size=cfg.kernel, stride=stride, dilation=block_dilation, se_ratio=cfg.se,
-                              dfc=version != "v1" and block_idx > 1, has_dw=cfg.stride > 1, se_layer=se_layer)
-                if version == "v3":
-                    layers.append(GhostBottleneckV3(prev_chs, mid_chs, out_chs, num_conv_branches=num_conv_branches,
-                                                    **kwargs))
-                else:
-                    layers.append(GhostBottleneck(prev_chs, mid_chs, out_chs, **kwargs))
+                stride, dilation = schedule.step(cfg.stride)
+                layers.append(parts.block(prev_chs, mid_chs, out_chs, index=block_idx, dw_kernel_size=cfg.kernel,
+                                          stride=stride, dilation=dilation, se_ratio=cfg.se, has_dw=cfg.stride > 1))
                 prev_chs, block_idx = out_chs, block_idx + 1
             stage_modules.append(nn.Sequential(*layers))
-            stage_strides.append((prev_chs, table_stride, net_stride))
-        self.num_features = make_divisible(stages[-1][-1].exp * width, 4)
-        stage_modules.append(nn.Sequential(ConvBnAct(prev_chs, self.num_features, 1)))
-        stage_strides.append((self.num_features, table_stride, net_stride))
-        self.blocks = nn.Sequential(*stage_modules)
+            stage_strides.append((prev_chs, schedule.table_stride, schedule.net_stride))
+        self.num_features = make_divisible(stages[-1][-1].exp * width * parts.final_conv_mult, 4)
+        stage_modules.append(nn.Sequential(parts.final_conv(prev_chs, self.num_features)))
+        stage_strides.append((self.num_features, schedule.table_stride, schedule.net_stride))
+        return stage_modules, stage_strides
 
+    def _set_taps(self, stage_strides: list[tuple[int, int, int]], out_indices: Sequence[int],
+                  stem_stride: int) -> None:
         self.feature_info_all = self._taps(stage_strides)
         if any(not 0 <= i < len(self.feature_info_all) for i in out_indices):
             raise ValueError(f"out_indices must be in 0..{len(self.feature_info_all) - 1}, got {tuple(out_indices)}")
         self.out_indices = tuple(out_indices)
         self.min_input_size = stem_stride * 16  # one pixel per cell of the undilated stride-32 grid
         self.grad_checkpointing = False
-
-        if features_only:
-            # Drop the stages after the last requested tap so that no unused parameters remain.
-            last_stage = self.feature_info_all[max(self.out_indices)].stage
-            self.blocks = self.blocks[: last_stage + 1]
-            self.head_hidden_size = 0
-            self.conv_head = self.norm_head = self.act2 = self.classifier = None
-            return
-        self.head_hidden_size = HEAD_CHANNELS
-        self.conv_head = nn.Conv2d(self.num_features, HEAD_CHANNELS, 1, bias=not head_norm)
-        self.norm_head = nn.BatchNorm2d(HEAD_CHANNELS) if head_norm else nn.Identity()
-        self.act2 = nn.ReLU(inplace=True)
-        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _taps(stage_strides: list[tuple[int, int, int]]) -> list[FeatureInfo]:
@@ -193,37 +232,12 @@ class GhostNet(nn.Module):
                 taps.append(FeatureInfo(channels, actual_stride, f"blocks.{stage}", stage))
         return taps
 
-    @property
-    def feature_info(self) -> list[FeatureInfo]:
-        """The taps returned by `features_only` (all five when the model is a classifier)."""
-        taps = self.feature_info_all
-        return [taps[i] for i in self.out_indices] if self.features_only else list(taps)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D batch (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape "
-                             f"{tuple(x.shape)}); build the model with in_chans={x.shape[1]} to accept it")
-        if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
-            raise ValueError(f"input {x.shape[-2]}x{x.shape[-1]} is too small: this network needs at least "
-                             f"{self.min_input_size}x{self.min_input_size} pixels")
-
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return self.act1(self.bn1(self.conv_stem(x)))
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage's activations in the backward pass instead of storing them: less activation memory
-        for about one more forward pass of compute; outputs, gradients and BN statistics stay those of a plain step."""
-        self.grad_checkpointing = enable
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem and all stages: the final (num_features)-channel map."""
-        x = self.forward_stem(x)
-        for stage in self.blocks:
-            x = run_stage(stage, x, self.grad_checkpointing)
-        return x
+    def built_stages(self) -> nn.Sequential:
+        return self.blocks
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
         """Feature maps at the requested taps (default: `out_indices`)."""
@@ -255,22 +269,6 @@ class GhostNet(nn.Module):
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier (0 removes it)."""
-        if self.features_only:
-            raise ValueError("a features_only model has no classifier")
-        self.num_classes = num_classes
-        device = self.conv_head.weight.device
-        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
     def reparameterize(self) -> "GhostNet":
         """Fuse v3's training branches in place (a no-op for v1/v2); returns self."""

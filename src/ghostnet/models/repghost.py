@@ -5,8 +5,9 @@ depthwise conv in place (the official `convert_to_deploy()`), and `ghostnet.depl
 remaining batch norms. Key names are those of the official code (ChengpengChen/RepGhost `model/repghost.py`) and timm
 (`timm/models/repghost.py`), so the published and timm's checkpoints load unchanged in both forms.
 
-The network reuses GhostNet's forward machinery (stem, stages, taps at the end of every stride, output stride 8/16
-by dilation, head, classifier, gradient checkpointing): only the blocks and the width of the last 1x1 conv differ.
+The network is built on GhostNet's skeleton (`GhostNet._build`: stem, stages, taps at the end of every stride,
+output stride 8/16 by dilation, head, classifier, gradient checkpointing): only the blocks and the width of the last
+1x1 conv differ.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from typing import Any, Sequence
 
 import torch.nn as nn
 
-from ..layers import ConvBnAct, SqueezeExcite, make_divisible
+from ..layers import SqueezeExcite
 from ..layers.repghost import RepGhostBottleneck
-from .ghostnet import GLOBAL_POOLS, HEAD_CHANNELS, BlockCfg, GhostNet, _stage
+from .ghostnet import BlockCfg, GhostNet, SkeletonParts, _stage, check_skeleton_args
 from .registry import register_model
 
 #: The official body (k, expansion, out, SE ratio, stride): GhostNet's table with every expansion halved (a Ghost
@@ -36,6 +37,13 @@ REPGHOST_STAGES: tuple[tuple[BlockCfg, ...], ...] = (
     _stage((5, 480, 160, 0, 1), (5, 480, 160, 0.25, 1), (5, 480, 160, 0, 1), (5, 480, 160, 0.25, 1)),
 )
 FINAL_CONV_MULT = 2  # the last 1x1 conv is twice the last expansion wide (960 at 1.0x), as in the official code
+SE_LAYER = partial(SqueezeExcite, divisor=4)  # official: rd = make_divisible(c / 4, 4), hard-sigmoid gate
+
+
+def _repghost_block(in_chs: int, mid_chs: int, out_chs: int, *, index: int, reparam: bool,
+                    **block_args: Any) -> RepGhostBottleneck:
+    del index  # every RepGhost block is built alike
+    return RepGhostBottleneck(in_chs, mid_chs, out_chs, reparam=reparam, se_layer=SE_LAYER, **block_args)
 
 
 class RepGhostNet(GhostNet):
@@ -54,103 +62,18 @@ class RepGhostNet(GhostNet):
         stages: the stage table.
     """
 
-    def __init__(
-        self,
-        width: float = 1.0,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        drop_rate: float = 0.2,
-        global_pool: str = "avg",
-        output_stride: int = 32,
-        stem_stride: int = 2,
-        features_only: bool = False,
-        out_indices: Sequence[int] = (0, 1, 2, 3, 4),
-        reparam: bool = True,
-        stages: Sequence[Sequence[BlockCfg]] = REPGHOST_STAGES,
-    ) -> None:
-        # GhostNet's constructor builds Ghost bottlenecks; this one builds the same attributes with RepGhost
-        # bottlenecks, and every other method (forward, taps, head, reparameterize) is GhostNet's.
+    def __init__(self, width: float = 1.0, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2,
+                 global_pool: str = "avg", output_stride: int = 32, stem_stride: int = 2, features_only: bool = False,
+                 out_indices: Sequence[int] = (0, 1, 2, 3, 4), reparam: bool = True,
+                 stages: Sequence[Sequence[BlockCfg]] = REPGHOST_STAGES) -> None:
+        # GhostNet.__init__ checks and applies GhostNet's own options (version, SE gate, PaddleClas head); the
+        # skeleton is GhostNet._build with RepGhost bottlenecks, and every other method is GhostNet's.
         nn.Module.__init__(self)
-        _check_args(width, output_stride, stem_stride, global_pool, in_chans, num_classes)
+        check_skeleton_args(width, output_stride, stem_stride, global_pool, in_chans, num_classes)
         self.version = "repghost"
-        self.width, self.num_classes, self.in_chans, self.drop_rate = width, num_classes, in_chans, drop_rate
-        self.global_pool_type, self.features_only = global_pool, features_only
-
-        stem_chs = make_divisible(16 * width, 4)
-        self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, stem_stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem_chs)
-        self.act1 = nn.ReLU(inplace=True)
-
-        stage_modules, stage_strides, prev_chs = self._build_stages(stages, width, stem_chs, stem_stride,
-                                                                    output_stride, reparam)
-        self.num_features = make_divisible(stages[-1][-1].exp * width * FINAL_CONV_MULT, 4)
-        stage_modules.append(nn.Sequential(ConvBnAct(prev_chs, self.num_features, 1)))
-        stage_strides.append((self.num_features, *stage_strides[-1][1:]))
-        self.blocks = nn.Sequential(*stage_modules)
-
-        self.feature_info_all = self._taps(stage_strides)
-        if any(not 0 <= i < len(self.feature_info_all) for i in out_indices):
-            raise ValueError(f"out_indices must be in 0..{len(self.feature_info_all) - 1}, got {tuple(out_indices)}")
-        self.out_indices = tuple(out_indices)
-        self.min_input_size = stem_stride * 16  # one pixel per cell of the undilated stride-32 grid
-        self.grad_checkpointing = False
-
-        if features_only:
-            # Drop the stages after the last requested tap so that no unused parameters remain.
-            self.blocks = self.blocks[: self.feature_info_all[max(self.out_indices)].stage + 1]
-            self.head_hidden_size = 0
-            self.conv_head = self.norm_head = self.act2 = self.classifier = None
-            return
-        self.head_hidden_size = HEAD_CHANNELS
-        self.conv_head = nn.Conv2d(self.num_features, HEAD_CHANNELS, 1, bias=True)
-        self.norm_head = nn.Identity()  # GhostNet's forward_head slot; RepGhostNet's head conv has a bias, no BN
-        self.act2 = nn.ReLU(inplace=True)
-        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def _build_stages(stages: Sequence[Sequence[BlockCfg]], width: float, in_chs: int, stem_stride: int,
-                      output_stride: int, reparam: bool) -> tuple[list[nn.Module], list[tuple[int, int, int]], int]:
-        """The stages as Sequentials, (channels, table stride, actual stride) after each, and the last width.
-
-        Strides past `output_stride` become dilation as in GhostNet (DeepLab style: the block that loses its stride
-        keeps the old dilation, the blocks after it use the new one).
-        """
-        se_layer = partial(SqueezeExcite, divisor=4)  # official: rd = make_divisible(c / 4, 4), hard-sigmoid gate
-        net_stride, table_stride, dilation, prev_chs = stem_stride, stem_stride, 1, in_chs
-        stage_modules: list[nn.Module] = []
-        stage_strides: list[tuple[int, int, int]] = []
-        for stage_cfg in stages:
-            layers = []
-            for cfg in stage_cfg:
-                out_chs = make_divisible(cfg.out * width, 4)
-                mid_chs = make_divisible(cfg.exp * width, 4)
-                stride, block_dilation = cfg.stride, dilation
-                table_stride *= cfg.stride
-                if cfg.stride > 1 and net_stride * cfg.stride > output_stride:
-                    dilation, stride = dilation * cfg.stride, 1
-                else:
-                    net_stride *= cfg.stride
-                layers.append(RepGhostBottleneck(prev_chs, mid_chs, out_chs, cfg.kernel, stride, block_dilation,
-                                                 se_ratio=cfg.se, reparam=reparam, has_dw=cfg.stride > 1,
-                                                 se_layer=se_layer))
-                prev_chs = out_chs
-            stage_modules.append(nn.Sequential(*layers))
-            stage_strides.append((prev_chs, table_stride, net_stride))
-        return stage_modules, stage_strides, prev_chs
-
-
-def _check_args(width: float, output_stride: int, stem_stride: int, global_pool: str, in_chans: int,
-                num_classes: int) -> None:
-    if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
-    if output_stride not in (8, 16, 32):
-        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-    if stem_stride not in (1, 2):
-        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-    if in_chans < 1 or num_classes < 0:
-        raise ValueError(f"in_chans must be >= 1 and num_classes >= 0, got {in_chans} and {num_classes}")
+        parts = SkeletonParts(partial(_repghost_block, reparam=reparam), final_conv_mult=FINAL_CONV_MULT)
+        self._build(parts, stages, width, num_classes, in_chans, drop_rate, global_pool, output_stride, stem_stride,
+                    features_only, out_indices)
 
 
 # Builders named as in timm; docstrings give the official README's deploy-form figures (params / MACs, top-1).
