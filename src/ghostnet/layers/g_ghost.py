@@ -64,7 +64,8 @@ class RegNetXBottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place, as torchvision's ResNet: the BN output is not needed for its backward
+        return self.relu(out)
 
 
 class StageMix(nn.Sequential):
