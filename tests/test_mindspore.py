@@ -21,7 +21,7 @@ from ghostnet.models.ghostnet import GhostNet
 from support.weights_server import assert_state_equal, isolated, random_state, serve_published, server  # noqa: F401
 
 from support.common import randomize_bn
-from support.numerics import assert_float32_parity, corrupt_one_weight, eager_and_reference, float32_parity
+from support.numerics import assert_float32_parity, corrupt_one_weight, float32_parity, stored_logits_outputs
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURE = DATA / "mindcv_ghostnet_w0_1.ckpt"
@@ -34,13 +34,8 @@ def fixture_model(**kwargs) -> GhostNet:
 
 
 def mindcv_outputs(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mindcv's stored logits, our float32 logits, our float64 logits) on the fixture's batch.
-
-    MindSpore computed its logits in float32 on some other CPU; if our network computes the same function, their
-    distance from the float64 truth is float32 rounding, of the size of our own float32 error (support/numerics.py).
-    """
-    eager, reference = eager_and_reference(model, torch.from_numpy(REFERENCE["input"]))
-    return torch.from_numpy(REFERENCE["logits"]), eager, reference
+    """(MindSpore's stored logits, our float32 logits, our float64 logits) on the fixture's batch."""
+    return stored_logits_outputs(model, REFERENCE)
 
 
 def assert_same_logits_as_mindcv(model: torch.nn.Module) -> None:

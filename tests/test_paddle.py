@@ -19,7 +19,7 @@ from ghostnet.convert.paddle import NAME_TABLE_KEY, key_table, paddle_to_ghostne
 from ghostnet.layers import ClipGate
 from ghostnet.models.ghostnet import GhostNet
 from ghostnet.models.zoo import PADDLE_VARIANT
-from support.numerics import assert_float32_parity, corrupt_one_weight, eager_and_reference, float32_parity
+from support.numerics import assert_float32_parity, corrupt_one_weight, float32_parity, stored_logits_outputs
 # The local weights server, and the autouse fixture that gives each test a private cache and weights table and no
 # network beyond 127.0.0.1.
 from support.weights_server import assert_state_equal, isolated, random_state, serve_published, server  # noqa: F401
@@ -41,13 +41,8 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 def paddleclas_outputs(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(PaddleClas's stored logits, our float32 logits, our float64 logits) on the fixture's batch.
-
-    Paddle computed its logits in float32 on some other CPU; if our network computes the same function, their
-    distance from the float64 truth is float32 rounding, of the size of our own float32 error (support/numerics.py).
-    """
-    eager, reference = eager_and_reference(model, torch.from_numpy(REFERENCE["input"]))
-    return torch.from_numpy(REFERENCE["logits"]), eager, reference
+    """(Paddle's stored logits, our float32 logits, our float64 logits) on the fixture's batch."""
+    return stored_logits_outputs(model, REFERENCE)
 
 
 def assert_same_logits_as_paddleclas(model: torch.nn.Module) -> None:

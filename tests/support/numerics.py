@@ -194,3 +194,14 @@ def corrupt_one_weight(model: nn.Module, delta: float = 1e-3, conv: int | str = 
     with torch.no_grad():
         weight[0, 0, kh // 2, kw // 2] += delta
     return f"{name}.weight"
+
+
+def stored_logits_outputs(model: nn.Module, fixture) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(another framework's stored logits, our float32 logits, our float64 logits) on a fixture's batch
+    (`fixture["input"]`, `fixture["logits"]`, numpy arrays).
+
+    The other framework computed its logits in float32 on some other CPU; if our network computes the same function,
+    their distance from the float64 truth is float32 rounding, of the size of our own float32 error.
+    """
+    eager, reference = eager_and_reference(model, torch.from_numpy(fixture["input"]))
+    return torch.from_numpy(fixture["logits"]), eager, reference
