@@ -1,7 +1,8 @@
 """The rest of the Ghost family against the models users compare them with, side by side in one process each:
 
 1. RepGhostNet 1.0x / 1.11x against GhostNet 1.0x and timm's mobilenetv3_large_100: batch 1, 224x224, 1 and 2
-   threads, the eager fused form and onnxruntime (latency; ratio to MobileNetV3-Large on the same backend);
+   threads, eager, the eager fused form and onnxruntime (latency; ratio to MobileNetV3-Large on the same backend,
+   its eager form for our fused rows);
 2. G-Ghost RegNetX-3.2GF against timm's regnetx_032, torchvision's resnet50 and, when its file is given, the
    official network (its structure: the Stage that concatenates full-size maps before pooling): batch 16, 2 threads,
    eager (images/s; ratio to timm's regnetx_032).
@@ -52,7 +53,7 @@ def main() -> None:
     progress = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     tables = []
     if args.only in (None, "repghost"):
-        cfg = BenchConfig(models=REPGHOST_MODELS, peers=REPGHOST_PEERS, backends=["fused", "onnxruntime"],
+        cfg = BenchConfig(models=REPGHOST_MODELS, peers=REPGHOST_PEERS, backends=["eager", "fused", "onnxruntime"],
                           threads=[1, 2], batch_size=1, rounds=args.rounds, reps=args.reps)
         result = run_benchmark(cfg, progress=progress)
         write_report(result, args.out.parent, f"{args.out.name}_repghost", plot=False,
