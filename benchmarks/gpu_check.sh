@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared check for a lent GPU machine, in one call (about 8 minutes on an H100; run it with the device
+# The prepared check for a lent GPU machine, in one call (about 10 minutes on an H100; run it with the device
 # tool's timeout_s=570 so that the limits below, not the tool's, end a stuck step):
 #   1. tests/test_cuda.py and the CUDA tests of the benchmark harness: fused / single-path forms against a float64
 #      reference, bf16 channels-last inference, AMP training (bf16, fp16), CUDA memory measurement, the memory
@@ -12,11 +12,14 @@
 #   4. the family: RepGhostNet 1.0x and G-Ghost RegNetX-3.2GF beside GhostNet, MobileNetV3-Large, RegNetX-3.2GF and
 #      ResNet-50 (eager and fused, batch 256, bf16, CUDA graphs): does the concat-free / depthwise-free design pay on
 #      a GPU, as the papers say;
-#   5. last, as it may not fit the time: torch.compile of ghostnet_100 in inference, beside the fused eager form.
+#   5. Ghost twins in training (docs/benchmarks.md, "Ghost twins: training speed"): Ghost-ResNet-56 and Ghost-VGG-16
+#      beside ResNet-56 and VGG-16, batch 512, bf16 autocast, eager and compiled; printed to log.txt only;
+#   6. last, as it may not fit the time: torch.compile of ghostnet_100 in inference, beside the fused eager form.
 # The machine's own python3 (with torch, timm, onnx) runs the package from src/, nothing is installed.
-# Outputs (at most 8 files come back from the device): log.txt, gpu.{json,md}, gpu_train_b256.{json,md},
-# compile.md, family.md, compile_infer.md in ${OUT:-benchmarks/results/gpu}; each step writes its files as it ends, so
-# a run stopped by the device's limit still returns the steps before.
+# Outputs (at most 8 files come back from the device; every file left in the folder counts, so a step that adds
+# none deletes what it writes after printing it): log.txt, gpu.{json,md}, gpu_train_b256.{json,md}, compile.md,
+# family.md, compile_infer.md in ${OUT:-benchmarks/results/gpu}; each step writes its files as it ends, so a run
+# stopped by the device's limit still returns the steps before.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir=$(realpath -m "${OUT:-benchmarks/results/gpu}")
@@ -42,7 +45,13 @@ py=${PYTHON:-python3}
     --batch-size 256 --backends eager,fused --cuda-graphs --threads 1 --rounds 3 --reps 10 --out-dir "$out_dir" \
     --name family --no-plot --reference timm/mobilenetv3_large_100/eager
   rm -f "$out_dir"/family.json
-  echo "== 5. torch.compile, ghostnet_100 inference"
+  echo "== 5. Ghost twins in training against the networks they halve (batch 512, bf16; printed here, no files)"
+  timeout 150 $py -m ghostnet bench ghost_resnet56_cifar resnet56_cifar ghost_vgg16_cifar vgg16_cifar --peers "" \
+    --device cuda --dtype bfloat16 --batch-size 512 --image-size 32 --mode train --backends eager,compile \
+    --threads 1 --rounds 3 --reps 10 --out-dir "$out_dir" --name twins_train --no-plot \
+    --reference resnet56_cifar/eager && cat "$out_dir/twins_train.md"
+  rm -f "$out_dir"/twins_train.*
+  echo "== 6. torch.compile, ghostnet_100 inference"
   timeout 100 $py -m ghostnet bench ghostnet_100 --peers "" --device cuda --dtype bfloat16 --batch-size 256 \
     --backends fused,compile --threads 1 --rounds 5 --reps 10 --out-dir "$out_dir" --name compile_infer --no-plot
   rm -f "$out_dir"/compile_infer.json
