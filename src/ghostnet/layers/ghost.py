@@ -118,46 +118,6 @@ def merge_ghost_maps(module: nn.Module, x: torch.Tensor, x1: torch.Tensor, x2: t
     return apply_dfc_gate(out, x, module.short_conv)
 
 
-#: oneDNN's CPU depthwise convolution works on blocks of 16 channels; a map with fewer channels (the 8 intrinsic maps
-#: of a 16-channel Ghost module) takes a much slower path, in the backward pass above all.
-DEPTHWISE_BLOCK = 16
-
-
-def batch_folded_depthwise(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """`conv(x)` for a plain depthwise `conv` on fewer than 16 channels, computed with k = 16 / C samples folded
-    into the channels: (N, C, H, W) -> (N/k, kC, H, W) is a free view, and the kC-channel depthwise convolution with
-    the filters repeated k times gives the same numbers (each output sums the same products in the same order; the
-    weight gradient sums the k copies, equal to float rounding). None where the fold does not apply."""
-    if type(conv) is not nn.Conv2d or x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
-        return None
-    n, c = x.shape[0], x.shape[1]
-    if conv.groups != c or conv.out_channels != c or conv.padding_mode != "zeros" or c >= DEPTHWISE_BLOCK:
-        return None
-    k = DEPTHWISE_BLOCK // c
-    if DEPTHWISE_BLOCK % c or n % k:
-        return None
-    bias = None if conv.bias is None else conv.bias.repeat(k)
-    y = F.conv2d(x.reshape(n // k, k * c, x.shape[2], x.shape[3]), conv.weight.repeat(k, 1, 1, 1), bias,
-                 conv.stride, conv.padding, conv.dilation, k * c)
-    return y.reshape(n, c, y.shape[2], y.shape[3])
-
-
-def cheap_forward(cheap: nn.Module, x1: torch.Tensor) -> torch.Tensor:
-    """`cheap(x1)`; in eager training, a (conv, BN, act) Sequential whose conv is a small depthwise one runs the
-    conv batch-folded (`batch_folded_depthwise`), which is faster on CPU and gives the same outputs and gradients.
-    Not under torch.compile, where the folded form measured slower (docs/benchmarks.md, Ghost twins)."""
-    eager_training = cheap.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-    if not (eager_training and isinstance(cheap, nn.Sequential) and len(cheap)):
-        return cheap(x1)
-    layers = list(cheap)
-    y = batch_folded_depthwise(layers[0], x1)
-    if y is None:
-        return cheap(x1)
-    for layer in layers[1:]:
-        y = layer(y)
-    return y
-
-
 class GhostModule(nn.Module):
     """Ghost module: `primary_conv` makes ceil(out/s) intrinsic maps, `cheap_operation` makes s-1 ghosts of each.
 
@@ -194,7 +154,7 @@ class GhostModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.primary_conv(x)
-        return merge_ghost_maps(self, x, x1, cheap_forward(self.cheap_operation, x1))
+        return merge_ghost_maps(self, x, x1, self.cheap_operation(x1))
 
     def extra_repr(self) -> str:
         return f"in={self.in_chs}, out={self.out_chs}, s={self.ratio}, d={self.dw_size}, dfc={self.short_conv is not None}"
