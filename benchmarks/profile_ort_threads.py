@@ -1,11 +1,15 @@
-"""Where onnxruntime spends its time at one and two threads: our aligned GhostNet against MobileNetV3-Large.
+"""Where onnxruntime spends its time, per kind of node, at one and two threads: our GhostNet against a peer.
 
-    python benchmarks/profile_ort_threads.py [--rounds 16] [--out results/ort_threads.md]
+    python benchmarks/profile_ort_threads.py [--model ghostnet_100] [--peer timm:mobilenetv3_large_100]
+        [--dfc deploy|training|both] [--align auto] [--threads 1,2] [--rounds 16] [--out results/ort_threads.md]
 
-Exports ghostnet_100 as `ghostnet export --align-channels` writes it (fused, channel-aligned, single-path Ghost
-modules where they pay) and timm's mobilenetv3_large_100 as it is, opens four profiling sessions (two models, one
-and two threads) that take turns for `--rounds` rounds of 8 runs, and sums each node's 10th-percentile kernel time
-by kind of node. The table in docs/benchmarks.md ("Why two threads hurt GhostNet in onnxruntime") comes from it.
+Exports `--model` as `ghostnet export --align-channels auto` writes it (fused, channel-aligned to this CPU's NCHWc
+block, single-path Ghost modules where they pay) and the peer as it is. For GhostNetV2/V3, `--dfc both` also exports
+the model with its DFC gate in the training form (`deploy.dfc.TrainingFormDFC`: what the export was before the deploy
+form), so the two graphs are profiled side by side. One profiling session per model and thread count; the sessions
+take turns for `--rounds` rounds of 8 runs, and each node's 10th-percentile kernel time is summed by kind of node.
+The tables in docs/benchmarks.md ("Why two threads hurt GhostNet in onnxruntime", "DFC attention in onnxruntime")
+come from it. Profiling adds overhead, so the run times exceed plain latencies; compare columns, not absolutes.
 """
 from __future__ import annotations
 
@@ -20,30 +24,35 @@ import torch
 
 from ghostnet import create_model
 from ghostnet.deploy import fuse
-from ghostnet.deploy.align import align_channels, nchwc_block_size
+from ghostnet.deploy.align import align_channels, resolve_alignment
+from ghostnet.deploy.dfc import use_training_form_dfc
 from ghostnet.deploy.export import export_onnx
 from ghostnet.deploy.machine import environment
 from ghostnet.models.spec import create_from_spec as create_spec
 from ghostnet.utils import atomic_write
 
-MODELS = {"GhostNet": "ghostnet_100", "MobileNetV3": "timm:mobilenetv3_large_100"}
-THREADS = (1, 2)
 
-
-def export(name: str, spec: str, workdir: Path, x: torch.Tensor) -> Path:
-    if spec.startswith("timm:"):
+def export(spec: str, dfc: str, workdir: Path, x: torch.Tensor, align: int) -> Path:
+    """The ONNX file a candidate runs: peers as they are, ours fused and aligned, DFC in the form asked."""
+    if ":" in spec:
         model = create_spec(spec).eval()
     else:
-        model = align_channels(fuse(create_model(spec).eval(), example_input=x), nchwc_block_size() or 16)
-    return export_onnx(model, workdir / f"{name}.onnx", x)
+        model = fuse(create_model(spec).eval(), example_input=x)
+        model = align_channels(model, align) if align else model
+        if dfc == "training":
+            use_training_form_dfc(model)
+    return export_onnx(model, workdir / f"{spec.replace(':', '_')}.{dfc}.onnx", x)
 
 
 def node_kind(op: str, inputs: list, outputs: list) -> str:
+    """A node's kind: its op, convs split by shape (1x1, depthwise, DFC's 1x5 / 5x1) and output size."""
     if op != "Conv":
         return op
     weight = inputs[1] if len(inputs) > 1 else None
     size = outputs[0][2]
     if weight is not None and weight[1] == 1 and outputs[0][1] > 1:
+        if tuple(weight[2:]) in ((1, 5), (5, 1)):
+            return f"DFC depthwise {weight[2]}x{weight[3]} @{size}"
         return f"depthwise conv @{size}"
     return f"1x1 conv @{size}" if weight is not None and weight[2] == 1 else f"kxk conv @{size}"
 
@@ -68,39 +77,34 @@ def summarize(profile_path: str, skip: int = 8) -> tuple[dict[str, list], float]
     return dict(by_kind), float(np.percentile(runs, 10))
 
 
-def main() -> None:
+def profile(candidates: dict[str, tuple[str, str]], threads: list[int], rounds: int, align: int) -> dict:
+    """{(label, threads): summary} for every candidate (label -> (spec, dfc form)), sessions taking turns."""
     import onnxruntime as ort
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=Path("results/ort_threads.md"))
-    args = parser.parse_args()
     x = torch.randn(1, 3, 224, 224)
     feed = x.numpy()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         sessions = {}
-        for name, spec in MODELS.items():
-            path = export(name, spec, workdir, x)
-            for threads in THREADS:
+        for label, (spec, dfc) in candidates.items():
+            path = export(spec, dfc, workdir, x, align)
+            for count in threads:
                 options = ort.SessionOptions()
-                options.intra_op_num_threads, options.enable_profiling = threads, True
-                options.profile_file_prefix = str(workdir / f"{name}_{threads}")
-                sessions[name, threads] = ort.InferenceSession(str(path), options,
-                                                               providers=["CPUExecutionProvider"])
-        for _ in range(args.rounds):  # taking turns: every session sees the same machine load
+                options.intra_op_num_threads, options.enable_profiling = count, True
+                options.profile_file_prefix = str(workdir / f"{spec.replace(':', '_')}_{dfc}_{count}")
+                sessions[label, count] = ort.InferenceSession(str(path), options,
+                                                              providers=["CPUExecutionProvider"])
+        for _ in range(rounds):  # taking turns: every session sees the same machine load
             for session in sessions.values():
                 for _ in range(8):
                     session.run(None, {session.get_inputs()[0].name: feed})
-        results = {key: summarize(session.end_profiling()) for key, session in sessions.items()}
-    env = environment()
-    columns = " | ".join(f"{n}: nodes | 1 thread us | 2 threads us | speed-up" for n in MODELS)
-    lines = [f"onnxruntime per-node profile, batch 1, 224x224, {args.rounds} rounds of 8 runs; {env['cpu']}, "
-             f"onnxruntime {env['onnxruntime']}, load average {env['load_average']}", "",
-             f"| node kind | {columns} |", "|---|" + "---|---|---|---|" * len(MODELS)]
+        return {key: summarize(session.end_profiling()) for key, session in sessions.items()}
 
-    def totals(name: str, threads: int, kind: str) -> tuple[int, float]:
-        by_kind, run_us = results[name, threads]
+
+def table(results: dict, labels: list[str], threads: list[int]) -> list[str]:
+    """Markdown rows: per kind of node, each candidate's node count and time per thread count."""
+    def totals(label: str, count: int, kind: str) -> tuple[int, float]:
+        by_kind, run_us = results[label, count]
         if kind == "whole run":
             return 0, run_us
         if kind == "all nodes":
@@ -108,15 +112,46 @@ def main() -> None:
         nodes, us = by_kind.get(kind, (0, 0.0))
         return nodes, us
 
-    kinds = sorted({k for key in results for k in results[key][0]}, key=lambda k: -totals("GhostNet", 2, k)[1])
+    speedup = len(threads) == 2  # the old table's last column: time at the first count / time at the second
+    head = " | ".join(f"{label}: nodes | " + " | ".join(f"{t} thread{'s' * (t > 1)} us" for t in threads)
+                      + (" | speed-up" if speedup else "") for label in labels)
+    lines = [f"| node kind | {head} |", "|---|" + ("---|" * (1 + len(threads) + speedup)) * len(labels)]
+    kinds = sorted({k for key in results for k in results[key][0]}, key=lambda k: -totals(labels[0], threads[0], k)[1])
     for kind in kinds + ["all nodes", "whole run"]:
         cells = []
-        for name in MODELS:
-            (nodes, one), (_, two) = totals(name, 1, kind), totals(name, 2, kind)
-            count = "" if kind == "whole run" else nodes
-            cells.append(f"{count} | {one:.0f} | {two:.0f} | {one / two:.2f}" if two else f"{count} | | |")
+        for label in labels:
+            nodes = totals(label, threads[0], kind)[0]
+            times = [totals(label, t, kind)[1] for t in threads]
+            cells.append(("" if kind == "whole run" else str(nodes)) + "".join(f" | {us:.0f}" for us in times)
+                         + (f" | {times[0] / times[1]:.2f}" if speedup and times[1] else " | " if speedup else ""))
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="ghostnet_100", help="our registered model")
+    parser.add_argument("--peer", default="timm:mobilenetv3_large_100", help="a peer's model spec ('' for none)")
+    parser.add_argument("--dfc", default="deploy", choices=["deploy", "training", "both"],
+                        help="GhostNetV2/V3: the DFC gate's deploy form, its training form, or both side by side")
+    parser.add_argument("--align", default="auto", help="channel alignment of our export (auto: this CPU's block)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=Path("results/ort_threads.md"))
+    args = parser.parse_args()
+    forms = ["deploy", "training"] if args.dfc == "both" else [args.dfc]
+    candidates = {f"{args.model} ({form} DFC)" if args.dfc == "both" else args.model: (args.model, form)
+                  for form in forms}
+    if args.peer:
+        candidates[args.peer] = (args.peer, "deploy")
+    threads = [int(t) for t in args.threads.split(",")]
+    align = resolve_alignment(args.align)
+    results = profile(candidates, threads, args.rounds, align)
+    env = environment()
+    lines = [f"onnxruntime per-node profile, batch 1, 224x224, {args.rounds} rounds of 8 runs, our export aligned to "
+             f"{align} channels; {env['cpu']} ({env['isa']}), onnxruntime {env['onnxruntime']}, torch "
+             f"{env['torch']}, load average {env['load_average']}", ""]
+    text = "\n".join(lines + table(results, list(candidates), threads)) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out) as tmp_path:
         tmp_path.write_text(text)

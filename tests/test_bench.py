@@ -148,3 +148,58 @@ def test_int8_backend_quantizes_the_aligned_export(tmp_path):
     int8_ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
     assert fp32_ops.count("Concat") < 32  # channel-aligned: single-path Ghost modules dropped some of the 32
     assert int8_ops.count("QuantizeLinear") > 0 and int8_ops.count("Concat") == fp32_ops.count("Concat")
+
+
+# --- channel alignment picked from the CPU (align.nchwc_block_size) ------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, machine_name, isa, block", [
+    ({"sse2", "avx", "avx2", "fma", "avx512f", "avx512bw"}, "x86_64", "AVX-512", 16),
+    ({"sse2", "avx", "avx2", "fma"}, "x86_64", "AVX2", 8),  # the AVX2 EPYC
+    ({"sse2"}, "x86_64", "SSE", 8),  # onnxruntime's MLAS blocks by 8 on any x86-64 CPU
+    ({"fp", "asimd"}, "aarch64", "aarch64", 0),  # no NCHWc kernels to align for
+])
+def test_auto_alignment_follows_the_cpu_flags(monkeypatch, flags, machine_name, isa, block):
+    from ghostnet.deploy import machine
+    from ghostnet.deploy.align import nchwc_block_size, resolve_alignment
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(machine.platform, "machine", lambda: machine_name)
+    # PyTorch held to AVX2 (ATEN_CPU_CAPABILITY=avx2) changes nothing: onnxruntime reads the CPU, not ATen.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert machine.cpu_isa() == isa and nchwc_block_size() == block
+    assert resolve_alignment("auto") == resolve_alignment(None) == block and resolve_alignment(8) == 8
+    assert bench._alignment(BenchConfig()) == block and bench._alignment(BenchConfig(align_channels=0)) == 0
+
+
+def test_bad_alignments_are_refused():
+    from ghostnet.deploy.align import resolve_alignment
+
+    for value in ("eight", "-8", -8):
+        with pytest.raises(ValueError, match="integer >= 0 or 'auto'"):
+            resolve_alignment(value)
+    with pytest.raises(ValueError, match="align_channels must be"):
+        BenchConfig(align_channels="16x").validate()
+
+
+def test_benchmark_records_the_alignment_it_used(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from ghostnet.deploy import machine
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"sse2", "avx", "avx2"}))
+    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["onnxruntime"], threads=[1], image_size=32,
+                      rounds=1, reps=1, warmup=1)
+    result = run_benchmark(cfg)
+    assert result.config["align_channels"] == "auto" and result.config["align_channels_used"] == 8
+    assert result.environment["isa"] == "AVX2"
+    assert "our GhostNet exports aligned to 8 channels (auto: the CPU's NCHWc block)" in to_markdown(result)
+    # ... and the file it timed is aligned to 8: every conv's output channels a multiple of 8, not all of 16
+    label, source, model = build_model("ghostnet_050")
+    path = bench._onnx_file(bench._Prepared(label, source, model, 0, 0), torch.randn(1, 3, 32, 32), tmp_path,
+                            "fp32", bench._alignment(cfg))
+    proto = onnx.load(str(path))
+    weights = {init.name: init.dims for init in proto.graph.initializer}
+    outs = [weights[node.input[1]][0] for node in proto.graph.node
+            if node.op_type == "Conv" and node.input[1] in weights]
+    assert outs and all(c % 8 == 0 for c in outs[1:]) and not all(c % 16 == 0 for c in outs)

@@ -92,3 +92,36 @@ def test_a_failed_check_says_by_how_much():
     ExportCheck(1e-5, 2, 1e-4).raise_if_failed()
     with pytest.raises(ValueError, match=r"differs from the eager model by 0.5 \(> 0.0001\)"):
         ExportCheck(0.5, 2, 1e-4).raise_if_failed()
+
+
+@pytest.mark.parametrize("flags, form, block", [
+    ({"sse2", "avx", "avx2", "avx512f"}, "channels aligned to 16 (auto: AVX-512 CPU)", 16),
+    ({"sse2", "avx", "avx2"}, "channels aligned to 8 (auto: AVX2 CPU)", 8),
+    ({"fp", "asimd"}, "no channel alignment (auto: aarch64 CPU)", 0),
+])
+def test_export_aligns_to_the_cpu_it_runs_on(monkeypatch, tmp_path, flags, form, block):
+    """`ghostnet export --align-channels auto`: the NCHWc block of this CPU, read from its flags (monkeypatched)."""
+    onnx = pytest.importorskip("onnx")
+    from ghostnet.deploy import machine
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(machine.platform, "machine", lambda: "aarch64" if "asimd" in flags else "x86_64")
+    export = export_for_deployment("ghostnet_050", tmp_path / "g.onnx", "onnx", image_size=32, align_channels="auto")
+    assert f"onnx, fused, {form}" in export.form and export.check().passed
+    proto = onnx.load(str(export.path))
+    weights = {init.name: init.dims for init in proto.graph.initializer}
+    outs = [weights[node.input[1]][0] for node in proto.graph.node
+            if node.op_type == "Conv" and node.input[1] in weights]
+    assert all(c % 8 == 0 for c in outs) == (block > 0)  # ghostnet_050 has Ghost halves of 4, 12, 20, ... maps
+    assert all(c % 16 == 0 for c in outs) == (block == 16)
+
+
+def test_alignment_argument_is_a_count_or_auto(tmp_path, capsys):
+    from ghostnet.cli import main as cli_main
+
+    with pytest.raises(ValueError, match="integer >= 0 or 'auto'"):
+        export_for_deployment("ghostnet_050", tmp_path / "h.pt", "torchscript", align_channels="sixteen")
+    with pytest.raises(SystemExit):
+        cli_main(["export", "ghostnet_050", "--align-channels", "automatic", "-o", str(tmp_path / "x.onnx")])
+    assert "expected an integer >= 0 or 'auto', got 'automatic'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -18,6 +18,19 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
     return parse
 
 
+def _alignment(text: str):
+    """`--align-channels`: a non-negative integer or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {text!r}")
+    return value
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `export`, `quantize` and `bench`."""
     _add_export(subparsers)
@@ -45,9 +58,9 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exporter", default="torchscript", choices=ONNX_EXPORTERS,
                    help="torch.onnx exporter (dynamo: smaller graphs, 10x slower export)")
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--align-channels", type=int, default=0, metavar="N",
+    p.add_argument("--align-channels", type=_alignment, default=0, metavar="N|auto",
                    help="pad a fused GhostNet's channels to multiples of N for onnxruntime's blocked CPU kernels "
-                   "(16 with AVX-512, 8 with AVX2; 0: off)")
+                   "(16 with AVX-512, 8 with AVX2; 0: off; auto: the block of the CPU this runs on)")
     p.add_argument("--single-path", default="auto", choices=SINGLE_PATH_CHOICES,
                    help="Ghost modules without their concat (primary outputs duplicated, identity kernels in the "
                    "cheap conv): auto = where it pays with channel alignment (only with --align-channels), "
@@ -92,12 +105,18 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="latency and throughput against timm/torchvision peers",
                               description="Time models with several backends against peers, interleaved, on the "
                               "same input; writes NAME.json, NAME.md and NAME.png.")
-    p.add_argument("models", nargs="*", default=["ghostnet_100"],
-                   help="model specs: NAME, timm:NAME, torchvision:NAME or package.module:callable")
-    p.add_argument("--peers", type=_csv(str), default=list(DEFAULT_PEERS),
-                   help="comma-separated model specs of peers (same grammar; empty string for none)")
-    p.add_argument("--backends", type=_csv(str), default=["eager", "fused", "onnxruntime"],
-                   help=f"comma-separated, from {','.join(BACKENDS)}")
+    p.add_argument("models", nargs="*", default=None,
+                   help="model specs: NAME, timm:NAME, torchvision:NAME or package.module:callable (default "
+                   "ghostnet_100; with --front: every model of the weights table with a published top-1)")
+    p.add_argument("--peers", type=_csv(str), default=None,
+                   help="comma-separated model specs of peers (same grammar; empty string for none; default "
+                   f"{','.join(DEFAULT_PEERS)}; with --front: every peer listed with a published top-1)")
+    p.add_argument("--backends", type=_csv(str), default=None,
+                   help=f"comma-separated, from {','.join(BACKENDS)} (default eager,fused,onnxruntime; with "
+                   "--front: onnxruntime on a CPU that has it, and each model keeps its fastest backend)")
+    p.add_argument("--front", action="store_true",
+                   help="accuracy per millisecond: published ImageNet top-1 against measured latency, with the "
+                   "Pareto front (writes NAME.md, NAME.json, NAME.png; see docs/deployment.md)")
     p.add_argument("--threads", type=_csv(int), default=[1, 2], help="comma-separated thread counts")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--image-size", type=int, default=224)
@@ -110,9 +129,9 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
                    help="channels-last weights for the fused, torchscript and compile backends")
     p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs (CUDA only)")
     p.add_argument("--mode", default="infer", choices=MODES)
-    p.add_argument("--align-channels", type=int, default=None, metavar="N",
-                   help="onnxruntime backend: pad our GhostNets' channels to multiples of N (default: the CPU's "
-                   "NCHWc block, 16 with AVX-512; 0: off)")
+    p.add_argument("--align-channels", type=_alignment, default="auto", metavar="N|auto",
+                   help="onnxruntime and ExecuTorch backends: pad our GhostNets' channels to multiples of N (default "
+                   "auto: the CPU's NCHWc block, 16 with AVX-512, 8 with AVX2; 0: off)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE,
                    help="MODEL/BACKEND the ratio column divides by")
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"))
@@ -155,15 +174,41 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_config(args: argparse.Namespace, models: list, peers: list, backends: list):
+    """The harness settings from the command line."""
+    from ..deploy.bench import BenchConfig
+
+    return BenchConfig(models=models, peers=peers, backends=backends, threads=args.threads,
+                       batch_size=args.batch_size, image_size=args.image_size, rounds=args.rounds, reps=args.reps,
+                       warmup=args.warmup, device=args.device, dtype=args.dtype, channels_last=args.channels_last,
+                       cuda_graphs=args.cuda_graphs, mode=args.mode, align_channels=args.align_channels)
+
+
+def _run_front(args: argparse.Namespace) -> int:
+    """`ghostnet bench --front`: published top-1 against latency measured here, with the Pareto front."""
+    from ..deploy.front import default_front_backends, front_entries, front_markdown, run_front, write_front
+
+    entries = front_entries(args.models or None, args.peers)
+    backends = args.backends or default_front_backends(args.device)
+    front = run_front(_bench_config(args, [], [], backends), entries,
+                      progress=lambda message: print(message, flush=True))
+    paths = write_front(front, args.out_dir, args.name, plot=args.plot)
+    print(front_markdown(front))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    """`ghostnet bench`: time models against peers and write the report."""
-    from ..deploy.bench import BenchConfig, run_benchmark, to_markdown, write_report
+    """`ghostnet bench`: time models against peers and write the report (or, with --front, the accuracy front)."""
+    from ..deploy.bench import run_benchmark, to_markdown, write_report
+    from ..deploy.bench_config import DEFAULT_PEERS
 
     check_folder_writable(args.out_dir, "--out-dir")
-    cfg = BenchConfig(models=args.models, peers=args.peers, backends=args.backends, threads=args.threads,
-                      batch_size=args.batch_size, image_size=args.image_size, rounds=args.rounds, reps=args.reps,
-                      warmup=args.warmup, device=args.device, dtype=args.dtype, channels_last=args.channels_last,
-                      cuda_graphs=args.cuda_graphs, mode=args.mode, align_channels=args.align_channels)
+    if args.front:
+        return _run_front(args)
+    models = args.models or ["ghostnet_100"]
+    peers = list(DEFAULT_PEERS) if args.peers is None else args.peers
+    cfg = _bench_config(args, models, peers, args.backends or ["eager", "fused", "onnxruntime"])
     result = run_benchmark(cfg, progress=lambda message: print(message, flush=True))
     paths = write_report(result, args.out_dir, args.name, plot=args.plot, reference=args.reference)
     print(to_markdown(result, args.reference))

@@ -22,21 +22,45 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
 from ..layers.helpers import bias_or_zeros, conv_from
+from . import machine
+from .dfc import DeployDFC
 from .fusion import FusedGhostBottleneck, FusedGhostModule, FusedSqueezeExcite
 
-__all__ = ["Layout", "align_channels", "can_align", "nchwc_block_size"]
+__all__ = ["AUTO", "Layout", "align_channels", "can_align", "nchwc_block_size", "resolve_alignment"]
 
 
-def nchwc_block_size() -> int:
-    """onnxruntime's NCHWc block on this CPU: 16 with AVX-512, 8 with AVX2, 0 where it has no blocked kernels."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    return 16 if capability.startswith("AVX512") else 8 if capability == "AVX2" else 0
+#: `align_channels` / `--align-channels` value that picks the block of the CPU the export runs on.
+AUTO = "auto"
+
+
+def nchwc_block_size(isa: Optional[str] = None) -> int:
+    """onnxruntime's NCHWc block on this CPU (or for `isa`): 16 with AVX-512, 8 on any other x86-64 CPU, 0 elsewhere
+    (no blocked kernels to align for).
+
+    Read from the CPU's flags (`machine.cpu_isa`), as onnxruntime's MLAS reads cpuid: 8 by default on x86-64, 16
+    where AVX-512F is usable. Not from PyTorch's ATen capability, which ATEN_CPU_CAPABILITY=avx2 lowers without
+    changing onnxruntime's kernels: an export aligned to 8 on an AVX-512 CPU leaves half its channel groups
+    misaligned.
+    """
+    isa = machine.cpu_isa() if isa is None else isa
+    return 16 if isa == "AVX-512" else 8 if isa in ("AVX2", "AVX", "SSE") else 0
+
+
+def resolve_alignment(value: Union[int, str, None]) -> int:
+    """A channel alignment from `AUTO` (or None): this CPU's NCHWc block; from an integer: itself (0: none)."""
+    if value is None or value == AUTO:
+        return nchwc_block_size()
+    if isinstance(value, str) and not value.isdigit():
+        raise ValueError(f"channel alignment must be an integer >= 0 or {AUTO!r}, got {value!r}")
+    if int(value) < 0:
+        raise ValueError(f"channel alignment must be an integer >= 0 or {AUTO!r}, got {value!r}")
+    return int(value)
 
 
 def _padded(channels: int, multiple: int) -> int:
@@ -197,7 +221,7 @@ def _align_ghost(ghost: FusedGhostModule, inputs: Layout, multiple: int, single:
     ghost.out_chs = out.size
     if ghost.short_conv is not None:
         convs = [_remap(ghost.short_conv[0], inputs, out)] + [_remap_depthwise(c, out) for c in ghost.short_conv[1:]]
-        ghost.short_conv = nn.Sequential(*convs)
+        ghost.short_conv = DeployDFC(*convs)
     return out
 
 

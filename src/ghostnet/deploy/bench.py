@@ -95,6 +95,8 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
     if cfg.device == "cuda":
         torch.backends.cudnn.benchmark = True
     result = BenchResult(config=asdict(cfg), environment=environment(cfg.device))
+    # What "auto" (or a number) came to on this CPU: the alignment every export of our GhostNets used.
+    result.config["align_channels_used"] = _alignment(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     prepared = _prepare(cfg, generator, result.skipped)
     x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=generator)

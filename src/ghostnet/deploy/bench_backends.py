@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .align import nchwc_block_size
+from .align import resolve_alignment
 from .bench_config import DTYPES, EXECUTORCH_BACKENDS, BackendUnavailable, BenchConfig, PreparedModel
 from .fusion import fuse, single_path_ghost_modules
 
@@ -35,8 +35,8 @@ def _deploy_form(prep: PreparedModel, x: torch.Tensor, align: int) -> nn.Module:
 
 
 def _alignment(cfg: BenchConfig) -> int:
-    """The channel alignment of our exports: the configured one, or the CPU's NCHWc block (0: none)."""
-    return nchwc_block_size() if cfg.align_channels is None else cfg.align_channels
+    """The channel alignment of our exports: the configured one, or (None, "auto") the CPU's NCHWc block."""
+    return resolve_alignment(cfg.align_channels)
 
 
 def _memory_format(cfg: BenchConfig) -> torch.memory_format:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -45,8 +45,8 @@ class BenchConfig:
     channels_last: bool = True
     cuda_graphs: bool = False
     mode: str = "infer"
-    # onnxruntime and executorch backends, our GhostNets: None = the CPU's NCHWc block, 0 = off
-    align_channels: Optional[int] = None
+    # onnxruntime and executorch backends, our GhostNets: "auto" (or None) = the CPU's NCHWc block, 0 = off
+    align_channels: Union[int, str, None] = "auto"
     seed: int = 0
 
     def validate(self) -> None:
@@ -76,6 +76,9 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not self.threads or min(self.threads) < 1:
             raise ValueError(f"threads must be positive integers, got {list(self.threads)}")
+        auto = self.align_channels is None or self.align_channels == "auto"
+        if not auto and not (isinstance(self.align_channels, int) and self.align_channels >= 0):
+            raise ValueError(f"align_channels must be an integer >= 0 or 'auto', got {self.align_channels!r}")
         if not self.models and not self.peers:
             raise ValueError("nothing to measure: give at least one model or peer")
 

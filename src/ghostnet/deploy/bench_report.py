@@ -37,7 +37,8 @@ def to_markdown(result: BenchResult, reference: Optional[str] = DEFAULT_REFERENC
              f"onnxruntime {env['onnxruntime']}"
              + (f", executorch {env['executorch']}" if env.get("executorch") else "")
              + f"; {env['date']}; load average before "
-             f"{_fmt_load(env.get('load_average'))}, after {_fmt_load(env.get('load_average_after'))}.", ""]
+             f"{_fmt_load(env.get('load_average'))}, after {_fmt_load(env.get('load_average_after'))}.",
+             _isa_line(result), ""]
     refs = _reference(result.rows, reference)
     groups: dict[tuple[int, int], list[BenchRow]] = {}
     for row in result.rows:
@@ -61,6 +62,19 @@ def to_markdown(result: BenchResult, reference: Optional[str] = DEFAULT_REFERENC
         lines.append("Skipped: " + "; ".join(result.skipped))
         lines.append("")
     return "\n".join(lines)
+
+
+def _isa_line(result: BenchResult) -> str:
+    """The CPU's instruction set, any cap put on PyTorch's, and the channel alignment of our exported files."""
+    env = result.environment
+    line = f"ISA: {env.get('isa', 'n/a')} (PyTorch's ATen kernels: {env.get('aten_cpu_capability', 'n/a')}"
+    overrides = env.get("isa_overrides") or {}
+    line += "".join(f", {name}={value}" for name, value in overrides.items()) + ")"
+    if "align_channels_used" in result.config:
+        requested = result.config.get("align_channels")
+        how = " (auto: the CPU's NCHWc block)" if requested in (None, "auto") else ""
+        line += f"; our GhostNet exports aligned to {result.config['align_channels_used']} channels{how}"
+    return line + "."
 
 
 def _fmt_load(load: Optional[Sequence[float]]) -> str:

@@ -8,7 +8,9 @@
    assumed (`conv1`/`bn1`, Sequential neighbours, ...);
 3. Ghost modules, Ghost bottlenecks and SE blocks become `FusedGhostModule` / `FusedGhostBottleneck` /
    `FusedSqueezeExcite`: one forward each, calling convolutions directly instead of through nested containers;
-   Identity modules left where batch norms were are dropped from Sequentials.
+   Identity modules left where batch norms were are dropped from Sequentials. A GhostNetV2/V3 module's DFC
+   attention becomes `dfc.DeployDFC`: the same gate with every size a constant of the traced graph, which
+   onnxruntime runs in its blocked layout (docs/benchmarks.md, "DFC attention in onnxruntime").
 
 The Ghost module keeps its concat here. Its concat-free single-path form (`FusedGhostModule.to_single_path`,
 `single_path_ghost_modules`) duplicates the primary conv's outputs, which eager PyTorch does not repay;
@@ -30,9 +32,9 @@ from torch.utils._pytree import tree_leaves
 
 from ..layers import GhostBottleneck, GhostBottleneckV3, GhostModule, GhostModuleV3, SqueezeExcite, reparameterize_model
 from ..layers.dynamic_conv import DynamicConv2d
-from ..layers.ghost import apply_dfc_gate
 from ..layers.helpers import HardSigmoid, bias_or_zeros, conv_from, fuse_conv_bn_weights, identity_kernel
 from ..models.registry import input_size_of
+from .dfc import DeployDFC
 
 __all__ = ["FusedGhostBottleneck", "FusedGhostModule", "FusedSqueezeExcite", "example_input_for", "fold_batchnorms",
            "fuse", "single_path_ghost_modules"]
@@ -184,10 +186,11 @@ def _apply_act(act: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
 
 
 class FusedGhostModule(nn.Module):
-    """Ghost module in inference form: conv(+bias) -> act, depthwise conv(+bias) -> act, concat, optional DFC gate."""
+    """Ghost module in inference form: conv(+bias) -> act, depthwise conv(+bias) -> act, concat, optional DFC gate
+    (`short_conv`, a `DeployDFC`)."""
 
     def __init__(self, primary: nn.Conv2d, primary_act: Optional[nn.Module], cheap: nn.Conv2d,
-                 cheap_act: Optional[nn.Module], out_chs: int, short_conv: Optional[nn.Sequential]) -> None:
+                 cheap_act: Optional[nn.Module], out_chs: int, short_conv: Optional[DeployDFC]) -> None:
         super().__init__()
         self.primary, self.primary_act = primary, primary_act
         self.cheap, self.cheap_act = cheap, cheap_act
@@ -207,7 +210,7 @@ class FusedGhostModule(nn.Module):
             convs = _strip(module.short_conv)
             if not all(isinstance(m, nn.Conv2d) for m in convs):
                 return None
-            short_conv = nn.Sequential(*convs)
+            short_conv = DeployDFC(*convs)  # the gate in a form runtimes run fast (deploy/dfc.py)
         return cls(primary[0], primary[1], cheap[0], cheap[1], module.out_chs, short_conv)
 
     def can_be_single_path(self) -> bool:
@@ -260,7 +263,7 @@ class FusedGhostModule(nn.Module):
             out = torch.cat([x1, x2], dim=1)
             if self.sliced:
                 out = out[:, : self.out_chs]
-        return apply_dfc_gate(out, x, self.short_conv)
+        return out if self.short_conv is None else self.short_conv(out, x)
 
 
 class FusedSqueezeExcite(nn.Module):

@@ -15,8 +15,10 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
+from .align import AUTO, resolve_alignment
 from .export import DEFAULT_OPSET, export_model, load_exported
 from .fusion import example_input_for, fuse, single_path_ghost_modules
+from .machine import cpu_isa
 
 PathLike = Union[str, os.PathLike]
 
@@ -86,7 +88,7 @@ def _deployment_form(model: nn.Module, x: torch.Tensor, fused: bool, align_chann
     if (align_channels or single_path == "all") and not fused:
         raise ValueError("--align-channels and --single-path all need the fused model (drop --no-fuse)")
     if align_channels:
-        from .align import align_channels as align
+        from .align import align_channels as align  # the function; the argument shadows its name here
 
         return align(export_form, align_channels, {"auto": None, "all": True, "none": False}[single_path])
     if single_path == "all":
@@ -94,11 +96,15 @@ def _deployment_form(model: nn.Module, x: torch.Tensor, fused: bool, align_chann
     return export_form
 
 
-def _describe(fmt: str, int8: bool, fused: bool, align_channels: int, export_form: nn.Module) -> str:
+def _describe(fmt: str, int8: bool, fused: bool, align_channels: int, export_form: nn.Module,
+              auto: bool = False) -> str:
     """The form of a written file as `ghostnet export` reports it: "onnx, fused, channels aligned to 16, ..."."""
     form = [fmt] + (["int8"] if int8 else []) + (["fused"] if fused else [])
+    chosen = f" (auto: {cpu_isa()} CPU)" if auto else ""
     if align_channels:
-        form.append(f"channels aligned to {align_channels}")
+        form.append(f"channels aligned to {align_channels}{chosen}")
+    elif auto:
+        form.append(f"no channel alignment{chosen}")
     single_path = sum(getattr(m, "single_path", False) for m in export_form.modules())
     if single_path:
         form.append(f"{single_path} single-path Ghost modules")
@@ -108,12 +114,14 @@ def _describe(fmt: str, int8: bool, fused: bool, align_channels: int, export_for
 def export_for_deployment(model_name: str, output: PathLike, fmt: str = "onnx", *, weights: Optional[str] = None,
                           num_classes: Optional[int] = None, image_size: Optional[int] = None, fused: bool = True,
                           opset: int = DEFAULT_OPSET, exporter: str = "torchscript", dynamic_batch: bool = True,
-                          align_channels: int = 0, single_path: str = "auto",
+                          align_channels: Union[int, str] = 0, single_path: str = "auto",
                           int8_calibration_data: Optional[PathLike] = None,
                           num_images: int = 256) -> DeploymentExport:
     """Build a registered model (random weights, or `weights`), put it in its deployment form and write it to
     `output` in `fmt` (one of `export.EXPORT_FORMATS`); `.check()` on the result compares the file with the model.
 
+    `align_channels`: pad channels to multiples of this many (0: not at all), or "auto": the NCHWc block of the CPU
+    this runs on (`align.nchwc_block_size`: 16 with AVX-512, 8 on other x86-64 CPUs, 0 elsewhere).
     `single_path`: "auto" (where it pays, with `align_channels` only), "all" or "none". ExecuTorch programs take
     batch 1; with `int8_calibration_data` (an ImageFolder root or folder of .npz shards) they are quantized to int8,
     calibrated on `num_images` real images of its train split.
@@ -125,6 +133,8 @@ def export_for_deployment(model_name: str, output: PathLike, fmt: str = "onnx", 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     model = create_model(model_name, pretrained=weights, **kwargs).eval()
     x = example_input_for(model, batch_size=2, image_size=image_size)
+    requested = align_channels
+    align_channels = resolve_alignment(align_channels)
     export_form = _deployment_form(model, x, fused, align_channels, single_path)
     static = fmt == "executorch"  # a static shape: batch 1, as a phone runs it
     if static:
@@ -142,5 +152,5 @@ def export_for_deployment(model_name: str, output: PathLike, fmt: str = "onnx", 
         images = load_calibration_images(int8_calibration_data, cfg, num_images)
         extra["calibration"] = calibration_batches(images)
     path = export_model(export_form, output, x, fmt, **extra)
-    return DeploymentExport(path, _describe(fmt, images is not None, fused, align_channels, export_form), model, x,
-                            dynamic_batch and not static, images)
+    form = _describe(fmt, images is not None, fused, align_channels, export_form, auto=requested == AUTO)
+    return DeploymentExport(path, form, model, x, dynamic_batch and not static, images)
