@@ -170,6 +170,34 @@ def test_cosine_reaches_min_lr_at_the_last_step():
     assert lr_at(c, 99, 10) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
 
 
+def test_flat_cosine_holds_the_peak_then_anneals_over_the_rest():
+    c = cfg(schedule="cosine", warmup_epochs=1, warmup_lr=0.0, cosine_flat=0.5, min_lr=0.0)
+    assert lr_at(c, 5, 10) == pytest.approx(0.05)  # the warmup is unchanged
+    assert [lr_at(c, s, 10) for s in (10, 30, 49)] == pytest.approx([0.1] * 3)  # flat to half the run
+    assert lr_at(c, 75, 10) == pytest.approx(0.05)  # half of the cosine over the second half
+    assert lr_at(c, 99, 10) < lr_at(c, 98, 10) < 0.001
+    with pytest.raises(ValueError, match="cosine_flat must be in"):
+        cfg(cosine_flat=1.0)
+
+
+def test_per_update_cosine_matches_timms_train_py_with_sched_on_updates():
+    """The Imagewoof comparison runs timm's train.py with --sched-on-updates and ours with --cosine-from-start: the
+    two trainers must set the same lr at every step (timm's step_update(n) sets the lr of step n)."""
+    from timm.scheduler import create_scheduler_v2
+
+    c = ghostnet.train.load_recipe("imagewoof_ghostnet")
+    c = make_config({**c.to_dict(), "cosine_from_start": True, "warmup_lr": 1e-5})
+    steps_per_epoch = 141
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=c.lr)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=c.epochs, warmup_lr=c.warmup_lr,
+                                       warmup_epochs=int(c.warmup_epochs), min_lr=c.min_lr, step_on_epochs=False,
+                                       updates_per_epoch=steps_per_epoch)
+    for step in range(c.epochs * steps_per_epoch):
+        if step:
+            scheduler.step_update(num_updates=step)
+        assert lr_at(c, step, steps_per_epoch) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12), step
+
+
 def test_bf16_autocast_run_trains_and_keeps_float32_weights(tmp_path):
     """amp bf16 (the GPU recipes' mixed precision) through the whole loop, run here with CPU autocast."""
     data = write_npz_data(tmp_path / "d")

@@ -116,6 +116,8 @@ class TrainConfig:
     milestones: list = _f([], "multistep: epochs at which lr is multiplied by gamma")
     decay_epochs: float = _f(1.0, "step: multiply lr by gamma every this many epochs")
     gamma: float = _f(0.1, "multistep/step decay factor")
+    cosine_flat: float = _f(0.0, "cosine: hold the peak lr until this fraction of the run before annealing (fastai's "
+                                 "flat-cos schedule; its Imagenette baseline uses 0.72); 0 anneals from the warmup's end")
     cosine_from_start: bool = _f(False, "cosine: count it from step 0, the warmup replacing its start (timm's "
                                         "train.py), instead of from the end of the warmup")
     lr_per_epoch: bool = _f(False, "hold the lr for a whole epoch at its value at the epoch's start (timm's "
@@ -178,6 +180,8 @@ class TrainConfig:
             raise ConfigError("ema_decay", f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.warmup_epochs < 0:  # longer than the run is allowed: effective_warmup_epochs scales it down
             raise ConfigError("warmup_epochs", f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.cosine_flat < 1:
+            raise ConfigError("cosine_flat", f"cosine_flat must be in [0, 1), got {self.cosine_flat}")
         if self.schedule == "step" and self.decay_epochs <= 0:
             raise ConfigError("decay_epochs", f"decay_epochs must be > 0, got {self.decay_epochs}")
         if sorted(self.milestones) != list(self.milestones):

@@ -129,8 +129,11 @@ def _scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if step < warmup_steps:
         return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warmup_steps
     if cfg.schedule == "cosine":
-        start = 0 if cfg.cosine_from_start else warmup_steps
-        t = (step - start) / max(1, cfg.epochs * steps_per_epoch - start)
+        total = cfg.epochs * steps_per_epoch
+        start = max(0 if cfg.cosine_from_start else warmup_steps, round(cfg.cosine_flat * total))
+        if step < start:  # the flat part of a flat-cos schedule
+            return cfg.lr
+        t = (step - start) / max(1, total - start)
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
     if cfg.schedule == "multistep":
         return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
