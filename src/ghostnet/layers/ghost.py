@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .folded_conv import folded_forward
 from .helpers import LayerFactory, conv_bn, make_act, same_conv
 
 #: A cheap operation is built from (intrinsic channels, ghost channels, cheap kernel size d, dilation).
@@ -153,8 +154,8 @@ class GhostModule(nn.Module):
         self.short_conv = make_short_conv(in_chs, out_chs, kernel_size, stride) if dfc else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = self.primary_conv(x)
-        return merge_ghost_maps(self, x, x1, self.cheap_operation(x1))
+        x1 = folded_forward(self.primary_conv, x)
+        return merge_ghost_maps(self, x, x1, folded_forward(self.cheap_operation, x1))
 
     def extra_repr(self) -> str:
         return f"in={self.in_chs}, out={self.out_chs}, s={self.ratio}, d={self.dw_size}, dfc={self.short_conv is not None}"

@@ -1,0 +1,120 @@
+"""Batch-folded convolution: a convolution with fewer than 16 output channels, run on 16 channels by folding samples
+into them, for CPU training.
+
+oneDNN's CPU convolutions work on blocks of 16 channels (AVX-512; 8 with AVX2). A convolution whose output has fewer
+channels (the 8 intrinsic maps of a 16-channel Ghost module, and their 8 ghosts) is padded to a block by slow reorders
+that cost more than the convolution itself, in the backward pass above all (docs/benchmarks.md, "Ghost twins:
+training speed"). Folding k = 16 / C_out samples into the channels, (N, C, H, W) -> (N/k, kC, H, W) (a free view of a
+contiguous tensor), and running the convolution with k times the groups and the filters repeated k times, computes
+each sample with its own group: the same sums of the same products (bit for bit for a depthwise convolution, to float
+rounding for a grouped or dense one, whose kernel sums in another order). The weight gradient sums the k copies.
+
+The fold is a pair of custom operators (forward, backward) so that torch.compile treats it as one opaque kernel:
+the compiled and the plain run then compute the same numbers, and Inductor cannot rewrite it (its own code for the
+folded graph measured 2x slower than the plain convolution's).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+#: oneDNN's channel block on AVX-512 CPUs (AVX2 CPUs use 8, which 16 is a multiple of).
+CONV_BLOCK = 16
+
+
+def fold_factor(conv: nn.Module, x: torch.Tensor) -> int:
+    """How many samples to fold into the channels for `conv(x)`: k = 16 / C_out, or 0 where the fold does not apply
+    (not a plain zero-padded Conv2d, not CPU, not a contiguous 4-d input, 16 or more output channels, C_out not a
+    divisor of 16, or a batch that k does not divide)."""
+    if type(conv) is not nn.Conv2d or x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+        return 0
+    c_out = conv.out_channels
+    if c_out >= CONV_BLOCK or CONV_BLOCK % c_out or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return 0
+    k = CONV_BLOCK // c_out
+    return k if x.shape[0] % k == 0 else 0
+
+
+def _folded(x: torch.Tensor, k: int) -> torch.Tensor:
+    return x.reshape(x.shape[0] // k, k * x.shape[1], x.shape[2], x.shape[3])
+
+
+@torch.library.custom_op("ghostnet::folded_conv2d", mutates_args=())
+def folded_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
+                  padding: list[int], dilation: list[int], groups: int, k: int) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, stride, padding, dilation, groups) computed on k samples folded into channels."""
+    y = F.conv2d(_folded(x, k), weight.repeat(k, 1, 1, 1), None if bias is None else bias.repeat(k),
+                 stride, padding, dilation, k * groups)
+    return y.reshape(x.shape[0], weight.shape[0], y.shape[2], y.shape[3])
+
+
+def _output_side(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@folded_conv2d.register_fake
+def _(x, weight, bias, stride, padding, dilation, groups, k):
+    h = _output_side(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    w = _output_side(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    return x.new_empty(x.shape[0], weight.shape[0], h, w)
+
+
+@torch.library.custom_op("ghostnet::folded_conv2d_backward", mutates_args=())
+def folded_conv2d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool,
+                           stride: list[int], padding: list[int], dilation: list[int], groups: int, k: int,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of `folded_conv2d` for x, weight and bias (zeros of the bias's shape where there is none)."""
+    c_out = weight.shape[0]
+    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        _folded(grad.contiguous(), k), _folded(x, k), weight.repeat(k, 1, 1, 1), [k * c_out] if has_bias else None,
+        stride, padding, dilation, False, [0, 0], k * groups, [True, True, has_bias])
+    grad_b = grad_b.reshape(k, c_out).sum(0) if has_bias else weight.new_zeros(c_out)
+    return grad_x.reshape(x.shape), grad_w.reshape(k, *weight.shape).sum(0), grad_b
+
+
+@folded_conv2d_backward.register_fake
+def _(grad, x, weight, has_bias, stride, padding, dilation, groups, k):
+    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, stride, padding, dilation, groups, k = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+    ctx.args = (stride, padding, dilation, groups, k)
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    grad_x, grad_w, grad_b = folded_conv2d_backward(grad, x, weight, ctx.has_bias, *ctx.args)
+    return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None, None, None, None
+
+
+folded_conv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def batch_folded_conv(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """`conv(x)` computed batch-folded (module docstring), or None where the fold does not apply."""
+    k = fold_factor(conv, x)
+    if not k:
+        return None
+    return folded_conv2d(x, conv.weight, conv.bias, list(conv.stride), list(conv.padding), list(conv.dilation),
+                         conv.groups, k)
+
+
+def folded_forward(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layers(x)`; in CPU training, a (conv, BN, act) Sequential whose conv has fewer than 16 output channels runs
+    the conv batch-folded: faster, and the same function. Eager and compiled runs take the same path (the choice
+    depends only on the mode and the shapes); inference and exports keep the plain graph."""
+    training = layers.training and torch.is_grad_enabled() and not torch.jit.is_tracing()
+    if not (training and isinstance(layers, nn.Sequential) and len(layers)):
+        return layers(x)
+    y = batch_folded_conv(layers[0], x)
+    if y is None:
+        return layers(x)
+    for layer in list(layers)[1:]:
+        y = layer(y)
+    return y
