@@ -121,3 +121,19 @@ def test_folded_conv_compiles_to_the_same_numbers(stride, dilation, bias):
         outs.append((y, *grads))
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+def test_compile_settings_turn_inductor_layout_optimization_off_only_for_folded_models():
+    """Inductor's channels-last conversion would undo the fold, so compiling a model that folds turns it off."""
+    import torch._inductor.config as inductor_config
+    from ghostnet.layers.folded_conv import compile_settings, has_folded_convs
+
+    twin, plain = ghostnet.create_model("ghost_resnet20_cifar"), ghostnet.create_model("resnet20_cifar")
+    assert has_folded_convs(twin) and not has_folded_convs(plain)
+    assert not has_folded_convs(ghostnet.create_model("ghost_vgg16_cifar"))  # 32 or more intrinsic maps everywhere
+    before = inductor_config.layout_optimization
+    with compile_settings(twin):
+        assert inductor_config.layout_optimization is False
+    assert inductor_config.layout_optimization == before
+    with compile_settings(plain):
+        assert inductor_config.layout_optimization == before

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..layers.folded_conv import compile_settings
 from .align import resolve_alignment
 from .bench_config import DTYPES, EXECUTORCH_BACKENDS, BackendUnavailable, BenchConfig, PreparedModel
 from .fusion import fuse, single_path_ghost_modules
@@ -119,6 +120,9 @@ def _train_step(model: nn.Module, x: torch.Tensor, compiled: bool) -> Callable[[
         loss.backward()
         optimizer.step()
 
+    if compiled:
+        with compile_settings(model):  # compile now, with the settings `ghostnet train --compile` uses
+            step()
     return step
 
 

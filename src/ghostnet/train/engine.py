@@ -11,6 +11,7 @@ below it follow in that order; `_Run` holds what they share.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -21,6 +22,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..layers.folded_conv import compile_settings
 from ..utils import atomic_write
 from .build import (RunData, RunModel, RunState, build_data, build_model, check_run, new_state, resolve_weights,
                     resume_state, seed_and_settle, seed_everything, wrap_for_training)
@@ -94,11 +96,12 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
                    f"({len(data.classes)} classes), {dist.world_size} process(es) on {dist.device}, "
                    f"{data.steps_per_epoch} steps/epoch of {cfg.batch_size} images")
     last_eval: Optional[EvalResult] = None
-    for epoch in range(state.progress.epoch, cfg.epochs):
-        lr, seen, epoch_time = _train_epoch(run, epoch, on_step)
-        evaluated = _end_epoch(run, epoch, lr, seen, epoch_time)
-        if evaluated is not None:
-            last_eval = evaluated
+    with compile_settings(parts.model) if cfg.compile != "none" else contextlib.nullcontext():
+        for epoch in range(state.progress.epoch, cfg.epochs):
+            lr, seen, epoch_time = _train_epoch(run, epoch, on_step)
+            evaluated = _end_epoch(run, epoch, lr, seen, epoch_time)
+            if evaluated is not None:
+                last_eval = evaluated
     if dist.is_main:
         _finish(run, last_eval)
     return {"history": state.history, "best_top1": state.progress.best_top1, "best_epoch": state.progress.best_epoch,
