@@ -26,16 +26,19 @@ import torch.nn.functional as F
 CONV_BLOCK = 16
 
 
+def foldable(conv: nn.Module) -> bool:
+    """Whether `conv` can run batch-folded: a plain zero-padded Conv2d whose output channels (fewer than 16) divide
+    16."""
+    return (type(conv) is nn.Conv2d and conv.out_channels < CONV_BLOCK and CONV_BLOCK % conv.out_channels == 0
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
 def fold_factor(conv: nn.Module, x: torch.Tensor) -> int:
     """How many samples to fold into the channels for `conv(x)`: k = 16 / C_out, or 0 where the fold does not apply
-    (not a plain zero-padded Conv2d, not CPU, not a contiguous 4-d input, 16 or more output channels, C_out not a
-    divisor of 16, or a batch that k does not divide)."""
-    if type(conv) is not nn.Conv2d or x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+    (`conv` not `foldable`, not a contiguous 4-d CPU input, or a batch that k does not divide)."""
+    if not foldable(conv) or x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
         return 0
-    c_out = conv.out_channels
-    if c_out >= CONV_BLOCK or CONV_BLOCK % c_out or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return 0
-    k = CONV_BLOCK // c_out
+    k = CONV_BLOCK // conv.out_channels
     return k if x.shape[0] % k == 0 else 0
 
 
@@ -122,16 +125,15 @@ def folded_forward(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def has_folded_convs(model: nn.Module) -> bool:
-    """Whether training `model` on CPU runs batch-folded convolutions: a Ghost module (`primary_conv`,
-    `cheap_operation`) with a conv of fewer than 16 output channels that divide 16, and the weights on the CPU."""
+    """Whether training `model` on CPU runs batch-folded convolutions: its weights on the CPU and a Ghost module
+    (`primary_conv`, `cheap_operation`) whose conv is `foldable`."""
     first = next(model.parameters(), None)
     if first is None or first.device.type != "cpu":
         return False
     for module in model.modules():
         for name in ("primary_conv", "cheap_operation"):
             layers = getattr(module, name, None)
-            conv = layers[0] if isinstance(layers, nn.Sequential) and len(layers) else None
-            if type(conv) is nn.Conv2d and conv.out_channels < CONV_BLOCK and CONV_BLOCK % conv.out_channels == 0:
+            if isinstance(layers, nn.Sequential) and len(layers) and foldable(layers[0]):
                 return True
     return False
 
@@ -139,8 +141,8 @@ def has_folded_convs(model: nn.Module) -> bool:
 def compile_settings(model: nn.Module) -> contextlib.AbstractContextManager:
     """Inductor settings for compiling `model` (active while it compiles, i.e. during its first steps): for a model
     with batch-folded convolutions, Inductor's layout optimization is off. It converts convolutions to channels-last,
-    which the fold (NCHW only) cannot take, and BatchNorm on 8 channels is slow in: Ghost-ResNet-56's compiled step
-    went from 0.75x compiled ResNet-56's to about 1.2x without it (docs/benchmarks.md)."""
+    which the fold (NCHW only) cannot take and in which BatchNorm on 8 channels is slow: without it, Ghost-ResNet-56's
+    compiled step went from 0.75x compiled ResNet-56's to 1.06x (docs/benchmarks.md)."""
     if not has_folded_convs(model):
         return contextlib.nullcontext()
     import torch._inductor.config as inductor_config
