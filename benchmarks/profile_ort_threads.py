@@ -1,6 +1,6 @@
-"""Where onnxruntime spends its time, per kind of node, at one and two threads: our GhostNet against a peer.
+"""Where onnxruntime spends its time, per kind of node, at one and two threads: our GhostNets against peers.
 
-    python benchmarks/profile_ort_threads.py [--model ghostnet_100] [--peer timm:mobilenetv3_large_100]
+    python benchmarks/profile_ort_threads.py [--model ghostnet_100[,...]] [--peer timm:mobilenetv3_large_100[,...]]
         [--dfc deploy|training|both] [--align auto] [--threads 1,2] [--rounds 16] [--out results/ort_threads.md]
 
 Exports `--model` as `ghostnet export --align-channels auto` writes it (fused, channel-aligned to this CPU's NCHWc
@@ -10,6 +10,11 @@ form), so the two graphs are profiled side by side. One profiling session per mo
 take turns for `--rounds` rounds of 8 runs, and each node's 10th-percentile kernel time is summed by kind of node.
 The tables in docs/benchmarks.md ("Why two threads hurt GhostNet in onnxruntime", "DFC attention in onnxruntime")
 come from it. Profiling adds overhead, so the run times exceed plain latencies; compare columns, not absolutes.
+
+The row "convolutions and Gemm" sums the Conv and Gemm nodes' kernel times: the arithmetic every graph of the
+network has to run, whatever is done to its plumbing (reorders, concats, pools, products). Set against another
+model's "all nodes", it bounds from below the latency ratio any rewriting of the graph can reach (docs/benchmarks.md,
+"How far the graph can go").
 """
 from __future__ import annotations
 
@@ -101,14 +106,24 @@ def profile(candidates: dict[str, tuple[str, str]], threads: list[int], rounds: 
         return {key: summarize(session.end_profiling()) for key, session in sessions.items()}
 
 
+#: Summary rows of the table, after the kinds of node.
+ARITHMETIC, ALL_NODES, WHOLE_RUN = "convolutions and Gemm", "all nodes", "whole run"
+
+
+def is_arithmetic(kind: str) -> bool:
+    """Whether a kind of node (`node_kind`) is a convolution or the classifier's Gemm."""
+    return "conv @" in kind or kind.startswith("DFC depthwise") or kind == "Gemm"
+
+
 def table(results: dict, labels: list[str], threads: list[int]) -> list[str]:
     """Markdown rows: per kind of node, each candidate's node count and time per thread count."""
     def totals(label: str, count: int, kind: str) -> tuple[int, float]:
         by_kind, run_us = results[label, count]
-        if kind == "whole run":
+        if kind == WHOLE_RUN:
             return 0, run_us
-        if kind == "all nodes":
-            return sum(n for n, _ in by_kind.values()), sum(us for _, us in by_kind.values())
+        if kind in (ALL_NODES, ARITHMETIC):
+            chosen = [v for k, v in by_kind.items() if kind == ALL_NODES or is_arithmetic(k)]
+            return sum(n for n, _ in chosen), sum(us for _, us in chosen)
         nodes, us = by_kind.get(kind, (0, 0.0))
         return nodes, us
 
@@ -117,12 +132,12 @@ def table(results: dict, labels: list[str], threads: list[int]) -> list[str]:
                       + (" | speed-up" if speedup else "") for label in labels)
     lines = [f"| node kind | {head} |", "|---|" + ("---|" * (1 + len(threads) + speedup)) * len(labels)]
     kinds = sorted({k for key in results for k in results[key][0]}, key=lambda k: -totals(labels[0], threads[0], k)[1])
-    for kind in kinds + ["all nodes", "whole run"]:
+    for kind in kinds + [ARITHMETIC, ALL_NODES, WHOLE_RUN]:
         cells = []
         for label in labels:
             nodes = totals(label, threads[0], kind)[0]
             times = [totals(label, t, kind)[1] for t in threads]
-            cells.append(("" if kind == "whole run" else str(nodes)) + "".join(f" | {us:.0f}" for us in times)
+            cells.append(("" if kind == WHOLE_RUN else str(nodes)) + "".join(f" | {us:.0f}" for us in times)
                          + (f" | {times[0] / times[1]:.2f}" if speedup and times[1] else " | " if speedup else ""))
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return lines
@@ -130,8 +145,9 @@ def table(results: dict, labels: list[str], threads: list[int]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="ghostnet_100", help="our registered model")
-    parser.add_argument("--peer", default="timm:mobilenetv3_large_100", help="a peer's model spec ('' for none)")
+    parser.add_argument("--model", default="ghostnet_100", help="our registered models, comma-separated")
+    parser.add_argument("--peer", default="timm:mobilenetv3_large_100",
+                        help="peers' model specs, comma-separated ('' for none)")
     parser.add_argument("--dfc", default="deploy", choices=["deploy", "training", "both"],
                         help="GhostNetV2/V3: the DFC gate's deploy form, its training form, or both side by side")
     parser.add_argument("--align", default="auto", help="channel alignment of our export (auto: this CPU's block)")
@@ -140,10 +156,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/ort_threads.md"))
     args = parser.parse_args()
     forms = ["deploy", "training"] if args.dfc == "both" else [args.dfc]
-    candidates = {f"{args.model} ({form} DFC)" if args.dfc == "both" else args.model: (args.model, form)
-                  for form in forms}
-    if args.peer:
-        candidates[args.peer] = (args.peer, "deploy")
+    candidates = {f"{model} ({form} DFC)" if args.dfc == "both" else model: (model, form)
+                  for model in args.model.split(",") for form in forms}
+    candidates.update({peer: (peer, "deploy") for peer in args.peer.split(",") if peer})
     threads = [int(t) for t in args.threads.split(",")]
     align = resolve_alignment(args.align)
     results = profile(candidates, threads, args.rounds, align)
