@@ -69,6 +69,9 @@ def test_input_size_of_a_model_without_a_config():
     plain = nn.Sequential(nn.Conv2d(3, 4, 3))
     assert default_input_size(plain) == (3, 224, 224)
     assert default_input_size(ghostnet.create_model("resnet20_cifar")) == (3, 32, 32)
+    older_timm = nn.Sequential(nn.Conv2d(3, 4, 3))
+    older_timm.default_cfg = {"input_size": (3, 64, 80)}  # timm before pretrained_cfg
+    assert default_input_size(older_timm) == (3, 64, 80)
     with pytest.raises(ValueError, match=r"Sequential has no pretrained_cfg\['input_size'\]; pass an example input"):
         fusion.example_input_for(plain)
     assert fusion.example_input_for(ghostnet.create_model("ghostnet_050"), 2, image_size=48).shape == (2, 3, 48, 48)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 import ghostnet
 from ghostnet.cli import main
@@ -346,3 +347,14 @@ def test_pretrained_spellings(data, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no-such.pth: no such checkpoint file"):
         train(make_config({"model": SMALL, "pretrained": str(tmp_path / "no-such.pth"), "data": str(data),
                            "output": str(tmp_path / "run2"), "workers": 0, "progress": False}))
+
+
+def test_num_classes_of_reads_the_attribute_else_the_classifier():
+    import torchvision
+
+    from ghostnet.models.registry import num_classes_of
+
+    assert num_classes_of(ghostnet.create_model("ghostnet_050", num_classes=7)) == 7
+    assert num_classes_of(torchvision.models.mobilenet_v3_small(num_classes=5)) == 5  # no attribute: classifier.3
+    with pytest.raises(ValueError, match="no classifier"):
+        num_classes_of(nn.Sequential(nn.Conv2d(3, 4, 3)))

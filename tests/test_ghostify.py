@@ -256,3 +256,12 @@ def test_twin_from_weights_reloads_into_a_rebuilt_twin():
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(x), twin.eval()(x), rtol=0, atol=0)
+
+
+def test_default_probe_input_follows_the_model_config_else_the_first_conv():
+    from ghostnet.surgery.ghostify import _default_input
+
+    gray = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8))
+    assert _default_input(gray, gray[0]).shape == (1, 1, 224, 224)  # no config: the first conv's channels
+    gray.default_cfg = {"input_size": (1, 48, 40)}
+    assert _default_input(gray, gray[0]).shape == (1, 1, 48, 40)

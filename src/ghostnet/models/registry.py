@@ -109,10 +109,36 @@ def create_model(name: str, pretrained: Union[None, bool, str] = None, **kwargs:
 
 def input_size_of(model: nn.Module, default: Optional[tuple[int, int, int]] = DEFAULT_INPUT_SIZE
                   ) -> tuple[int, int, int]:
-    """(C, H, W) from the model's `pretrained_cfg["input_size"]`; `default` when it has none (None: an error)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if "input_size" in cfg:
-        return tuple(cfg["input_size"])  # type: ignore[return-value]
+    """(C, H, W) from the model's `pretrained_cfg["input_size"]` (ours, timm's; timm's older `default_cfg` too);
+    `default` when it has none (None: an error)."""
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        if isinstance(cfg, dict) and cfg.get("input_size") is not None:
+            return tuple(cfg["input_size"])  # type: ignore[return-value]
     if default is None:
         raise ValueError(f"{type(model).__name__} has no pretrained_cfg['input_size']; pass an example input")
     return tuple(default)  # type: ignore[return-value]
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The name of the model's classifier (a Linear layer): its `pretrained_cfg["classifier"]` where that is one
+    (ours, timm's), else its last Linear layer (torchvision's `fc`, `classifier.3`, `heads.head`)."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if isinstance(name, str):
+        try:
+            if isinstance(model.get_submodule(name), nn.Linear):
+                return name
+        except AttributeError:
+            pass
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no classifier (no nn.Linear layer)")
+    return linears[-1]
+
+
+def num_classes_of(model: nn.Module) -> int:
+    """How many classes the model predicts: its `num_classes` where it says, else its classifier's width."""
+    num = getattr(model, "num_classes", None)
+    if isinstance(num, int) and num > 0:
+        return num
+    return model.get_submodule(classifier_name(model)).out_features

@@ -25,14 +25,15 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..analysis.cost import MacCounter
+from ..constants import DEFAULT_INPUT_SIZE
 from ..layers import ghost_channels
 from ..layers.swap import (OrderedGhostModule, ghost_module_like, kaiming_init_, replace_conv_bn, replace_module,
                           unconvertible_reason)
+from ..models.registry import input_size_of
 
 #: Norms that may be absorbed into a Ghost module: exactly these classes (a subclass such as timm's
 #: BatchNormAct2d does more than normalise, so it stays after the Ghost module).
 ABSORBABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
-DEFAULT_INPUT_SIZE = 224
 _GLOB_CHARS = frozenset("*?[")
 
 # The building blocks moved to layers/swap.py are re-exported: old code imported them from here.
@@ -279,11 +280,8 @@ def _probe(model: nn.Module, x: torch.Tensor) -> _Probe:
 
 
 def _default_input(model: nn.Module, first_conv: nn.Conv2d) -> torch.Tensor:
-    """Zeros of the model's configured input size (timm-style `pretrained_cfg`), else first conv's channels x 224^2."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    size = cfg.get("input_size") if isinstance(cfg, dict) else None
-    if size is None:
-        size = (first_conv.in_channels, DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
+    """Zeros of the model's configured input size (`input_size_of`), else the first conv's channels x 224 x 224."""
+    size = input_size_of(model, default=(first_conv.in_channels,) + DEFAULT_INPUT_SIZE[1:])
     return torch.zeros(1, *size, device=first_conv.weight.device, dtype=first_conv.weight.dtype)
 
 

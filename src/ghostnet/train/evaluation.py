@@ -10,6 +10,7 @@ import torch
 
 from ..data import (ShardSampler, TransformConfig, dataset_class_ids, dataset_classes, eval_transform, load_rgb,
                     make_loader, open_split, read_class_names, subset)
+from ..models.registry import num_classes_of
 from .checkpoint import TrainedModel, load_trained
 from .distributed import pick_device
 from .metrics import EvalResult, evaluate
@@ -108,7 +109,7 @@ def evaluate_checkpoint(checkpoint: Optional[PathLike], data: PathLike, split: s
     tcfg = TransformConfig.from_eval_dict(trained.data_config, img_size)
     dataset = open_split(data, split, eval_transform(tcfg), skip_corrupt=skip_corrupt)
     data_classes = dataset_classes(dataset)
-    num_classes = _num_classes(trained.model)
+    num_classes = num_classes_of(trained.model)
     model, classes = trained.model, trained.classes or data_classes
     # A checkpoint with class names of its own that match the data in number is evaluated as it is.
     matched = bool(trained.classes) and len(data_classes) == num_classes
@@ -133,20 +134,9 @@ def _show(classes: Sequence[str], limit: int = 4) -> str:
     return f"{len(classes)} classes ({head})"
 
 
-def _num_classes(model: torch.nn.Module) -> int:
-    """The model's `num_classes`, or the width of its last Linear layer."""
-    num = getattr(model, "num_classes", None)
-    if num is None:
-        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        if not linears:
-            raise ValueError("cannot tell how many classes the model predicts (no num_classes, no Linear layer)")
-        num = linears[-1].out_features
-    return int(num)
-
-
 def class_names(trained: TrainedModel, labels: Optional[PathLike] = None) -> list[str]:
     """Names for the model's outputs: a labels file, else the checkpoint's, else ImageNet's for 1000, else indices."""
-    num_classes = _num_classes(trained.model)
+    num_classes = num_classes_of(trained.model)
     if labels is not None:
         names = read_class_names(labels)
         names = list(names.values()) if isinstance(names, dict) else names

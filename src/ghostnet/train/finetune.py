@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ..convert.checkpoints import (download_checkpoint, extract_state_dict, in_our_names, load_checkpoint,
                                    looks_like_location, read_checkpoint)
+from ..models.registry import classifier_name
 from ..models.spec import ModelSpec, create_from_spec, data_config_of, parse_model_spec
 
 PathLike = Union[str, os.PathLike]
@@ -153,22 +154,6 @@ def _inspect(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------- the classifier
-def classifier_name(model: nn.Module) -> str:
-    """The name of the model's classifier (a Linear layer): its `pretrained_cfg["classifier"]` where that is one
-    (ours, timm's), else its last Linear layer (torchvision's `fc`, `classifier.3`, `heads.head`)."""
-    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    if isinstance(name, str):
-        try:
-            if isinstance(model.get_submodule(name), nn.Linear):
-                return name
-        except AttributeError:
-            pass
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no classifier (no nn.Linear layer) to replace or train")
-    return linears[-1]
-
-
 def classifier_classes(model: nn.Module) -> int:
     """The class count of the model's classifier."""
     return model.get_submodule(classifier_name(model)).out_features
