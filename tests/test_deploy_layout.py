@@ -91,6 +91,16 @@ def test_export_pipeline_returns_what_it_wrote(tmp_path):
     assert not (tmp_path / "h.pt").exists()
 
 
+def test_an_export_without_dynamic_batch_is_for_batch_one(tmp_path):
+    import onnx
+
+    export = export_for_deployment("ghostnet_050", tmp_path / "g.onnx", "onnx", image_size=32, dynamic_batch=False)
+    dims = onnx.load(str(export.path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 32, 32]
+    check = export.check()
+    assert check.passed and check.batch_size == 1
+
+
 def test_a_failed_check_says_by_how_much():
     ExportCheck(1e-5, 2, 1e-4).raise_if_failed()
     with pytest.raises(ValueError, match=r"differs from the eager model by 0.5 \(> 0.0001\)"):

@@ -238,3 +238,33 @@ def test_bad_inputs():
     conv.cond_conv.impl = "fast"
     with pytest.raises(ValueError, match="impl must be one of"):
         conv(torch.randn(1, 4, 5, 5))
+
+
+def test_static_batch_exports_mix_one_kernel_per_sample(tmp_path):
+    """An export for one batch size keeps the grouped form: one conv's multiply-adds per sample, where the form a
+    dynamic-batch export records computes every expert for convs other than 1x1. It computes the eager model's
+    function (the dynamic-batch exports: tests/test_export.py)."""
+    from ghostnet.analysis.cost import count_macs
+    from ghostnet.deploy import fuse
+    from ghostnet.deploy.export import export_onnx, export_program, load_exported, onnx_session, run_onnx
+    from support.numerics import assert_float32_parity, eager_and_reference
+
+    torch.manual_seed(0)
+    model = ParameterNet(width=0.1, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    fused = fuse(model, example_input=x[:1])
+    eager_macs = count_macs(fused, x)
+    static = load_exported(export_program(fused, tmp_path / "static.pt2", x, dynamic_batch=False))
+    assert count_macs(static, x) == eager_macs
+    for conv in fused.modules():  # what a dynamic-batch export records
+        if isinstance(conv, CondConv2d):
+            conv.impl = "traceable"
+    assert count_macs(fused, x) > 1.1 * eager_macs
+    for conv in fused.modules():
+        if isinstance(conv, CondConv2d):
+            conv.impl = "auto"
+    eager, reference = eager_and_reference(model, x)
+    onnx_static = run_onnx(onnx_session(export_onnx(fused, tmp_path / "s.onnx", x, dynamic_batch=False)), x)
+    with torch.no_grad():
+        assert_float32_parity(static(x), eager, reference, what="torch.export, static batch")
+        assert_float32_parity(onnx_static, eager, reference, what="ONNX, static batch")

@@ -57,7 +57,9 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
     p.add_argument("--exporter", default="torchscript", choices=ONNX_EXPORTERS,
                    help="torch.onnx exporter (dynamo: smaller graphs, 10x slower export)")
-    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
+                   help="ONNX and torch.export: a dynamic batch dimension (default); --no-dynamic-batch writes a "
+                   "file for batch 1 only (for ParameterNet also a faster one)")
     p.add_argument("--align-channels", type=_alignment, default=0, metavar="N|auto",
                    help="pad a fused GhostNet's channels to multiples of N for onnxruntime's blocked CPU kernels "
                    "(16 with AVX-512, 8 with AVX2; 0: off; auto: the block of the CPU this runs on)")

@@ -22,6 +22,7 @@ Every function here writes atomically: a failed export leaves no file behind.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import io
@@ -33,6 +34,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..layers.dynamic_conv import static_batch_capture
 from ..utils import atomic_write
 
 PathLike = Union[str, os.PathLike]
@@ -58,6 +60,12 @@ def _export_batch(example_input: torch.Tensor) -> torch.Tensor:
 
 def _batch_dynamic_shapes(dynamic_batch: bool) -> Optional[tuple[dict[int, Any]]]:
     return ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+
+
+def _batch_capture(dynamic_batch: bool) -> contextlib.AbstractContextManager:
+    """For a graph of one fixed batch size, dynamic convs (ParameterNet) keep their one-kernel-per-sample form
+    (`layers.dynamic_conv.static_batch_capture`)."""
+    return contextlib.nullcontext() if dynamic_batch else static_batch_capture()
 
 
 def _output_names(model: nn.Module, example_input: torch.Tensor) -> list[str]:
@@ -87,7 +95,7 @@ def export_onnx(model: nn.Module, path: PathLike, example_input: torch.Tensor, o
     example = _export_batch(example_input) if dynamic_batch else example_input
     output_names = _output_names(model, example)
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _batch_capture(dynamic_batch):
         warnings.simplefilter("ignore")  # deprecation notices and TracerWarnings on the models' shape checks
         if exporter == "dynamo":
             program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=opset, verbose=False,
@@ -146,7 +154,8 @@ def export_program(model: nn.Module, path: PathLike, example_input: torch.Tensor
     """`torch.export.export` the model (batch dynamic by default) and save the ExportedProgram (.pt2)."""
     _check_eval(model)
     example = _export_batch(example_input) if dynamic_batch else example_input
-    program = torch.export.export(model, (example,), dynamic_shapes=_batch_dynamic_shapes(dynamic_batch))
+    with _batch_capture(dynamic_batch):
+        program = torch.export.export(model, (example,), dynamic_shapes=_batch_dynamic_shapes(dynamic_batch))
     buffer = io.BytesIO()  # torch.export.save insists on a .pt2 name; the temporary file has another
     torch.export.save(program, buffer)
     path = Path(path)

@@ -122,8 +122,8 @@ def export_for_deployment(model_name: str, output: PathLike, fmt: str = "onnx", 
 
     `align_channels`: pad channels to multiples of this many (0: not at all), or "auto": the NCHWc block of the CPU
     this runs on (`align.nchwc_block_size`: 16 with AVX-512, 8 on other x86-64 CPUs, 0 elsewhere).
-    `single_path`: "auto" (where it pays, with `align_channels` only), "all" or "none". ExecuTorch programs take
-    batch 1; with `int8_calibration_data` (an ImageFolder root or folder of .npz shards) they are quantized to int8,
+    `single_path`: "auto" (where it pays, with `align_channels` only), "all" or "none". ExecuTorch programs, and ONNX
+    or torch.export files without `dynamic_batch`, take batch 1; with `int8_calibration_data` (an ImageFolder root or folder of .npz shards) they are quantized to int8,
     calibrated on `num_images` real images of its train split.
     """
     if single_path not in SINGLE_PATH_CHOICES:
@@ -136,7 +136,9 @@ def export_for_deployment(model_name: str, output: PathLike, fmt: str = "onnx", 
     requested = align_channels
     align_channels = resolve_alignment(align_channels)
     export_form = _deployment_form(model, x, fused, align_channels, single_path)
-    static = fmt == "executorch"  # a static shape: batch 1, as a phone runs it
+    # A static shape (ExecuTorch, or a file without a dynamic batch): batch 1, as a phone or a server's single
+    # request runs it.
+    static = fmt == "executorch" or (not dynamic_batch and fmt in ("onnx", "torch.export"))
     if static:
         x = x[:1]
     extra: dict[str, Any] = {} if fmt in ("torchscript", "executorch") else {"dynamic_batch": dynamic_batch}
