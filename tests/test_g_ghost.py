@@ -237,3 +237,30 @@ def test_grad_checkpointing_gives_the_same_step():
         stats.append(model.layer3.merge[2].running_mean.clone())
     torch.testing.assert_close(grads[1], grads[0])
     assert torch.equal(stats[1], stats[0])  # the recomputation leaves the BN statistics alone
+
+
+def test_profile_splits_g_ghost_stages_and_counts_the_plain_network_exactly():
+    """The profile's G-Ghost summary: each stage's parts add up to the stage, and the whole model with ordinary
+    stages in their place is exactly RegNetX-3.2GF (ours built with no G-Ghost stage, and timm's regnetx_032)."""
+    import dataclasses
+
+    import timm
+
+    from ghostnet.analysis.cost import count_macs
+    from ghostnet.analysis.g_ghost_cost import g_ghost_summary
+    from ghostnet.analysis.report import render_text
+    from ghostnet.models.g_ghost import G_GHOST_REGNETX, GGhostRegNet
+
+    x = torch.randn(1, 3, 64, 64)
+    report = profile(ghostnet.create_model("g_ghost_regnetx_032"), input_size=(3, 64, 64), measure_memory=False)
+    rows = report.g_ghost_stages
+    assert [(r.path, r.depth, r.raw_chs, r.out_chs) for r in rows] == [("layer2", 6, 72, 192), ("layer3", 15, 216, 432)]
+    for r in rows:
+        assert r.full_blocks_macs + r.inner_blocks_macs + r.cheap_macs == r.macs < r.plain_macs
+    plain = GGhostRegNet(dataclasses.replace(G_GHOST_REGNETX["032"], ghost=(False,) * 4)).eval()
+    summary = g_ghost_summary(rows, report.macs)
+    assert summary["model_macs_without_g_ghost"] == count_macs(plain, x)
+    assert summary["model_macs_without_g_ghost"] == count_macs(timm.create_model("regnetx_032").eval(), x)
+    assert "2 G-Ghost stages" in render_text(report)
+    assert profile(ghostnet.create_model("ghostnet_050"), input_size=(3, 64, 64),
+                   measure_memory=False).g_ghost_stages == []

@@ -1,9 +1,8 @@
 """`profile()`: parameters, multiply-accumulates, bytes and memory per layer, per stage and in total.
 
-Operation counts come from `torch.utils.flop_counter.FlopCounterMode` and its own per-module attribution, so the
-totals are PyTorch's count by construction.  That counter knows matrix products and convolutions (2 FLOPs per
-multiply-accumulate, bias and elementwise ops not counted), so MACs here are conv + linear multiply-accumulates,
-the convention of the GhostNet paper and of the figures in docs/cost-analysis.md.
+Operation counts come from `torch.utils.flop_counter.FlopCounterMode` and its per-module attribution: PyTorch's
+count by construction. It counts matrix products and convolutions (2 FLOPs per multiply-accumulate, no bias or
+elementwise ops), so MACs here are conv + linear multiply-accumulates, as in the paper and docs/cost-analysis.md.
 """
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..layers.dynamic_conv import DynamicConv2d
 from ..models.registry import input_size_of
 from . import formulas
+from .g_ghost_cost import GGhostStageRow, g_ghost_rows, g_ghost_summary
 from .memory import (ForwardTrace, MeasuredPeak, PeakEstimate, estimate_peak, measure_peak, trace_forward,
                      weight_bytes)
 
@@ -118,6 +118,7 @@ class Profile:
     stages: list[StageRow] = field(default_factory=list)
     layers: list[LayerRow] = field(default_factory=list)
     ghost_modules: list[GhostModuleRow] = field(default_factory=list)
+    g_ghost_stages: list[GGhostStageRow] = field(default_factory=list)
 
     def ghost_summary(self) -> dict[str, Any]:
         """Totals over all Ghost modules, and the model's MACs with ordinary convolutions in their place."""
@@ -141,6 +142,7 @@ class Profile:
         """Plain data (lists for tuples), ready for JSON."""
         data = asdict(self)
         data["ghost_summary"] = self.ghost_summary()
+        data["g_ghost_summary"] = g_ghost_summary(self.g_ghost_stages, self.macs)
         return data
 
 
@@ -444,4 +446,5 @@ def profile(
         params=sum(p.numel() for p in model.parameters()), macs=total_flops // 2, flops=total_flops,
         memory=memory, stages=_stage_rows(layers, trace, peak, stage_of), layers=layers,
         ghost_modules=_ghost_rows(model, trace, flops, batch_size),
+        g_ghost_stages=g_ghost_rows(model, {k: v // 2 for k, v in _subtree_flops(model, flops).items()}),
     )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from ..utils import atomic_write
 from .cost import LayerRow, Profile
+from .g_ghost_cost import g_ghost_summary
 
 if TYPE_CHECKING:
     from .training_memory import TrainingMemory
@@ -107,9 +108,25 @@ def ghost_lines(p: Profile) -> list[str]:
     ]
 
 
+def g_ghost_lines(p: Profile) -> list[str]:
+    """The G-Ghost stages' parts and the ordinary stages they replace (`g_ghost_cost`)."""
+    if not p.g_ghost_stages:
+        return []
+    s = g_ghost_summary(p.g_ghost_stages, p.macs)
+    stages = ", ".join(f"{r.path} ({r.raw_chs} of {r.out_chs} channels through {r.depth - 2} inner blocks)"
+                       for r in p.g_ghost_stages)
+    return [
+        f"{s['count']} G-Ghost stages, {stages}: {fmt_count(s['macs'])} MACs = full-width first and last blocks "
+        f"{fmt_count(s['full_blocks_macs'])} + inner blocks {fmt_count(s['inner_blocks_macs'])} + cheap features "
+        f"and mix {fmt_count(s['cheap_macs'])}; ordinary stages in their place {fmt_count(s['plain_macs'])} "
+        f"({s['plain_macs'] / s['macs']:.2f}x); whole model without G-Ghost stages "
+        f"{fmt_count(s['model_macs_without_g_ghost'])} MACs",
+    ]
+
+
 def render_text(p: Profile, layers: bool = False, ghost: bool = False) -> str:
     """The report `ghostnet profile` prints: header, stage table, memory and Ghost-module summaries."""
-    parts = [_header(p), "", stage_table(p), ""] + memory_lines(p) + ghost_lines(p)
+    parts = [_header(p), "", stage_table(p), ""] + memory_lines(p) + ghost_lines(p) + g_ghost_lines(p)
     if layers:
         parts += ["", layer_table(p.layers)]
     if ghost and p.ghost_modules:
