@@ -65,7 +65,8 @@ def main() -> None:
     lines = [f"ParameterNet-600M (fused), onnxruntime, batch 1, 224x224; {env['cpu']} ({env['isa']}), "
              f"onnxruntime {env['onnxruntime']}, torch {env['torch']}; {env['date']}; load average "
              f"{env['load_average']} before, {load_average()} after", "",
-             "| export | threads | MACs (M) | best ms | median ms | CPU ms/call | ratio |", "|---|---|---|---|---|---|---|"]
+             "| export | threads | MACs (M) | best ms | median ms | CPU ms/call | ratio |",
+             "|---|---|---|---|---|---|---|"]
     for threads in sorted({r.threads for r in rows}):
         group = [r for r in rows if r.threads == threads]
         base = next(r for r in group if r.model == "dynamic batch").best_round_ms

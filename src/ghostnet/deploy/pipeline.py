@@ -123,8 +123,9 @@ def export_for_deployment(model_name: str, output: PathLike, fmt: str = "onnx", 
     `align_channels`: pad channels to multiples of this many (0: not at all), or "auto": the NCHWc block of the CPU
     this runs on (`align.nchwc_block_size`: 16 with AVX-512, 8 on other x86-64 CPUs, 0 elsewhere).
     `single_path`: "auto" (where it pays, with `align_channels` only), "all" or "none". ExecuTorch programs, and ONNX
-    or torch.export files without `dynamic_batch`, take batch 1; with `int8_calibration_data` (an ImageFolder root or folder of .npz shards) they are quantized to int8,
-    calibrated on `num_images` real images of its train split.
+    or torch.export files without `dynamic_batch`, take batch 1. With `int8_calibration_data` (an ImageFolder root or
+    folder of .npz shards) ExecuTorch programs are quantized to int8, calibrated on `num_images` real images of its
+    train split.
     """
     if single_path not in SINGLE_PATH_CHOICES:
         raise ValueError(f"single_path must be one of {SINGLE_PATH_CHOICES}, got {single_path!r}")
