@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Iterator, Optional, Union
 
 import torch
@@ -32,7 +33,11 @@ IntPair = Union[int, tuple[int, int]]
 #: and inside `static_batch_capture()`.
 IMPLEMENTATIONS = ("auto", "grouped", "traceable")
 
-_static_batch_captures = 0  # depth of nested static_batch_capture() blocks
+_capture = threading.local()  # .static_batch: depth of this thread's nested static_batch_capture() blocks
+
+
+def _static_batch() -> bool:
+    return getattr(_capture, "static_batch", 0) > 0
 
 
 @contextlib.contextmanager
@@ -42,12 +47,11 @@ def static_batch_capture() -> Iterator[None]:
     then, and every conv costs one kernel's multiply-adds instead of the traceable form's K for convs other than
     1x1 (ParameterNet-600M: 590M MACs against 709M, 0.74x the latency in onnxruntime at batch 1; docs/benchmarks.md).
     A file recorded this way accepts no other batch size."""
-    global _static_batch_captures
-    _static_batch_captures += 1
+    _capture.static_batch = getattr(_capture, "static_batch", 0) + 1
     try:
         yield
     finally:
-        _static_batch_captures -= 1
+        _capture.static_batch -= 1
 
 
 def _pair(value: IntPair, what: str, minimum: int) -> tuple[int, int]:
@@ -125,7 +129,7 @@ class CondConv2d(nn.Module):
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         if self.impl not in IMPLEMENTATIONS:
             raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {self.impl!r}")
-        if self.impl == "traceable" or (self.impl == "auto" and _graph_capture() and not _static_batch_captures):
+        if self.impl == "traceable" or (self.impl == "auto" and _graph_capture() and not _static_batch()):
             return self._forward_traceable(x, routing_weights)
         return self._forward_grouped(x, routing_weights)
 
