@@ -268,3 +268,19 @@ def test_static_batch_exports_mix_one_kernel_per_sample(tmp_path):
     with torch.no_grad():
         assert_float32_parity(static(x), eager, reference, what="torch.export, static batch")
         assert_float32_parity(onnx_static, eager, reference, what="ONNX, static batch")
+
+
+def test_static_batch_capture_is_per_thread_and_nests():
+    import threading
+
+    from ghostnet.layers.dynamic_conv import _static_batch, static_batch_capture
+
+    seen = []
+    with static_batch_capture():
+        with static_batch_capture():
+            pass
+        assert _static_batch()  # still inside the outer block
+        worker = threading.Thread(target=lambda: seen.append(_static_batch()))
+        worker.start()
+        worker.join()
+    assert seen == [False] and not _static_batch()
