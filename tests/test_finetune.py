@@ -356,5 +356,8 @@ def test_num_classes_of_reads_the_attribute_else_the_classifier():
 
     assert num_classes_of(ghostnet.create_model("ghostnet_050", num_classes=7)) == 7
     assert num_classes_of(torchvision.models.mobilenet_v3_small(num_classes=5)) == 5  # no attribute: classifier.3
+    conv_head = nn.Sequential(nn.Conv2d(3, 3, 1))  # a model that says, with no Linear layer to ask
+    conv_head.num_classes = 3
+    assert num_classes_of(conv_head) == 3
     with pytest.raises(ValueError, match="no classifier"):
         num_classes_of(nn.Sequential(nn.Conv2d(3, 4, 3)))
