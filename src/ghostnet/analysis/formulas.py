@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from ..layers.helpers import conv_output_size  # noqa: F401  (part of this module's API: the formulas' h', w')
+
 _Pair = tuple[int, int]
 
 
@@ -24,15 +26,6 @@ def _pair(v: int | tuple[int, ...]) -> _Pair:
     if len(v) != 2:
         raise ValueError(f"expected an int or a pair, got {v!r}")
     return (int(v[0]), int(v[1]))
-
-
-def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
-    """Output length of a convolution along one axis (PyTorch's floor rule)."""
-    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-    if out < 1:
-        raise ValueError(f"a {kernel}-tap kernel (stride {stride}, padding {padding}, dilation {dilation}) "
-                         f"leaves no output from size {size}")
-    return out
 
 
 @dataclass(frozen=True)

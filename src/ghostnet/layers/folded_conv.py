@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .helpers import conv_output_size
+
 #: oneDNN's channel block on AVX-512 CPUs (AVX2 CPUs use 8, which 16 is a multiple of).
 CONV_BLOCK = 16
 
@@ -55,14 +57,10 @@ def folded_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return y.reshape(x.shape[0], weight.shape[0], y.shape[2], y.shape[3])
 
 
-def _output_side(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 @folded_conv2d.register_fake
 def _(x, weight, bias, stride, padding, dilation, groups, k):
-    h = _output_side(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-    w = _output_side(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    h = conv_output_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    w = conv_output_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
     return x.new_empty(x.shape[0], weight.shape[0], h, w)
 
 

@@ -27,6 +27,15 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return dilation * (kernel_size - 1) // 2
 
 
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Output length of a convolution along one axis (PyTorch's floor rule)."""
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1:
+        raise ValueError(f"a {kernel}-tap kernel (stride {stride}, padding {padding}, dilation {dilation}) "
+                         f"leaves no output from size {size}")
+    return out
+
+
 def same_conv(in_chs: int, out_chs: int, kernel_size: Union[int, tuple[int, int]], stride: int = 1,
               dilation: int = 1, groups: int = 1, padding: Union[None, int, tuple[int, int]] = None) -> nn.Conv2d:
     """A bias-free Conv2d, as every conv followed by a batch norm here is; padding defaults to "same" (odd kernel)."""
