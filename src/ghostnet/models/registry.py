@@ -136,9 +136,14 @@ def classifier_name(model: nn.Module) -> str:
     return linears[-1]
 
 
+def classifier_classes(model: nn.Module) -> int:
+    """The class count of the model's classifier (`classifier_name`)."""
+    return model.get_submodule(classifier_name(model)).out_features
+
+
 def num_classes_of(model: nn.Module) -> int:
     """How many classes the model predicts: its `num_classes` where it says, else its classifier's width."""
     num = getattr(model, "num_classes", None)
     if isinstance(num, int) and num > 0:
         return num
-    return model.get_submodule(classifier_name(model)).out_features
+    return classifier_classes(model)

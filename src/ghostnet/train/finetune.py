@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..convert.checkpoints import (download_checkpoint, extract_state_dict, in_our_names, load_checkpoint,
                                    looks_like_location, read_checkpoint)
-from ..models.registry import classifier_name
+from ..models.registry import classifier_classes, classifier_name
 from ..models.spec import ModelSpec, create_from_spec, data_config_of, parse_model_spec
 
 PathLike = Union[str, os.PathLike]
@@ -154,11 +154,6 @@ def _inspect(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------- the classifier
-def classifier_classes(model: nn.Module) -> int:
-    """The class count of the model's classifier."""
-    return model.get_submodule(classifier_name(model)).out_features
-
-
 def replace_classifier(model: nn.Module, num_classes: int) -> None:
     """Give the model a freshly initialised classifier for `num_classes` classes (its own `reset_classifier` where
     it has one, else a new Linear layer in place of the old)."""
