@@ -252,12 +252,11 @@ def _subtree_flops(model: nn.Module, flops: dict[str, int]) -> dict[str, int]:
     return totals
 
 
-def _layer_rows(model: nn.Module, trace: ForwardTrace, flops: dict[str, int],
+def _layer_rows(model: nn.Module, trace: ForwardTrace, subtree: dict[str, int],
                 stage_of: Callable[[str], str]) -> list[LayerRow]:
     ops_by_module: dict[str, list] = {}
     for op in trace.ops:
         ops_by_module.setdefault(op.module, []).append(op)
-    subtree = _subtree_flops(model, flops)
     rows: list[tuple[int, LayerRow]] = []
     unrun_order = len(trace.ops)
     for path, module in model.named_modules():
@@ -330,8 +329,7 @@ def _first_conv(module: nn.Module, prefix: str) -> tuple[Optional[nn.Conv2d], li
     return conv, names
 
 
-def _ghost_rows(model: nn.Module, trace: ForwardTrace, flops: dict[str, int], batch: int) -> list[GhostModuleRow]:
-    subtree = _subtree_flops(model, flops)
+def _ghost_rows(model: nn.Module, trace: ForwardTrace, subtree: dict[str, int], batch: int) -> list[GhostModuleRow]:
     rows = []
     for path, module in ghost_modules(model):
         call = trace.modules.get(path)
@@ -428,7 +426,8 @@ def profile(
         model.train(was_training)
 
     stage_of = stage_names(model)
-    layers = _layer_rows(model, trace, flops, stage_of)
+    subtree = _subtree_flops(model, flops)  # every module's FLOPs, its children's included
+    layers = _layer_rows(model, trace, subtree, stage_of)
     param_bytes, buffer_bytes = weight_bytes(model)
     peak_op = trace.ops[peak.peak_op] if peak.peak_op >= 0 else None
     memory = MemorySummary(
@@ -445,6 +444,6 @@ def profile(
         model=name, input_size=input_size, batch_size=batch_size, dtype=str(torch_dtype).removeprefix("torch."),
         params=sum(p.numel() for p in model.parameters()), macs=total_flops // 2, flops=total_flops,
         memory=memory, stages=_stage_rows(layers, trace, peak, stage_of), layers=layers,
-        ghost_modules=_ghost_rows(model, trace, flops, batch_size),
-        g_ghost_stages=g_ghost_rows(model, {k: v // 2 for k, v in _subtree_flops(model, flops).items()}),
+        ghost_modules=_ghost_rows(model, trace, subtree, batch_size),
+        g_ghost_stages=g_ghost_rows(model, {path: f // 2 for path, f in subtree.items()}),
     )
