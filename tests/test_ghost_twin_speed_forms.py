@@ -137,3 +137,29 @@ def test_compile_settings_turn_inductor_layout_optimization_off_only_for_folded_
     assert inductor_config.layout_optimization == before
     with compile_settings(plain):
         assert inductor_config.layout_optimization == before
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_folded_conv_under_bfloat16_autocast_casts_as_autocast_does(groups):
+    """Under CPU autocast the fold computes in bfloat16 like the convolution it replaces, and its backward sees one
+    dtype (mixed bfloat16/float32 inputs failed there on AVX2 kernels); float32 weights get float32 gradients, as
+    close to the float64 truth as the plain autocast convolution's (the project's factor 4 on its own error)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=True)
+    x = torch.randn(4, 8, 10, 10)
+
+    def run(module, inp, folded, autocast):
+        module.zero_grad()
+        leaf = inp.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = batch_folded_conv(module, leaf) if folded else module(leaf)
+        y.to(inp.dtype).square().sum().backward()
+        return y, [y.to(inp.dtype), leaf.grad, module.weight.grad.clone(), module.bias.grad.clone()]
+
+    truth = run(copy.deepcopy(conv).double(), x.double(), folded=False, autocast=False)[1]
+    (y_folded, folded), (y_plain, plain) = (run(conv, x, f, autocast=True) for f in (True, False))
+    assert y_folded.dtype == y_plain.dtype == torch.bfloat16
+    for got, own, exact in zip(folded, plain, truth):
+        assert got.dtype == own.dtype == torch.float32
+        own_error = (own.double() - exact).abs().max().item()
+        assert (got.double() - exact).abs().max().item() <= 4 * own_error + 1e-6 * exact.abs().max().item()

@@ -103,8 +103,13 @@ def batch_folded_conv(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor
     k = fold_factor(conv, x)
     if not k:
         return None
-    return folded_conv2d(x, conv.weight, conv.bias, list(conv.stride), list(conv.padding), list(conv.dilation),
-                         conv.groups, k)
+    weight, bias = conv.weight, conv.bias
+    if torch.is_autocast_enabled("cpu"):
+        # Autocast casts a convolution's inputs; a custom op it passes through, so cast here as it would: its
+        # backward (not an autocast op) then sees one dtype, and the casts carry the gradients back to float32.
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+    return folded_conv2d(x, weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, k)
 
 
 def folded_forward(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:
