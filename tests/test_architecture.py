@@ -9,8 +9,6 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ghostnet"
 
 #: The layers, bottom first; a module belongs to the layer of its longest matching prefix.
@@ -24,14 +22,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("train, deploy", ("ghostnet.train", "ghostnet.deploy")),
     ("commands", ("ghostnet.commands", "ghostnet.cli", "ghostnet.__main__", "ghostnet")),
 )
-#: Deprecated aliases of moved modules: they import the new home (wherever it is) so that old imports keep working.
-DEPRECATED_ALIASES = {
-    "ghostnet.convert.ghostify": "ghostify moved to ghostnet.surgery",
-    "ghostnet.convert": "its __getattr__ forwards the moved ghostify names to ghostnet.surgery",
-    "ghostnet.train.modelspec": "the model-spec grammar moved to ghostnet.models.spec",
-    "ghostnet.deploy.fuse": "the module is deploy/fusion.py (the name ghostnet.deploy.fuse is the function); "
-                            "deploy/__init__ registers a forwarding module under the old path",
-}
 #: Siblings in one layer that must not know each other.
 FORBIDDEN = (("ghostnet.deploy", "ghostnet.train", "deployment needs no trainer"),)
 MAX_MODULE_LINES = 450
@@ -129,8 +119,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
     bad = []
     for module, targets in sorted(graph.items()):
-        if module in DEPRECATED_ALIASES:
-            continue
         for target in sorted(targets):
             if layer_of(target) > layer_of(module):
                 bad.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
@@ -183,12 +171,3 @@ def _long_units() -> list[str]:
 def test_no_long_modules_or_functions():
     assert _long_units() == []
 
-
-@pytest.mark.parametrize("module", sorted(DEPRECATED_ALIASES))
-def test_deprecated_paths_still_import(module):
-    import importlib
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        assert importlib.import_module(module) is not None

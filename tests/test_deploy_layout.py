@@ -1,10 +1,8 @@
-"""The deploy package's layout: old import paths still work after the split, one MAC counter, one input-size lookup,
+"""The deploy package's layout: `fuse` is the function, one MAC counter, one input-size lookup,
 and the export pipeline as a library function (the CLI only parses and prints; tests/test_export.py runs it)."""
 from __future__ import annotations
 
-import pickle
-import subprocess
-import sys
+import importlib
 
 import pytest
 import torch
@@ -19,24 +17,11 @@ from ghostnet.deploy.pipeline import ExportCheck, export_for_deployment
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_fuse_is_the_function_and_its_old_module_path_still_imports():
+def test_fuse_is_the_function_and_no_module_of_that_name_remains():
     assert callable(ghostnet.deploy.fuse) and ghostnet.deploy.fuse is fusion.fuse
-    with pytest.warns(DeprecationWarning, match="moved to ghostnet.deploy.fusion"):
-        from ghostnet.deploy.fuse import (FusedGhostModule, example_input_for, fold_batchnorms,
-                                          single_path_ghost_modules)
-    assert (FusedGhostModule, example_input_for, fold_batchnorms, single_path_ghost_modules) == (
-        fusion.FusedGhostModule, fusion.example_input_for, fusion.fold_batchnorms, fusion.single_path_ghost_modules)
-    assert ghostnet.deploy.fuse is fusion.fuse  # importing the old path did not rebind the package attribute
-    with pytest.warns(DeprecationWarning):  # a pickle of a fused model made before the move names the old path
-        assert pickle.loads(b"cghostnet.deploy.fuse\nFusedGhostModule\n.") is fusion.FusedGhostModule
-
-
-def test_old_fuse_path_imports_first_in_a_fresh_interpreter():
-    code = ("import importlib, warnings; warnings.simplefilter('error', DeprecationWarning); "
-            "import ghostnet.deploy.fuse as f; m = importlib.import_module('ghostnet.deploy.fuse'); "
-            "import ghostnet.deploy as d; assert callable(f) and f is d.fuse and m.__name__ == 'ghostnet.deploy.fuse'; "
-            "warnings.simplefilter('ignore', DeprecationWarning); assert m.fuse is d.fuse and 'fuse' in dir(m)")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("ghostnet.deploy.fuse")
+    assert ghostnet.deploy.fuse is fusion.fuse
 
 
 def test_bench_keeps_every_name_it_exposed_before_the_split():

@@ -142,16 +142,6 @@ def test_timm_models_train_with_the_same_recipe():
         create_from_spec("timm:ghostnet_999")
 
 
-def test_the_old_modelspec_module_still_works_and_says_where_it_went():
-    import importlib
-    import sys
-
-    sys.modules.pop("ghostnet.train.modelspec", None)
-    with pytest.warns(DeprecationWarning, match="ghostnet.models.spec"):
-        old = importlib.import_module("ghostnet.train.modelspec")
-    assert old.create is create_from_spec and old.data_defaults is data_config_of
-
-
 def test_a_warmup_as_long_as_the_run_is_cut_so_the_lr_peaks():
     from ghostnet.train.config import SHORT_RUN_WARMUP_SHARE, effective_warmup_epochs
 
