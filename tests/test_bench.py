@@ -11,8 +11,10 @@ import torch
 
 import ghostnet
 from ghostnet.cli import main as cli_main
-from ghostnet.deploy import bench
 from ghostnet.deploy.bench import BenchConfig, build_model, count_macs, run_benchmark, to_markdown, write_report
+from ghostnet.deploy.bench_backends import _alignment, _onnx_file
+from ghostnet.deploy.bench_config import PreparedModel
+from ghostnet.deploy.bench_timing import measure_interleaved
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,10 +28,10 @@ def test_macs_match_the_facts_file(name, macs_m):
 
 def test_candidates_take_turns_in_rotating_order():
     calls: list[str] = []
-    prep = bench._Prepared("m", "ghostnet", torch.nn.Identity(), 0, 0)
+    prep = PreparedModel("m", "ghostnet", torch.nn.Identity(), 0, 0)
     runners = [(prep, name, (lambda n=name: calls.append(n))) for name in ("a", "b", "c")]
     cfg = BenchConfig(rounds=3, reps=2, warmup=1)
-    rows = bench._measure(runners, cfg, threads=1, progress=None)
+    rows = measure_interleaved(runners, cfg, threads=1, progress=None)
     assert calls[:3] == ["a", "b", "c"]  # warm-up, once each
     timed = calls[3:]
     assert timed == ["a", "a", "b", "b", "c", "c", "b", "b", "c", "c", "a", "a", "c", "c", "a", "a", "b", "b"]
@@ -75,7 +77,7 @@ def test_train_mode_measures_steps():
 
 def test_bfloat16_train_step_runs_under_autocast():
     """The GPU preset trains with bf16 inputs and float32 weights; CPU autocast runs the same code path."""
-    from ghostnet.deploy.bench import _train_step
+    from ghostnet.deploy.bench_backends import _train_step
 
     model = ghostnet.create_model("ghostnet_050", stem_stride=1, num_classes=10)
     before = model.conv_stem.weight.detach().clone()
@@ -141,8 +143,8 @@ def test_int8_backend_quantizes_the_aligned_export(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     label, source, model = build_model("ghostnet_050")
-    prep = bench._Prepared(label, source, model, macs=0, params=0)
-    int8 = bench._onnx_file(prep, torch.randn(1, 3, 32, 32), tmp_path, "int8", 16)
+    prep = PreparedModel(label, source, model, macs=0, params=0)
+    int8 = _onnx_file(prep, torch.randn(1, 3, 32, 32), tmp_path, "int8", 16)
     assert set(prep.export_files) == {"fp32", "int8"}  # quantized from the onnxruntime backend's own export
     fp32_ops = [n.op_type for n in onnx.load(str(prep.export_files["fp32"])).graph.node]
     int8_ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
@@ -169,7 +171,7 @@ def test_auto_alignment_follows_the_cpu_flags(monkeypatch, flags, machine_name, 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert machine.cpu_isa() == isa and nchwc_block_size() == block
     assert resolve_alignment("auto") == resolve_alignment(None) == block and resolve_alignment(8) == 8
-    assert bench._alignment(BenchConfig()) == block and bench._alignment(BenchConfig(align_channels=0)) == 0
+    assert _alignment(BenchConfig()) == block and _alignment(BenchConfig(align_channels=0)) == 0
 
 
 def test_bad_alignments_are_refused():
@@ -196,8 +198,8 @@ def test_benchmark_records_the_alignment_it_used(monkeypatch, tmp_path):
     assert "our GhostNet exports aligned to 8 channels (auto: the CPU's NCHWc block)" in to_markdown(result)
     # ... and the file it timed is aligned to 8: every conv's output channels a multiple of 8, not all of 16
     label, source, model = build_model("ghostnet_050")
-    path = bench._onnx_file(bench._Prepared(label, source, model, 0, 0), torch.randn(1, 3, 32, 32), tmp_path,
-                            "fp32", bench._alignment(cfg))
+    path = _onnx_file(PreparedModel(label, source, model, 0, 0), torch.randn(1, 3, 32, 32), tmp_path,
+                            "fp32", _alignment(cfg))
     proto = onnx.load(str(path))
     weights = {init.name: init.dims for init in proto.graph.initializer}
     outs = [weights[node.input[1]][0] for node in proto.graph.node

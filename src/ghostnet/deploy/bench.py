@@ -10,42 +10,27 @@ throughput), and `cuda_graphs=True` replays a captured graph instead of launchin
 
 The harness is split by concern: `bench_config` (settings, rows, the models timed), `bench_backends` (one measured
 call per backend), `bench_timing` (the interleaved rounds), `machine` (CPU, versions, load) and `bench_report`
-(markdown, plot, files). This module runs them together and keeps every name it has always exposed.
+(markdown, plot, files). This module runs them together.
 """
 from __future__ import annotations
 
 import importlib.util
-import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
 from ..analysis.cost import count_macs as _count_macs
 from ..models.registry import input_size_of
-from .bench_backends import make_runner
+from .bench_backends import _alignment, make_runner
 from .bench_config import (BACKENDS, DEFAULT_PEERS, EXECUTORCH_BACKENDS, OWN_ONLY_BACKENDS, BackendUnavailable,
-                           BenchConfig, BenchResult, PreparedModel, build_model)
+                           BenchConfig, BenchResult, BenchRow, PreparedModel, build_model)
 from .bench_report import plot_latency_vs_macs, to_markdown, write_report
 from .bench_timing import Runner, measure_interleaved
 from .machine import environment, load_average
-
-# Every other name this module had before it was split, kept importable from here for code and tests that use it.
-from .bench_backends import (_alignment, _cuda_graph_runner, _deploy_form, _onnx_file,  # noqa: F401
-                             _pte_file, _timing_calibration, _train_step)
-from .bench_config import DTYPES, MODES, BenchRow  # noqa: F401
-from .bench_report import _fmt_load, _reference  # noqa: F401
-from .bench_timing import _quantile, _time_calls  # noqa: F401
-from .machine import _cpu_name, _version  # noqa: F401
-
-PathLike = Union[str, os.PathLike]
-_Prepared = PreparedModel
-_make_runner = make_runner
-_measure = measure_interleaved
-_load_average = load_average
 
 __all__ = ["BACKENDS", "BenchConfig", "BenchResult", "BenchRow", "DEFAULT_PEERS", "build_model", "count_macs",
            "environment", "plot_latency_vs_macs", "run_benchmark", "to_markdown", "write_report"]
