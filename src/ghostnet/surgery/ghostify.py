@@ -36,9 +36,7 @@ from ..models.registry import input_size_of
 ABSORBABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 _GLOB_CHARS = frozenset("*?[")
 
-# The building blocks moved to layers/swap.py are re-exported: old code imported them from here.
-__all__ = ["GhostifyReport", "OrderedGhostModule", "ReplacedLayer", "ghost_module_like", "ghostify", "init_from_conv_",
-           "kaiming_init_", "replace_conv_bn", "replace_module", "unconvertible_reason"]
+__all__ = ["GhostifyReport", "ReplacedLayer", "ghostify", "init_from_conv_"]
 
 
 @dataclass(frozen=True)
