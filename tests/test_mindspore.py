@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from ghostnet import create_model
-from ghostnet.convert.checkpoints import CheckpointError, checkpoint_format, load_checkpoint
+from ghostnet.convert.checkpoints import checkpoint_format, load_checkpoint
 from ghostnet.convert.mindspore import read_mindspore_checkpoint
+from ghostnet.errors import CheckpointError
 from ghostnet.models.ghostnet import GhostNet
 # The local weights server, and the autouse fixture that gives each test a private cache and weights table and no
 # network beyond 127.0.0.1.

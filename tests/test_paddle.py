@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from ghostnet import create_model
-from ghostnet.convert.checkpoints import CheckpointError, load_checkpoint
+from ghostnet.convert.checkpoints import load_checkpoint
 from ghostnet.convert.paddle import NAME_TABLE_KEY, key_table, paddle_to_ghostnet, read_pdparams
+from ghostnet.errors import CheckpointError
 from ghostnet.layers import ClipGate
 from ghostnet.models.ghostnet import GhostNet
 from ghostnet.models.zoo import PADDLE_VARIANT

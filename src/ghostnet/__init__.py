@@ -1,7 +1,8 @@
 """ghostnet: GhostNet v1/v2/v3 and Ghost twins of classic CNNs for PyTorch, with cost analysis, training and
 deployment tools."""
 from .analysis import profile
-from .convert.checkpoints import CheckpointError, load_checkpoint
+from .convert.checkpoints import load_checkpoint
+from .errors import CheckpointError
 from .surgery import ghostify
 from .layers import GhostBottleneck, GhostModule, GhostModuleV3, SqueezeExcite, reparameterize_model
 from .models import GhostNet, create_model, list_models

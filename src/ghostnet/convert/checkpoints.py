@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError  # re-exported here, its historical home
+from ..errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
 

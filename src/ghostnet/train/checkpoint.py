@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..convert.checkpoints import CheckpointError, extract_state_dict, read_checkpoint, save_checkpoint
+from ..convert.checkpoints import extract_state_dict, read_checkpoint, save_checkpoint
+from ..errors import CheckpointError
 from ..utils import atomic_write
 
 PathLike = Union[str, os.PathLike]
