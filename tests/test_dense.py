@@ -8,8 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import ghostnet
 from ghostnet.dense import (GhostNetFPN, convert_to_frozen_batchnorm, deeplabv3_ghostnet, fasterrcnn_ghostnet_fpn,
-                            freeze_batchnorm, ghostnet_fpn_backbone, layer_groups, lraspp_ghostnet,
-                            set_trainable_layers)
+                            ghostnet_fpn_backbone, layer_groups, lraspp_ghostnet, set_trainable_layers)
 
 from support.common import randomize_bn
 from support.numerics import assert_float32_parity, eager_and_reference
@@ -54,9 +53,9 @@ def test_trainable_layers_freeze_the_early_groups(layers):
 def test_frozen_batchnorm_keeps_the_function():
     model = randomize_bn(ghostnet.create_model(NAME, features_only=True)).eval()
     x = torch.randn(2, 3, 96, 96)
-    expected, reference = eager_and_reference(model, x)  # before freezing: freeze_batchnorm works in place
+    expected, reference = eager_and_reference(model, x)  # before freezing: the conversion works in place
     with torch.no_grad():
-        frozen = freeze_batchnorm(model)
+        frozen = convert_to_frozen_batchnorm(model)
         got = frozen(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules())

@@ -53,10 +53,6 @@ def convert_to_frozen_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-#: The old name, kept for existing code.
-freeze_batchnorm = convert_to_frozen_batchnorm
-
-
 def layer_groups(model: GhostNet) -> list[list[nn.Module]]:
     """The stem, then the stages ending at each tap: six groups, earliest first (torchvision's "layers")."""
     groups: list[list[nn.Module]] = [[model.conv_stem, model.bn1]]
