@@ -236,10 +236,12 @@ def test_profile_compare_takes_every_spelling():
         assert result.returncode == 0, (spec, result.stderr[-2000:])
 
 
-def test_eval_takes_trains_subset_flag_and_keeps_the_old_one(tmp_path):
+def test_eval_takes_trains_subset_flag(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
     checkpoint = _tiny_image_checkpoint(tmp_path, data)
-    for flag in ("--val-subset", "--subset"):
-        result = run_cli("eval", "--checkpoint", str(checkpoint), "--data", str(data), flag, "3", "--workers", "0")
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "(3 images)" in result.stdout
+    args = ("eval", "--checkpoint", str(checkpoint), "--data", str(data), "--workers", "0")
+    result = run_cli(*args, "--val-subset", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(3 images)" in result.stdout
+    result = run_cli(*args, "--subset", "3")
+    assert result.returncode == 2 and "unrecognized arguments: --subset" in result.stderr

@@ -92,8 +92,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the metrics (with per-class accuracy and confusion matrix) to this file")
     p.add_argument("--confusion", help="write the confusion-matrix PNG to this file")
     p.add_argument("--img-size", type=int, help="evaluate at another image size")
-    p.add_argument("--val-subset", "--subset", dest="val_subset", type=int, metavar="N",
-                   help="evaluate on a fixed pseudo-random selection of N samples (train's flag; --subset is kept)")
+    p.add_argument("--val-subset", type=int, metavar="N",
+                   help="evaluate on a fixed pseudo-random selection of N samples (train's flag)")
     p.add_argument("--ignore-class-names", action="store_true",
                    help="evaluate even if the checkpoint's class names differ from the data's")
     p.add_argument("--batch-size", type=int, default=64)
