@@ -103,3 +103,5 @@ def imagenet_synsets() -> list[str]:
 
 
 set_pretrained_loader(load_weights)
+# The Hub's timm layout ("hf-hub:ORG/NAME", "local-dir:PATH" names) registers its readers with the registry too.
+from . import hub_format  # noqa: E402,F401

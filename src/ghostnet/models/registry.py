@@ -21,6 +21,29 @@ def set_pretrained_loader(loader: PretrainedLoader) -> None:
     _pretrained_loader = loader
 
 
+#: Name prefixes that name a model outside the registry ("hf-hub:org/name", "local-dir:PATH"): for each, what
+#: `create_model` calls (`create(rest, pretrained, **kwargs)`) and what gives its data config (`data_config(rest)`).
+#: Models read no files; `ghostnet.hub_format` (imported with the package) registers them.
+@dataclass(frozen=True)
+class ModelSource:
+    create: Callable[..., nn.Module]
+    data_config: Callable[[str], dict]
+
+
+_model_sources: dict[str, ModelSource] = {}
+
+
+def set_source_loader(prefix: str, create: Callable[..., nn.Module], data_config: Callable[[str], dict]) -> None:
+    """Serve names "PREFIX:rest" with `create(rest, pretrained, **kwargs)` and `data_config(rest)`."""
+    _model_sources[prefix] = ModelSource(create, data_config)
+
+
+def model_source(name: str) -> Optional[tuple[ModelSource, str]]:
+    """(its source, the rest of the name) for a name with a registered prefix ("hf-hub:org/name"), else None."""
+    prefix, sep, rest = name.partition(":")
+    return (_model_sources[prefix], rest) if sep and prefix in _model_sources else None
+
+
 def default_data_config(**overrides: Any) -> dict[str, Any]:
     """The data config a model carries (timm's `pretrained_cfg` keys): ImageNet 224, crop 0.875, bicubic."""
     cfg = dict(input_size=DEFAULT_INPUT_SIZE, crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN,
@@ -90,7 +113,11 @@ def create_model(name: str, pretrained: Union[None, bool, str] = None, **kwargs:
     `pretrained`: None/False for random weights; a file path or URL of a checkpoint (loaded with
     `load_checkpoint`); True or a weight tag for the published weights (see docs/model-zoo.md).
     Other keyword arguments go to the model (num_classes, in_chans, drop_rate, features_only, ...).
+    A name with a registered source prefix ("hf-hub:org/name", "local-dir:PATH") is built by that source.
     """
+    sourced = model_source(name)
+    if sourced is not None:
+        return sourced[0].create(sourced[1], pretrained, **kwargs)
     entry = get_model_entry(name)
     model = entry.builder(**kwargs)
     cfg = dict(entry.default_cfg)

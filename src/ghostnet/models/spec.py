@@ -5,6 +5,9 @@
     torchvision:NAME          any torchvision classification model (torchvision.models.get_model)
     package.module:callable   any importable builder, called with the keyword arguments
                               (e.g. torchvision.models:mobilenet_v3_large)
+    hf-hub:ORG/NAME[@REV]     a Hugging Face Hub repository in timm's layout (config.json, model.safetensors) whose
+                              architecture is one of ours (needs the hub extra)
+    local-dir:PATH            a folder in that layout (`ghostnet.save_pretrained` writes one)
 
 `train --model/--teacher`, `eval/predict --model`, `bench` (models and `--peers`) and `profile` (models and
 `--compare`) all go through `parse_model_spec` / `create_from_spec`, so one spelling works everywhere.
@@ -19,14 +22,17 @@ import torch.nn as nn
 
 from .registry import default_data_config
 
-SOURCES = ("ghostnet", "timm", "torchvision")
-GRAMMAR = "NAME, timm:NAME, torchvision:NAME or package.module:callable"
+SOURCES = ("ghostnet", "timm", "torchvision", "hf-hub", "local-dir")
+#: Sources served by the registry's source loaders (`registry.set_source_loader`): the name keeps its prefix.
+FOLDER_SOURCES = ("hf-hub", "local-dir")
+GRAMMAR = "NAME, timm:NAME, torchvision:NAME, hf-hub:ORG/NAME, local-dir:PATH or package.module:callable"
 Pretrained = Union[None, bool, str]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed model spec: `source` is ghostnet, timm, torchvision or import; `name` the rest."""
+    """A parsed model spec: `source` is ghostnet, timm, torchvision, hf-hub, local-dir or import; `name` the
+    rest."""
 
     text: str
     source: str
@@ -34,9 +40,10 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        """How reports name the model: NAME for ours, timm/NAME, torchvision/NAME, or the import path."""
-        return self.name if self.source == "ghostnet" else self.text if self.source == "import" else \
-            f"{self.source}/{self.name}"
+        """How reports name the model: NAME for ours, timm/NAME, torchvision/NAME, or the spec as given (an import
+        path, hf-hub:ORG/NAME, local-dir:PATH)."""
+        return self.name if self.source == "ghostnet" else self.text if self.source in ("import",) + FOLDER_SOURCES \
+            else f"{self.source}/{self.name}"
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -80,14 +87,14 @@ def _imported_builder(spec: ModelSpec) -> Any:
 def create_from_spec(text: Union[str, ModelSpec], pretrained: Pretrained = None, **kwargs: Any) -> nn.Module:
     """Build the model a spec names with `kwargs` (num_classes, ...).
 
-    `pretrained`: None/False for random weights; True (or a tag, for ours) for published weights; a file for ours
-    and timm's. The model gets `model_name` (the spec as given) and, where known, `pretrained_cfg`.
+    `pretrained`: None/False for random weights; True (or a tag, for ours) for published weights, or an hf-hub:
+    / local-dir: folder's weights; a file for ours and timm's. The model gets `model_name` (the spec as given) and, where known, `pretrained_cfg`.
     """
     spec = text if isinstance(text, ModelSpec) else parse_model_spec(text)
-    if spec.source == "ghostnet":
+    if spec.source == "ghostnet" or spec.source in FOLDER_SOURCES:
         from .registry import create_model
 
-        return create_model(spec.name, pretrained=pretrained, **kwargs)
+        return create_model(spec.name if spec.source == "ghostnet" else spec.text, pretrained=pretrained, **kwargs)
     if spec.source == "timm":
         timm = _timm()
         if spec.name not in timm.list_models():
@@ -125,6 +132,13 @@ def data_config_of(text: Union[str, ModelSpec]) -> dict[str, Any]:
         from .registry import get_model_entry
 
         return dict(get_model_entry(spec.name).default_cfg)
+    if spec.source in FOLDER_SOURCES:
+        from .registry import model_source
+
+        sourced = model_source(spec.text)
+        if sourced is None:
+            raise ValueError(f"{spec.text}: no reader of {spec.source}: names is registered (import ghostnet does it)")
+        return sourced[0].data_config(sourced[1])
     if spec.source == "timm":
         cfg = _timm().get_pretrained_cfg(spec.name)
         if cfg is None:
