@@ -25,12 +25,11 @@ import torch.nn as nn
 from ..layers.folded_conv import compile_settings
 from ..utils import atomic_write
 from .build import (RunData, RunModel, RunState, build_data, build_model, check_run, new_state, resolve_weights,
-                    resume_state, seed_and_settle, seed_everything, wrap_for_training)
+                    resume_state, seed_and_settle, wrap_for_training)
 from .checkpoint import Progress, export_weights, rng_state, save_training_state
 from .config import TrainConfig
 from .distill import distillation_loss
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup, init_distributed, log_main
-from .finetune import load_initial_weights
 from .metrics import EvalResult, autocast, evaluate, write_jsonl
 from .optim import lr_at, set_lr
 
@@ -39,9 +38,7 @@ StepCallback = Callable[[Progress], None]
 #: How often (in steps) the progress bar's loss/accuracy are refreshed; each refresh synchronizes with the GPU.
 BAR_REFRESH_STEPS = 10
 
-# load_initial_weights (finetune.py) and seed_everything (build.py) live elsewhere; they are named here too so that old
-# imports keep working.
-__all__ = ["StepCallback", "load_initial_weights", "seed_everything", "set_batchnorm_eval", "train"]
+__all__ = ["StepCallback", "set_batchnorm_eval", "train"]
 
 
 def set_batchnorm_eval(model: nn.Module) -> None:
