@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ghostnet import GhostModule, create_model, ghostify, list_models
-from ghostnet.models.cifar import CIFAR10_MEAN, CifarBasicBlock, CifarResNet, CifarVGG
+from ghostnet.constants import CIFAR10_MEAN
+from ghostnet.models.cifar import CifarBasicBlock, CifarResNet, CifarVGG
 
 # GhostNet paper, Table 3 (reference/ghostnet-facts.md section 2): params, MACs.
 PAPER = {

@@ -15,7 +15,6 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from ..constants import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD
-from ..constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: F401  (their old home: kept importable from here)
 
 PRESETS = ("imagenet", "cifar")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
