@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import ghostnet
-from ghostnet.analysis.cost import count_macs
+from ghostnet.analysis.macs import count_macs
 from ghostnet.deploy import fuse
 from ghostnet.deploy.bench_config import BenchConfig, PreparedModel
 from ghostnet.deploy.bench_timing import measure_interleaved

@@ -17,7 +17,7 @@ SHARED_DATA = Path(os.environ.get("GHOSTNET_DATA", Path(__file__).resolve().pare
 
 def cost(model_spec: str, input_size: int, **kwargs: Any) -> tuple[float, float]:
     """(parameters in millions, multiply-accumulates in millions) of one image (torch.utils.flop_counter / 2)."""
-    from ghostnet.analysis.cost import count_macs
+    from ghostnet.analysis.macs import count_macs
 
     model = modelspec_create(model_spec, **kwargs).eval()
     macs = count_macs(model, torch.randn(1, 3, input_size, input_size))

@@ -10,7 +10,8 @@ import torch.nn as nn
 
 import ghostnet
 import ghostnet.deploy
-from ghostnet.analysis.cost import MacCounter, count_macs, default_input_size, profile
+from ghostnet.analysis.cost import default_input_size, profile
+from ghostnet.analysis.macs import MacCounter, count_macs
 from ghostnet.deploy import bench, fusion
 from ghostnet.deploy.pipeline import ExportCheck, export_for_deployment
 

@@ -246,7 +246,7 @@ def test_profile_splits_g_ghost_stages_and_counts_the_plain_network_exactly():
 
     import timm
 
-    from ghostnet.analysis.cost import count_macs
+    from ghostnet.analysis.macs import count_macs
     from ghostnet.analysis.g_ghost_cost import g_ghost_summary
     from ghostnet.analysis.report import render_text
     from ghostnet.models.g_ghost import G_GHOST_REGNETX, GGhostRegNet

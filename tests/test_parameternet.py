@@ -244,7 +244,7 @@ def test_static_batch_exports_mix_one_kernel_per_sample(tmp_path):
     """An export for one batch size keeps the grouped form: one conv's multiply-adds per sample, where the form a
     dynamic-batch export records computes every expert for convs other than 1x1. It computes the eager model's
     function (the dynamic-batch exports: tests/test_export.py)."""
-    from ghostnet.analysis.cost import count_macs
+    from ghostnet.analysis.macs import count_macs
     from ghostnet.deploy import fuse
     from ghostnet.deploy.export import export_onnx, export_program, load_exported, onnx_session, run_onnx
     from support.numerics import assert_float32_parity, eager_and_reference

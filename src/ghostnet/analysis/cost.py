@@ -1,8 +1,8 @@
 """`profile()`: parameters, multiply-accumulates, bytes and memory per layer, per stage and in total.
 
-Operation counts come from `torch.utils.flop_counter.FlopCounterMode` and its per-module attribution: PyTorch's
-count by construction. It counts matrix products and convolutions (2 FLOPs per multiply-accumulate, no bias or
-elementwise ops), so MACs here are conv + linear multiply-accumulates, as in the paper and docs/cost-analysis.md.
+Operation counts come from the one counter (`macs.MacCounter`, PyTorch's `FlopCounterMode`) and its per-module
+attribution: PyTorch's count by construction, conv + linear multiply-accumulates as in the paper and
+docs/cost-analysis.md.
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers.dynamic_conv import DynamicConv2d
 from ..models.registry import input_size_of
 from . import formulas
 from .g_ghost_cost import GGhostStageRow, g_ghost_rows, g_ghost_summary
+from .macs import MacCounter
 from .memory import (ForwardTrace, MeasuredPeak, PeakEstimate, estimate_peak, measure_peak, trace_forward,
                      weight_bytes)
 
@@ -205,33 +205,6 @@ def _check_input_size(input_size: Any, batch_size: int) -> tuple[int, int, int]:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return size  # type: ignore[return-value]
-
-
-class MacCounter(FlopCounterMode):
-    """The one operation counter (`count_macs`, `profile`, `ghostify`): FLOPs, MACs and FLOPs per module path."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(display=False)
-        self.model = model
-
-    def total_macs(self) -> int:
-        """Multiply-accumulates of everything run inside the counter: FLOPs // 2, the paper's convention."""
-        return self.get_total_flops() // 2
-
-    def flops_by_module(self) -> dict[str, int]:
-        """FLOPs per module path of `model` ("" is the model itself); modules that never ran have no entry."""
-        # The counter names modules "<RootClass>.<path>"; its "Global" entry is the whole pass.
-        prefix = type(self.model).__name__
-        flops = {key: sum(by_op.values()) for key, by_op in self.get_flop_counts().items() if key != "Global"}
-        return {"" if key == prefix else key[len(prefix) + 1:]: n for key, n in flops.items()
-                if key == prefix or key.startswith(prefix + ".")}
-
-
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass on `example_input`, without gradients (conv + linear, FLOPs // 2)."""
-    with torch.no_grad(), MacCounter(model) as counter:
-        model(example_input)
-    return counter.total_macs()
 
 
 def _own_params(module: nn.Module) -> int:

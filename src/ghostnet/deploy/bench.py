@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from ..analysis.cost import count_macs as _count_macs
+from ..analysis.macs import count_macs as _count_macs
 from ..models.registry import input_size_of
 from .bench_backends import _alignment, make_runner
 from .bench_config import (BACKENDS, DEFAULT_PEERS, EXECUTORCH_BACKENDS, OWN_ONLY_BACKENDS, BackendUnavailable,
@@ -37,7 +37,7 @@ __all__ = ["BACKENDS", "BenchConfig", "BenchResult", "BenchRow", "DEFAULT_PEERS"
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates per image of one forward: `ghostnet.analysis.cost.count_macs` on the first image of `x`."""
+    """Multiply-accumulates per image of one forward: `ghostnet.analysis.macs.count_macs` on the first image of `x`."""
     return _count_macs(model, x[:1])
 
 

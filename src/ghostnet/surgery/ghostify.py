@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..analysis.cost import MacCounter
+from ..analysis.macs import MacCounter
 from ..constants import DEFAULT_INPUT_SIZE
 from ..layers import ghost_channels
 from ..layers.swap import (OrderedGhostModule, ghost_module_like, kaiming_init_, replace_conv_bn, replace_module,
