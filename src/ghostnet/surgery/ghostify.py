@@ -27,8 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..analysis.macs import MacCounter
 from ..constants import DEFAULT_INPUT_SIZE
 from ..layers import ghost_channels
-from ..layers.swap import (OrderedGhostModule, ghost_module_like, kaiming_init_, replace_conv_bn, replace_module,
-                          unconvertible_reason)
+from ..layers.swap import OrderedGhostModule, ghost_module_like, replace_module, unconvertible_reason
 from ..models.registry import input_size_of
 
 #: Norms that may be absorbed into a Ghost module: exactly these classes (a subclass such as timm's
