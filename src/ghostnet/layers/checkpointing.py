@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from .tracing import is_symbolic_tracing
+
 
 @contextlib.contextmanager
 def batchnorm_stats_kept(module: nn.Module) -> Iterator[None]:
@@ -42,9 +44,15 @@ def checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
                       context_fn=lambda: (contextlib.nullcontext(), batchnorm_stats_kept(module)))
 
 
+def checkpointing_active(enabled: bool) -> bool:
+    """Whether a stage with checkpointing `enabled` is checkpointed now: gradients are being recorded and no tracer
+    records the forward (a traced graph stores what it stores; `torch.fx` cannot trace through the checkpoint)."""
+    return enabled and torch.is_grad_enabled() and not torch.jit.is_scripting() and not is_symbolic_tracing()
+
+
 def run_stage(module: nn.Module, x: torch.Tensor, enabled: bool) -> torch.Tensor:
-    """`checkpointed(module, x)` when `enabled` and gradients are being recorded, else `module(x)`."""
-    if enabled and torch.is_grad_enabled() and not torch.jit.is_scripting():
+    """`checkpointed(module, x)` when `checkpointing_active(enabled)`, else `module(x)`."""
+    if checkpointing_active(enabled):
         return checkpointed(module, x)
     return module(x)
 

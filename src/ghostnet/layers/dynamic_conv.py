@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .helpers import same_padding
+from .tracing import is_symbolic_tracing
 
 IntPair = Union[int, tuple[int, int]]
 
@@ -129,6 +130,8 @@ class CondConv2d(nn.Module):
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         if self.impl not in IMPLEMENTATIONS:
             raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {self.impl!r}")
+        if is_symbolic_tracing():
+            return cond_conv_call(self, x, routing_weights)
         if self.impl == "traceable" or (self.impl == "auto" and _graph_capture() and not _static_batch()):
             return self._forward_traceable(x, routing_weights)
         return self._forward_grouped(x, routing_weights)
@@ -176,6 +179,16 @@ class CondConv2d(nn.Module):
                 f"num_experts={self.num_experts}, bias={self.bias is not None}")
 
 
+def cond_conv_call(module: CondConv2d, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+    """`module(x, routing_weights)` as one opaque node of a `torch.fx` graph: the grouped form's group count is the
+    batch size, known when the graph runs, where this picks the form the eager model picks (so both compute the same
+    numbers; tracing the traceable form instead would sum the experts' outputs in another order)."""
+    return module(x, routing_weights)
+
+
+torch.fx.wrap("cond_conv_call")
+
+
 class DynamicConv2d(nn.Module):
     """ParameterNet's dynamic convolution: `cond_conv(x, sigmoid(routing(GAP(x))))`, official key names.
 
@@ -212,7 +225,7 @@ class DynamicConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Checked before the routing layer fails with a matmul error; not while tracing, where shapes are traced values.
-        if not _graph_capture() and (x.ndim != 4 or x.shape[1] != self.in_channels):
+        if not (_graph_capture() or is_symbolic_tracing()) and (x.ndim != 4 or x.shape[1] != self.in_channels):
             raise ValueError(f"expected input (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         out = self.cond_conv(x, self.routing_weights(x))
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)

@@ -112,16 +112,28 @@ def batch_folded_conv(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor
     return folded_conv2d(x, weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, k)
 
 
+def _folding(layers: nn.Module) -> bool:
+    return layers.training and torch.is_grad_enabled() and not torch.jit.is_tracing()
+
+
+def first_conv_maybe_folded(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """`layers[0](x)`, batch-folded where CPU training allows it. One opaque node in a `torch.fx` graph: whether to
+    fold depends on the batch, which a traced graph only knows when it runs (then it decides as the eager model)."""
+    y = batch_folded_conv(layers[0], x) if _folding(layers) else None
+    return layers[0](x) if y is None else y
+
+
+torch.fx.wrap("first_conv_maybe_folded")
+
+
 def folded_forward(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`layers(x)`; in CPU training, a (conv, BN, act) Sequential whose conv has fewer than 16 output channels runs
     the conv batch-folded: faster, and the same function. Eager and compiled runs take the same path (the choice
-    depends only on the mode and the shapes); inference and exports keep the plain graph."""
-    training = layers.training and torch.is_grad_enabled() and not torch.jit.is_tracing()
-    if not (training and isinstance(layers, nn.Sequential) and len(layers)):
+    depends only on the mode and the shapes); inference and exports keep the plain graph, and so does a `torch.fx`
+    graph traced in eval mode (one traced in training mode decides when it runs, `first_conv_maybe_folded`)."""
+    if not (isinstance(layers, nn.Sequential) and len(layers) and foldable(layers[0]) and _folding(layers)):
         return layers(x)
-    y = batch_folded_conv(layers[0], x)
-    if y is None:
-        return layers(x)
+    y = first_conv_maybe_folded(layers, x)
     for layer in list(layers)[1:]:
         y = layer(y)
     return y

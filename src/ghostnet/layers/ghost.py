@@ -89,10 +89,18 @@ def dfc_attention(short_conv: nn.Module, x: torch.Tensor, out_size: tuple[int, i
     ceil_mode and cutting back to max(side // 2, 1) equals the official result for every side >= 2 and keeps
     1-pixel maps working.
     """
+    return F.interpolate(torch.sigmoid(short_conv(dfc_pool(x))), size=out_size, mode="nearest")
+
+
+def dfc_pool(x: torch.Tensor) -> torch.Tensor:
+    """DFC attention's 2x average pooling: ceil_mode, cut back to max(side // 2, 1). One opaque node in a `torch.fx`
+    graph (its sizes are control flow), computed on the real sizes when the graph runs."""
     h, w = x.shape[-2], x.shape[-1]
     pooled = F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
-    pooled = pooled[:, :, : max(h // 2, 1), : max(w // 2, 1)]
-    return F.interpolate(torch.sigmoid(short_conv(pooled)), size=out_size, mode="nearest")
+    return pooled[:, :, : max(h // 2, 1), : max(w // 2, 1)]
+
+
+torch.fx.wrap("dfc_pool")
 
 
 def make_short_conv(in_chs: int, out_chs: int, kernel_size: int, stride: int) -> nn.Sequential:

@@ -43,7 +43,7 @@ class DynamicGhostModule(nn.Module):
         if dw_size < 1 or dw_size % 2 == 0:
             raise ValueError(f"cheap kernel size d must be a positive odd integer, got {dw_size}")
         self.out_chs = out_chs
-        init_chs = math.ceil(out_chs / 2)
+        self.init_chs = init_chs = math.ceil(out_chs / 2)
         self.primary_conv = conv_bn(DynamicConv2d(in_chs, init_chs, 1, num_experts=num_experts), init_chs,
                                     make_act(act_layer))
         self.cheap_operation = conv_bn(DynamicConv2d(init_chs, init_chs, dw_size, dilation=dilation, groups=init_chs,
@@ -52,7 +52,7 @@ class DynamicGhostModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.primary_conv(x)
         out = torch.cat([x1, self.cheap_operation(x1)], dim=1)
-        return out if out.shape[1] == self.out_chs else out[:, : self.out_chs]
+        return out if 2 * self.init_chs == self.out_chs else out[:, : self.out_chs]
 
 
 class DynamicGhostBottleneck(BottleneckLayout):
