@@ -1,6 +1,6 @@
 """Cost analysis: parameters, multiply-accumulates and memory per layer, with the paper's formulas."""
-from .cost import (DTYPES, GhostModuleRow, LayerRow, MemorySummary, Profile, StageRow, build_model,
-                   default_input_size, ghost_modules, is_ghost_module, profile)
+from .cost import DTYPES, LayerRow, MemorySummary, Profile, StageRow, build_model, default_input_size, profile
+from .ghost_cost import GhostModuleRow, ghost_modules, is_ghost_module
 from .memory import MeasuredPeak, PeakEstimate, estimate_peak, measure_peak, trace_forward
 from .training_memory import TrainingMemory, training_memory
 

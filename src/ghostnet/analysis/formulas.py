@@ -15,8 +15,6 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..layers.helpers import conv_output_size  # noqa: F401  (part of this module's API: the formulas' h', w')
-
 _Pair = tuple[int, int]
 
 

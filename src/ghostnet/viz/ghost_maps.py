@@ -10,7 +10,8 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from ..analysis.cost import default_input_size, ghost_modules
+from ..analysis.cost import default_input_size
+from ..analysis.ghost_cost import ghost_modules
 from ..data.transforms import TransformConfig, eval_transform
 from ._mpl import new_figure, save_png
 
