@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 #: Modules that contribute subcommands.
 COMMAND_MODULES = ("ghostnet.commands.models", "ghostnet.commands.train", "ghostnet.commands.analysis",
-                   "ghostnet.commands.deploy")
+                   "ghostnet.commands.deploy", "ghostnet.commands.data")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,7 +101,8 @@ def _add_quantize(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
-    from ..deploy.bench_config import BACKENDS, DEFAULT_PEERS, DTYPES, MODES
+    from ..constants import DTYPES
+    from ..deploy.bench_config import BACKENDS, DEFAULT_PEERS, MODES
     from ..deploy.bench_report import DEFAULT_REFERENCE
 
     p = subparsers.add_parser("bench", help="latency and throughput against timm/torchvision peers",

@@ -152,13 +152,12 @@ class ArrayDataset(Dataset):
 def _read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "images" not in data or "labels" not in data:
-                raise ValueError(f"{path}: expected arrays 'images' and 'labels', found {sorted(data.files)}")
-            images, labels = data["images"], data["labels"]
-    except ValueError:
-        raise
-    except Exception as exc:
+            names = sorted(data.files)
+            images, labels = (data["images"], data["labels"]) if {"images", "labels"} <= set(names) else (None, None)
+    except Exception as exc:  # numpy's ValueError for a file that is not an archive does not name the file
         raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    if images is None:
+        raise ValueError(f"{path}: expected arrays 'images' and 'labels', found {names}")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{path}: 'images' must be uint8 N x H x W x 3 (RGB), got {images.dtype} "
                          f"{tuple(images.shape)}")
@@ -207,21 +206,34 @@ def open_split(spec: PathLike, split: str, transform: Transform = None, *, downl
     if not root.is_dir():
         raise FileNotFoundError(f"{spec}: no such data folder (expected an ImageFolder root with train/ and val/, a "
                                 f"folder of .npz shards, or one of {', '.join(TORCHVISION_SETS)})")
-    shards = _npz_shards(root, split)
-    if shards:
-        classes_file = root / "classes.txt"
-        names = read_class_names(classes_file) if classes_file.is_file() else None
-        if isinstance(names, dict):
-            names = list(names.values())
-        return ArrayDataset(shards, transform, names)
-    for name in SPLIT_DIRS[split]:
-        if (root / name).is_dir():
-            return ImageFolderDataset(root / name, transform, skip_corrupt)
-    has_split_dirs = any((root / n).is_dir() for names in SPLIT_DIRS.values() for n in names)
-    if split == "val" and not has_split_dirs and any(p.is_dir() for p in root.iterdir()):
-        return ImageFolderDataset(root, transform, skip_corrupt)
+    found = find_split(root, split)
+    if isinstance(found, list):
+        return ArrayDataset(found, transform, npz_class_names(root))
+    if found is not None:
+        return ImageFolderDataset(found, transform, skip_corrupt)
     raise ValueError(f"{root}: found no {split} data (looked for {', '.join(d + '/' for d in SPLIT_DIRS[split])} "
                      f"and {', '.join(p + '*.npz' for p in SPLIT_SHARDS[split])})")
+
+
+def find_split(root: Path, split: str) -> Union[list[Path], Path, None]:
+    """Where `split` of a data folder is: its .npz shards (a list), its ImageFolder folder, or None."""
+    shards = _npz_shards(root, split)
+    if shards:
+        return shards
+    for name in SPLIT_DIRS[split]:
+        if (root / name).is_dir():
+            return root / name
+    has_split_dirs = any((root / n).is_dir() for names in SPLIT_DIRS.values() for n in names)
+    if split == "val" and not has_split_dirs and any(p.is_dir() for p in root.iterdir()):
+        return root  # a folder of class folders is a val split by itself
+    return None
+
+
+def npz_class_names(root: Path) -> Optional[list[str]]:
+    """The label names of a folder of .npz shards, from its classes.txt (None without one)."""
+    classes_file = root / "classes.txt"
+    names = read_class_names(classes_file) if classes_file.is_file() else None
+    return list(names.values()) if isinstance(names, dict) else names
 
 
 def _unwrapped(dataset: Dataset) -> Dataset:

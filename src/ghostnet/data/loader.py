@@ -5,14 +5,17 @@
 - `SeededDataset` seeds torch's generator (and Python's and NumPy's) from `sample_seed` before the transform runs, so
   the augmentation of a sample depends only on (seed, epoch, index): not on workers, world size, or where a resumed
   run starts.
-- `collate_skipping` drops the `SkippedSample`s of unreadable images and reports them with the batch.
+- `collate_skipping` drops the `SkippedSample`s of unreadable images and reports them with the batch;
+  `BadImageCounter.watch` counts them as the batches reach the training process (workers only drop them, each in
+  its own copy of the data set, so counting there would miss the others') and stops a run that meets too many.
 """
 from __future__ import annotations
 
 import hashlib
 import random
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -117,6 +120,81 @@ def collate_skipping(items: Sequence[Any]) -> Batch:
         return Batch(None, None, skipped)
     images, targets = default_collate(kept)
     return Batch(images, targets, skipped)
+
+
+class BadImageLimitError(ValueError):
+    """A run met more unreadable images than it was allowed to skip."""
+
+
+def _to_stderr(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)  # above the progress bar, as the trainer's own lines
+
+
+class BadImageCounter:
+    """The unreadable images a run skipped: each distinct file is logged once (with its path) and counted; one more
+    than `limit` stops the run with BadImageLimitError.
+
+    Distinct files, because a bad training image comes back every epoch and a bad validation image every evaluation;
+    `in_epoch` counts the training samples left out of the current epoch.
+    """
+
+    def __init__(self, limit: int, log: Callable[[str], None] = _to_stderr, prefix: str = "") -> None:
+        self.limit, self.log, self.prefix = limit, log, prefix
+        self.found: dict[str, str] = {}  # path -> reason, in the order met
+        self.in_epoch = 0
+
+    def count(self, skipped: Sequence[SkippedSample], training: bool = True) -> None:
+        """Count the skipped samples of one batch: log the files not met before, stop past the limit."""
+        if training:
+            self.in_epoch += len(skipped)
+        for item in skipped:
+            if item.path not in self.found:
+                self.found[item.path] = item.reason
+                self.log(f"{self.prefix}skipped unreadable image ({len(self.found)} of at most {self.limit}): "
+                         f"{item.reason}")
+                self.check()
+
+    def check(self) -> None:
+        """Raise BadImageLimitError if more distinct files than `limit` were met."""
+        if len(self.found) > self.limit:
+            last = next(reversed(self.found.values()))
+            raise BadImageLimitError(f"{len(self.found)} unreadable images seen, more than the {self.limit} that "
+                                     f"--skip-bad-images allows; the last: {last} (ghostnet data check lists them "
+                                     "all)")
+
+    def end_epoch(self, gather: Callable[[Any], list[Any]] = lambda obj: [obj]) -> dict[str, int]:
+        """The epoch's counts for metrics.jsonl, over every process: `gather(obj)` returns every process's `obj`
+        (torch.distributed's all_gather_object). The files the others met join this process's count and limit."""
+        ranks = gather((self.in_epoch, self.found))
+        self.in_epoch = 0
+        union: dict[str, str] = {}
+        for _, found in ranks:
+            for path, reason in found.items():
+                union.setdefault(path, reason)
+        self.found = union
+        self.check()  # the same union, in the same order, on every process: all stop together, naming one file
+        return {"bad_images": sum(n for n, _ in ranks), "bad_images_total": len(self.found)}
+
+    def watch(self, loader: Iterable[Batch], training: bool = True) -> "CountedLoader":
+        """`loader`, its batches counted as they come (`training`: they count towards `in_epoch`)."""
+        return CountedLoader(loader, self, training)
+
+
+class CountedLoader:
+    """Iterates a loader of `Batch`es, handing each batch's skipped samples to a BadImageCounter."""
+
+    def __init__(self, loader: Iterable[Batch], counter: BadImageCounter, training: bool) -> None:
+        self.loader, self.counter, self.training = loader, counter, training
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            self.counter.count(batch.skipped, self.training)
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
 
 
 def subset(dataset: Dataset, n: Optional[int], seed: int = 0) -> Dataset:
