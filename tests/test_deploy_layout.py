@@ -28,7 +28,7 @@ def test_fuse_is_the_function_and_no_module_of_that_name_remains():
 def test_bench_exposes_the_harness_and_the_split_modules_hold_the_rest():
     assert all(hasattr(bench, name) for name in bench.__all__)
     assert {"BenchConfig", "BenchResult", "BenchRow", "run_benchmark", "write_report"} <= set(bench.__all__)
-    from ghostnet.deploy.bench_config import (BACKENDS, DTYPES, EXECUTORCH_BACKENDS, MODES,  # noqa: F401
+    from ghostnet.deploy.bench_config import (BACKENDS, EXECUTORCH_BACKENDS, MODES,  # noqa: F401
                                               OWN_ONLY_BACKENDS, BackendUnavailable, PreparedModel)
     from ghostnet.deploy.bench_timing import measure_interleaved  # noqa: F401
     assert bench.BACKENDS is BACKENDS and bench.BenchConfig.__module__ == "ghostnet.deploy.bench_config"

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..constants import DTYPES
 from ..layers.dynamic_conv import DynamicConv2d
 from ..models.registry import input_size_of
 from .g_ghost_cost import GGhostStageRow, g_ghost_rows, g_ghost_summary
@@ -21,7 +22,6 @@ from .macs import MacCounter
 from .memory import (ForwardTrace, MeasuredPeak, PeakEstimate, estimate_peak, measure_peak, trace_forward,
                      weight_bytes)
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ROOT = "(model)"  # display name of ops run by the model's own forward
 
 

@@ -16,9 +16,10 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..constants import DTYPES
 from ..layers.folded_conv import compile_settings
 from .align import resolve_alignment
-from .bench_config import DTYPES, EXECUTORCH_BACKENDS, BackendUnavailable, BenchConfig, PreparedModel
+from .bench_config import EXECUTORCH_BACKENDS, BackendUnavailable, BenchConfig, PreparedModel
 from .fusion import fuse, single_path_ghost_modules
 
 __all__ = ["make_runner"]

@@ -10,6 +10,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..constants import DTYPES
+
 BACKENDS = ("eager", "fused", "single-path", "torchscript", "compile", "onnxruntime", "int8", "executorch",
             "executorch-int8")
 EXECUTORCH_BACKENDS = ("executorch", "executorch-int8")
@@ -17,9 +19,8 @@ MODES = ("infer", "train")
 #: Backends that only make sense for our own models (peers have no Ghost-aware fusion).
 OWN_ONLY_BACKENDS = ("fused", "single-path")
 DEFAULT_PEERS = ("timm:ghostnet_100", "timm:mobilenetv3_large_100", "torchvision:mobilenet_v3_large")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["BACKENDS", "DEFAULT_PEERS", "DTYPES", "EXECUTORCH_BACKENDS", "MODES", "OWN_ONLY_BACKENDS",
+__all__ = ["BACKENDS", "DEFAULT_PEERS", "EXECUTORCH_BACKENDS", "MODES", "OWN_ONLY_BACKENDS",
            "BackendUnavailable", "BenchConfig", "BenchResult", "BenchRow", "PreparedModel", "build_model"]
 
 
