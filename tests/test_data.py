@@ -99,8 +99,8 @@ def test_training_stops_on_a_corrupt_image_unless_skipping(tmp_path, capsys):
     with pytest.raises(CorruptImageError, match=str(bad)):
         train(make_config(values))
     capsys.readouterr()
-    train(make_config({**values, "skip_corrupt": True, "output": str(tmp_path / "run2")}))
-    assert f"skipped unreadable image: {bad}: cannot read image" in capsys.readouterr().out
+    train(make_config({**values, "skip_bad_images": 1, "output": str(tmp_path / "run2")}))
+    assert f"skipped unreadable image (1 of at most 1): {bad}: cannot read image" in capsys.readouterr().err
     assert read_training_state(tmp_path / "run2" / "last.pt")["progress"]["global_step"] == 1
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data import (ResumableSampler, SeededDataset, ShardSampler, TransformConfig, dataset_classes, eval_transform,
-                    make_loader, open_split, subset, train_transform)
+from ..data import (BadImageCounter, ResumableSampler, SeededDataset, ShardSampler, TransformConfig, dataset_classes,
+                    eval_transform, make_loader, open_split, subset, train_transform)
 from ..layers.checkpointing import set_grad_checkpointing
 from .checkpoint import Progress, model_info, read_training_state, set_rng_state
 from .config import TrainConfig, effective_warmup_epochs
@@ -41,6 +41,7 @@ class RunData:
     val_loader: Any
     per_rank_batch: int
     steps_per_epoch: int
+    bad_images: BadImageCounter  # counts the unreadable images both loaders skip (skip_bad_images)
 
 
 @dataclass
@@ -120,7 +121,7 @@ def build_data(cfg: TrainConfig, dist: DistInfo, weights: Optional[InitialWeight
     the model's) unless the recipe sets them."""
     weights = weights or initial_weights(cfg.model, None)
     tcfg = cfg.transform_config(weights.data_config)
-    opts = dict(download=cfg.download and dist.is_main, data_dir=cfg.data_dir, skip_corrupt=cfg.skip_corrupt)
+    opts = dict(download=cfg.download and dist.is_main, data_dir=cfg.data_dir, skip_corrupt=cfg.skip_bad_images > 0)
     train_set = open_split(cfg.data, "train", train_transform(tcfg), **opts)
     val_set = open_split(cfg.data, "val", eval_transform(tcfg), **opts)
     classes = dataset_classes(train_set)
@@ -131,11 +132,15 @@ def build_data(cfg: TrainConfig, dist: DistInfo, weights: Optional[InitialWeight
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
     pin = dist.device.type == "cuda"
-    train_loader = make_loader(SeededDataset(train_set), per_rank_batch, sampler, cfg.workers, pin, cfg.seed,
-                               drop_last=True)
-    val_loader = make_loader(val_set, per_rank_batch, ShardSampler(len(val_set), dist.world_size, dist.rank),
-                             cfg.workers, pin, cfg.seed)
-    return RunData(tcfg, classes, len(train_set), sampler, train_loader, val_loader, per_rank_batch, steps_per_epoch)
+    # Counted here, in the training process, as the batches arrive: workers only drop unreadable images.
+    bad_images = BadImageCounter(cfg.skip_bad_images, prefix=f"rank {dist.rank}: " if dist.distributed else "")
+    train_loader = bad_images.watch(make_loader(SeededDataset(train_set), per_rank_batch, sampler, cfg.workers, pin,
+                                                cfg.seed, drop_last=True))
+    val_sampler = ShardSampler(len(val_set), dist.world_size, dist.rank)
+    val_loader = bad_images.watch(make_loader(val_set, per_rank_batch, val_sampler, cfg.workers, pin, cfg.seed),
+                                  training=False)
+    return RunData(tcfg, classes, len(train_set), sampler, train_loader, val_loader, per_rank_batch, steps_per_epoch,
+                   bad_images)
 
 
 def build_model(cfg: TrainConfig, dist: DistInfo, data: RunData, weights: Optional[InitialWeights] = None

@@ -76,7 +76,8 @@ class TrainConfig:
     download: bool = _f(False, "download cifar10/cifar100 if missing")
     subset: Optional[int] = _f(None, "train on a fixed pseudo-random selection of N training samples")
     val_subset: Optional[int] = _f(None, "evaluate on a fixed pseudo-random selection of N validation samples")
-    skip_corrupt: bool = _f(False, "skip (and count) unreadable images instead of stopping with an error")
+    skip_bad_images: int = _f(0, "skip up to N unreadable images over the run, each logged with its path and "
+                                 "counted in metrics.jsonl; one more stops the run (0: the first one stops it)")
     workers: int = _f(4, "data-loading worker processes per training process")
     preset: str = _f("imagenet", "transform preset: imagenet or cifar")
     img_size: Optional[int] = _f(None, "training/eval image size (default: the model's input size)")
@@ -169,6 +170,8 @@ class TrainConfig:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every}
         if self.log_every_steps < 0:
             raise ConfigError("log_every_steps", f"log_every_steps must be >= 0, got {self.log_every_steps}")
+        if self.skip_bad_images < 0:
+            raise ConfigError("skip_bad_images", f"skip_bad_images must be >= 0, got {self.skip_bad_images}")
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(name, f"{name} must be >= 1, got {value}")

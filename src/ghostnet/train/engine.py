@@ -117,9 +117,7 @@ def _train_epoch(run: _Run, epoch: int, on_step: Optional[StepCallback]) -> tupl
         set_batchnorm_eval(run.parts.model)  # train() above put them back in training mode
     bar = _progress_bar(data.train_loader, dist, cfg, epoch, data.steps_per_epoch, progress.step_in_epoch)
     start, seen = time.perf_counter(), 0
-    for batch in bar:
-        for item in batch.skipped:
-            log_main(dist, f"skipped unreadable image: {item.reason}")
+    for batch in bar:  # unreadable images were dropped, logged and counted on the way (RunData.bad_images)
         if len(batch) == 0:
             raise ValueError(f"every image of a batch was unreadable: {', '.join(s.path for s in batch.skipped)}")
         lr = lr_at(cfg, progress.global_step, data.steps_per_epoch)
@@ -217,6 +215,8 @@ def _end_epoch(run: _Run, epoch: int, lr: float, seen: int, epoch_time: float) -
         is_best = evaluated.top1 > progress.best_top1
         if is_best:
             progress.best_top1, progress.best_epoch = evaluated.top1, epoch + 1
+    if cfg.skip_bad_images:  # collective: every rank's count and files
+        row.update(run.data.bad_images.end_epoch(all_gather_objects))
     state.history.append(row)
     progress.epoch, progress.step_in_epoch = epoch + 1, 0
     _save(run, run.out / "last.pt")

@@ -15,8 +15,8 @@ PathLike = Union[str, os.PathLike]
 #: Gradient checkpointing gives the same step; compiling computes the same functions (to float rounding), so a run
 #: that no longer fits in memory or wants speed can take them up on resume.
 RESUME_MUTABLE = {"data", "data_dir", "download", "workers", "progress", "tensorboard", "plots", "output", "device",
-                  "save_every_steps", "eval_every", "log_every_steps", "epochs", "skip_corrupt", "grad_checkpointing",
-                  "compile"}
+                  "save_every_steps", "eval_every", "log_every_steps", "epochs", "skip_bad_images",
+                  "grad_checkpointing", "compile"}
 
 
 def check_resume_overrides(stored: dict[str, Any], overrides: dict[str, Any]) -> None:
