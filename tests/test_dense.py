@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import ghostnet
+from ghostnet.models import ModelInfo, list_models, model_info
 from ghostnet.dense import (GhostNetFPN, convert_to_frozen_batchnorm, deeplabv3_ghostnet, fasterrcnn_ghostnet_fpn,
                             ghostnet_fpn_backbone, layer_groups, lraspp_ghostnet, set_trainable_layers)
 
@@ -152,8 +153,25 @@ def test_lraspp_learns_to_segment_squares():
 
 
 def test_a_model_that_is_not_a_ghostnet_is_refused():
-    with pytest.raises(ValueError, match="'resnet20_cifar' is not a GhostNet"):
+    with pytest.raises(ValueError, match="'resnet20_cifar' is not a GhostNet") as err:
         ghostnet_fpn_backbone("resnet20_cifar")
+    assert "ghostnet_100, ghostnet_100_paddle" in str(err.value) and "g_ghost" not in str(err.value)
+
+
+def test_the_registry_says_which_models_are_dense_backbones():
+    """Registry metadata (set by each builder's @register_model), not name patterns: every model on GhostNet's
+    skeleton, and only those, serves as a backbone; the other skeletons are named too."""
+    dense = list_models(dense_backbone=True)
+    assert dense == list_models(skeleton="ghostnet")
+    assert {"ghostnet_050", "ghostnetv2_100", "ghostnetv3_160", "ghostnet_130_paddle", "repghostnet_200",
+            "parameternet_600m"} <= set(dense)
+    assert sorted(set(list_models()) - set(dense)) == list_models(dense_backbone=False)
+    assert {model_info(n).skeleton for n in list_models(dense_backbone=False)} == {
+        "regnet", "resnet", "cifar_resnet", "vgg"}
+    assert model_info("g_ghost_regnetx_032") == ModelInfo(skeleton="regnet", dense_backbone=False)
+    assert list_models("repghost*", dense_backbone=True) == list_models("repghost*")
+    with pytest.raises(ValueError, match="unknown model 'ghostnet_999'"):
+        model_info("ghostnet_999")
 
 
 @pytest.mark.parametrize("name", ["ghostnetv2_100", "ghostnetv3_050", "ghostnet_050_paddle", "repghostnet_050",

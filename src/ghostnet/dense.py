@@ -77,20 +77,15 @@ def set_trainable_layers(model: GhostNet, trainable_layers: int) -> GhostNet:
     return model
 
 
-#: Models built on GhostNet's skeleton (conv_stem/bn1, blocks, a tap at every stride end): GhostNet v1/v2/v3 and
-#: PaddleClas's form, RepGhostNet, ParameterNet. G-Ghost RegNet has taps too, but another skeleton (layer1..4).
-DENSE_BACKBONE_PATTERNS = ("ghostnet*", "repghostnet*", "parameternet*")
-
-
-def dense_backbone_names() -> list[str]:
-    """The registered models that can be a Faster R-CNN / DeepLabV3 / LR-ASPP backbone here."""
-    return sorted({name for pattern in DENSE_BACKBONE_PATTERNS for name in list_models(pattern)})
-
-
 def ghostnet_body(name: str, pretrained: Pretrained, out_indices: Sequence[int], trainable_layers: Optional[int],
                   output_stride: int = 32, **model_kwargs: Any) -> GhostNet:
-    """A features_only GhostNet with torchvision's conventions for pretrained backbones (frozen BN, frozen stages)."""
-    ghostnets = dense_backbone_names()
+    """A features_only GhostNet with torchvision's conventions for pretrained backbones (frozen BN, frozen stages).
+
+    The registry says which models qualify (`ModelInfo.dense_backbone`): those built on GhostNet's skeleton
+    (conv_stem/bn1, blocks, a tap at every stride end), GhostNet v1/v2/v3 and PaddleClas's form, RepGhostNet and
+    ParameterNet. G-Ghost RegNet has taps too, but another skeleton (layer1..4).
+    """
+    ghostnets = list_models(dense_backbone=True)
     if name not in ghostnets:
         raise ValueError(f"{name!r} is not a GhostNet; dense-prediction backbones are built from the models with "
                          f"GhostNet's stem, stages and taps: {', '.join(ghostnets)}")

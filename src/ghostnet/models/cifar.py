@@ -245,8 +245,8 @@ def _register_resnets(depth: int) -> None:
     if depth == 56:
         plain.__doc__ = "ResNet-56 for CIFAR, option-A shortcuts (paper: 0.85M params, 125M MACs, 93.0%)."
         ghost.__doc__ = "Ghost-ResNet-56 for CIFAR, s=2, d=3 (paper: 0.43M params, 63M MACs, 92.7%)."
-    register_model(f"resnet{depth}_cifar", **CIFAR_CFG)(plain)
-    register_model(f"ghost_resnet{depth}_cifar", **CIFAR_CFG)(ghost)
+    register_model(f"resnet{depth}_cifar", skeleton="cifar_resnet", **CIFAR_CFG)(plain)
+    register_model(f"ghost_resnet{depth}_cifar", skeleton="cifar_resnet", **CIFAR_CFG)(ghost)
 
 
 for _depth in CIFAR_RESNET_DEPTHS:
@@ -255,13 +255,13 @@ for _depth in CIFAR_RESNET_DEPTHS:
 _VGG_CFG = dict(CIFAR_CFG, first_conv="features.0", classifier="classifier.3")
 
 
-@register_model(**_VGG_CFG)
+@register_model(skeleton="vgg", **_VGG_CFG)
 def vgg16_cifar(**kwargs: Any) -> CifarVGG:
     """VGG-16 for CIFAR, 13 conv + BN, Li et al.'s classifier (paper: 15M params, 313M MACs, 93.6%)."""
     return CifarVGG(VGG16_CFG, **kwargs)
 
 
-@register_model(**_VGG_CFG)
+@register_model(skeleton="vgg", **_VGG_CFG)
 def ghost_vgg16_cifar(ratio: int = 2, dw_size: int = 3, **kwargs: Any) -> CifarVGG:
     """Ghost-VGG-16 for CIFAR, s=2, d=3 (paper: 7.7M params, 158M MACs, 93.7%)."""
     return CifarVGG(VGG16_CFG, ratio=ratio, dw_size=dw_size, **kwargs)

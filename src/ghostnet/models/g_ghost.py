@@ -207,7 +207,7 @@ def _register_g_ghost_regnetx(variant: str, description: str) -> None:
 
     build.__name__ = build.__qualname__ = f"g_ghost_regnetx_{variant}"
     build.__doc__ = description
-    register_model(**_G_GHOST_CFG)(build)
+    register_model(skeleton="regnet", **_G_GHOST_CFG)(build)
 
 
 for _variant, _description in G_GHOST_RELEASED.items():

@@ -89,7 +89,7 @@ class ParameterNet(GhostNet):
 
 
 # Named as in the official code; the data config is the official `_cfg` (bilinear, crop 0.875, ImageNet mean/std).
-@register_model(interpolation="bilinear")
+@register_model(interpolation="bilinear", skeleton="ghostnet", dense_backbone=True)
 def parameternet_600m(**kwargs: Any) -> ParameterNet:
     """ParameterNet-600M: GhostNet 1.9x with 4-expert dynamic convs (paper: 0.6G MACs, 81.6% top-1 after IN-22K)."""
     return ParameterNet(width=1.9, **kwargs)

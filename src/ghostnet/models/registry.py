@@ -53,25 +53,37 @@ def default_data_config(**overrides: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """What a registered model is, beyond its data config: the capabilities other parts of the package look up."""
+
+    skeleton: str = ""  # the layout its builder makes: "ghostnet", "regnet", "resnet", "cifar_resnet", "vgg"
+    dense_backbone: bool = False  # GhostNet's stem, stages and a tap per stride: a backbone for ghostnet.dense
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     default_cfg: dict = field(default_factory=default_data_config)
     description: str = ""
+    info: ModelInfo = field(default_factory=ModelInfo)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: Optional[str] = None, **cfg_overrides: Any) -> Callable:
-    """Decorator: register a builder under `name` (default: the function's name) with its data config."""
+def register_model(name: Optional[str] = None, *, skeleton: str = "", dense_backbone: bool = False,
+                   **cfg_overrides: Any) -> Callable:
+    """Decorator: register a builder under `name` (default: the function's name) with its data config and its
+    `ModelInfo` (`skeleton`, `dense_backbone`)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is already registered")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[key] = ModelEntry(key, fn, default_data_config(**cfg_overrides), doc[0] if doc else "")
+        _REGISTRY[key] = ModelEntry(key, fn, default_data_config(**cfg_overrides), doc[0] if doc else "",
+                                    ModelInfo(skeleton, dense_backbone))
         return fn
 
     return wrap
@@ -89,10 +101,17 @@ def _ensure_builtin_models() -> None:
         importlib.import_module(module)
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, sorted."""
+def list_models(pattern: str = "*", *, skeleton: Optional[str] = None,
+                dense_backbone: Optional[bool] = None) -> list[str]:
+    """Registered model names matching a shell-style pattern and, where given, a skeleton and dense_backbone; sorted."""
     _ensure_builtin_models()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    return sorted(n for n, e in _REGISTRY.items() if fnmatch.fnmatchcase(n, pattern)
+                  and skeleton in (None, e.info.skeleton) and dense_backbone in (None, e.info.dense_backbone))
+
+
+def model_info(name: str) -> ModelInfo:
+    """The `ModelInfo` of a registered model (its skeleton, whether it is a dense-prediction backbone)."""
+    return get_model_entry(name).info
 
 
 def get_model_entry(name: str) -> ModelEntry:

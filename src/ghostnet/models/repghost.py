@@ -77,49 +77,49 @@ class RepGhostNet(GhostNet):
 
 
 # Builders named as in timm; docstrings give the official README's deploy-form figures (params / MACs, top-1).
-@register_model()
+@register_model(skeleton="ghostnet", dense_backbone=True)
 def repghostnet_050(**kwargs: Any) -> RepGhostNet:
     """RepGhostNet 0.5x (official: 2.3M params, 43M MACs, 66.9% top-1)."""
     return RepGhostNet(width=0.5, **kwargs)
 
 
-@register_model()
+@register_model(skeleton="ghostnet", dense_backbone=True)
 def repghostnet_058(**kwargs: Any) -> RepGhostNet:
     """RepGhostNet 0.58x (official: 2.5M params, 60M MACs, 68.9% top-1)."""
     return RepGhostNet(width=0.58, **kwargs)
 
 
-@register_model()
+@register_model(skeleton="ghostnet", dense_backbone=True)
 def repghostnet_080(**kwargs: Any) -> RepGhostNet:
     """RepGhostNet 0.8x (official: 3.3M params, 96M MACs, 72.2% top-1)."""
     return RepGhostNet(width=0.8, **kwargs)
 
 
-@register_model()
+@register_model(skeleton="ghostnet", dense_backbone=True)
 def repghostnet_100(**kwargs: Any) -> RepGhostNet:
     """RepGhostNet 1.0x (official: 4.1M params, 142M MACs, 74.2% top-1)."""
     return RepGhostNet(width=1.0, **kwargs)
 
 
-@register_model()
+@register_model(skeleton="ghostnet", dense_backbone=True)
 def repghostnet_111(**kwargs: Any) -> RepGhostNet:
     """RepGhostNet 1.11x (official: 4.5M params, 170M MACs, 75.1% top-1)."""
     return RepGhostNet(width=1.11, **kwargs)
 
 
-@register_model()
+@register_model(skeleton="ghostnet", dense_backbone=True)
 def repghostnet_130(**kwargs: Any) -> RepGhostNet:
     """RepGhostNet 1.3x (official: 5.5M params, 231M MACs, 76.4% top-1)."""
     return RepGhostNet(width=1.3, **kwargs)
 
 
-@register_model()
+@register_model(skeleton="ghostnet", dense_backbone=True)
 def repghostnet_150(**kwargs: Any) -> RepGhostNet:
     """RepGhostNet 1.5x (official: 6.6M params, 301M MACs, 77.5% top-1)."""
     return RepGhostNet(width=1.5, **kwargs)
 
 
-@register_model()
+@register_model(skeleton="ghostnet", dense_backbone=True)
 def repghostnet_200(**kwargs: Any) -> RepGhostNet:
     """RepGhostNet 2.0x (official: 9.8M params, 516M MACs, 78.8% top-1)."""
     return RepGhostNet(width=2.0, **kwargs)

@@ -73,19 +73,19 @@ def ghost_resnet50_model(ratio: int = 2, dw_size: int = 3, ghost_classifier: boo
     return model
 
 
-@register_model(**_RESNET_CFG)
+@register_model(skeleton="resnet", **_RESNET_CFG)
 def resnet50(**kwargs: Any) -> ResNet:
     """ResNet-50 (torchvision layout; paper: 25.6M params, 4.1B MACs, 75.3% top-1)."""
     return resnet50_model(**kwargs)
 
 
-@register_model(**_RESNET_CFG)
+@register_model(skeleton="resnet", **_RESNET_CFG)
 def ghost_resnet50_s2(dw_size: int = 3, ghost_classifier: bool = True, **kwargs: Any) -> ResNet:
     """Ghost-ResNet-50, s=2 (paper: 13.0M params, 2.2B MACs, 75.0% top-1)."""
     return ghost_resnet50_model(2, dw_size, ghost_classifier, **kwargs)
 
 
-@register_model(**_RESNET_CFG)
+@register_model(skeleton="resnet", **_RESNET_CFG)
 def ghost_resnet50_s4(dw_size: int = 3, ghost_classifier: bool = True, **kwargs: Any) -> ResNet:
     """Ghost-ResNet-50, s=4 (paper: 6.5M params, 1.2B MACs, 74.1% top-1)."""
     return ghost_resnet50_model(4, dw_size, ghost_classifier, **kwargs)
