@@ -16,9 +16,14 @@ def __getattr__(name: str):
         from .train import load_trained
 
         return load_trained
+    # The Hub folder writers measure the model for its card (analysis, the bench harness): imported when used.
+    if name in ("save_pretrained", "push_to_hub"):
+        from .deploy import hub_export
+
+        return getattr(hub_export, name)
     raise AttributeError(f"module 'ghostnet' has no attribute {name!r}")
 
 
 __all__ = ["CheckpointError", "GhostBottleneck", "GhostModule", "GhostModuleV3", "GhostNet", "SqueezeExcite",
-           "create_model", "ghostify", "list_models", "load_checkpoint", "load_trained", "profile", "reparameterize_model",
-           "__version__"]
+           "create_model", "ghostify", "list_models", "load_checkpoint", "load_trained", "profile", "push_to_hub",
+           "reparameterize_model", "save_pretrained", "__version__"]

@@ -49,11 +49,13 @@ KEEP_NULL = ("pool_size", "first_conv", "classifier")
 LABEL_KEYS = ("label_names", "label_descriptions")
 #: Data-config values stored as JSON lists, carried as tuples (as the registry's configs are).
 TUPLE_KEYS = ("input_size", "test_input_size", "min_input_size", "mean", "std", "pool_size", "test_pool_size")
-#: Architectures timm builds under the same name with the same state-dict keys (a test checks them against timm).
+#: Architectures timm builds under the same name with the same state-dict keys, so that timm loads our folders of
+#: them (the resnet50 baseline is torchvision's, whose keys timm's shares); a test checks the list against timm.
 TIMM_ARCHITECTURES = (
     "ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnetv2_100", "ghostnetv2_130", "ghostnetv2_160",
     "ghostnetv3_050", "ghostnetv3_100", "ghostnetv3_130", "ghostnetv3_160", "repghostnet_050", "repghostnet_058",
-    "repghostnet_080", "repghostnet_100", "repghostnet_111", "repghostnet_130", "repghostnet_150", "repghostnet_200")
+    "repghostnet_080", "repghostnet_100", "repghostnet_111", "repghostnet_130", "repghostnet_150", "repghostnet_200",
+    "resnet50")
 HUB_EXTRA = "pip install 'ghostnet-torch[hub]'"
 #: Licence ids of the Hub's model-card metadata that our weights table's licence texts start with.
 _LICENSE_IDS = ("apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "cc-by-4.0", "cc-by-nc-4.0", "gpl-3.0")
@@ -93,9 +95,19 @@ def model_args_of(model: nn.Module) -> dict[str, Any]:
     if "in_chans" in params:
         args["in_chans"] = int(input_size_of(model)[0])
     args["num_classes"] = num_classes_of(model)
-    if "global_pool" in params and isinstance(getattr(model, "global_pool_type", None), str):
-        args["global_pool"] = model.global_pool_type
+    pool = _pool_type(model)
+    if "global_pool" in params and pool:
+        args["global_pool"] = pool
     return args
+
+
+def _pool_type(model: nn.Module) -> Optional[str]:
+    """The model's global pooling ("avg", "max", ...): a pooling module's `pool_type` or an attribute saying it."""
+    pool = getattr(model, "global_pool", None)
+    for value in (pool, getattr(pool, "pool_type", None), getattr(model, "global_pool_type", None)):
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _labels(label_names: Any, label_descriptions: Any, num_classes: int) -> dict[str, Any]:

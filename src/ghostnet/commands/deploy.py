@@ -40,16 +40,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     from ..deploy.export import DEFAULT_OPSET, EXPORT_FORMATS, ONNX_EXPORTERS
+    from ..deploy.hub_export import HF_FORMAT
     from ..deploy.pipeline import SINGLE_PATH_CHOICES
 
     p = subparsers.add_parser("export", help="export a model (fused by default) to ONNX, TorchScript, torch.export "
-                              "or ExecuTorch", description="Export a registered model, fused for inference by "
-                              "default. ONNX files have a dynamic batch dimension and are checked against "
-                              "onnxruntime with --check; ExecuTorch files (XNNPACK, for phones) take batch 1.")
+                              "or ExecuTorch, or as a Hugging Face Hub folder", description="Export a registered "
+                              "model, fused for inference by default. ONNX files have a dynamic batch dimension and "
+                              "are checked against onnxruntime with --check; ExecuTorch files (XNNPACK, for phones) "
+                              "take batch 1. --format hf writes a folder in timm's Hugging Face Hub layout "
+                              "(config.json, model.safetensors, a README.md model card; unfused) that "
+                              "timm.create_model('local-dir:DIR') and ghostnet load.")
     p.add_argument("model", help="registered model name (ghostnet models lists them)")
     p.add_argument("--weights", help="checkpoint file to load (default: random weights)")
-    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
-    p.add_argument("--output", "-o", type=Path, help="output file (default: MODEL + the format's suffix)")
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS + (HF_FORMAT,))
+    p.add_argument("--output", "-o", type=Path, help="output file (default: MODEL + the format's suffix; "
+                   "--format hf: a folder, default MODEL-hf)")
     p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
                    help="fold batch norms, re-parameterize v3 and use the lean Ghost blocks first")
     p.add_argument("--num-classes", type=int, help="classifier size (must match --weights)")
@@ -72,6 +77,10 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                    help="executorch only: quantize to int8 (XNNPACK, per-channel weights), calibrating on real "
                    "images from this ImageFolder root or folder of .npz shards (its train split)")
     p.add_argument("--num-images", type=int, default=256, help="calibration images for --int8-calibration-data")
+    p.add_argument("--latency", action="store_true",
+                   help="--format hf: add latency measured by the bench harness to the model card (takes a while)")
+    p.add_argument("--license", help="--format hf: the weights' licence as a Hugging Face licence id (apache-2.0, "
+                   "mit, ...; default: the published weights' own, else none stated)")
     p.set_defaults(func=run_export)
 
 
@@ -144,11 +153,31 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench)
 
 
+def _check_hf_flags(args: argparse.Namespace, hf: bool) -> None:
+    """--format hf writes the training form as it is: the file formats' flags do not apply, and its own only to it."""
+    if hf:
+        used = [flag for flag, value in (("--check", args.check), ("--image-size", args.image_size),
+                                         ("--align-channels", args.align_channels),
+                                         ("--int8-calibration-data", args.int8_calibration_data)) if value]
+        if used:
+            raise ValueError(f"{', '.join(used)}: not for --format hf (a folder of the model's unfused weights)")
+    elif args.latency or args.license:
+        raise ValueError("--latency and --license go with --format hf")
+
+
 def run_export(args: argparse.Namespace) -> int:
     """`ghostnet export`: write the deployment form of a model, and with --check compare it with the model."""
     from ..deploy.export import FORMAT_SUFFIX
+    from ..deploy.hub_export import HF_FORMAT, export_hf
     from ..deploy.pipeline import export_for_deployment
 
+    _check_hf_flags(args, args.format == HF_FORMAT)
+    if args.format == HF_FORMAT:
+        folder = check_folder_writable(args.output or Path(args.model + "-hf"), "--output")
+        export_hf(args.model, folder, weights=args.weights, num_classes=args.num_classes, latency=args.latency,
+                  license=args.license)
+        print(f"wrote {folder} (config.json, model.safetensors, README.md)")
+        return 0
     output = ensure_writable(args.output or Path(args.model + FORMAT_SUFFIX[args.format]), "--output")
     export = export_for_deployment(
         args.model, output, args.format, weights=args.weights, num_classes=args.num_classes,
