@@ -143,3 +143,25 @@ def test_pickled_code_is_refused(tmp_path):
     (tmp_path / "evil.pth").write_bytes(pickle.dumps({"state_dict": Payload()}))
     with pytest.raises(CheckpointError, match="evil.pth: not a readable checkpoint"):
         load_checkpoint(fresh(), tmp_path / "evil.pth")
+
+
+def test_convert_checkpoint_writes_our_names_with_their_source(tmp_path):
+    from safetensors import safe_open
+
+    from ghostnet.convert.checkpoints import convert_checkpoint
+
+    source = randomize_bn(ghostnet.create_model("ghostnet_050"))  # the registered model as it is: 1000 classes
+    official = tmp_path / "official.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, official)
+    output = tmp_path / "out" / "g.safetensors"
+    model = convert_checkpoint(str(official), "ghostnet_050", output)
+    with safe_open(output, "pt") as f:
+        assert f.metadata() == {"model": "ghostnet_050", "source": str(official), "format": "pt"}
+        assert set(f.keys()) == set(source.state_dict())  # the DataParallel prefix is gone
+    assert same_weights(load_checkpoint(ghostnet.create_model("ghostnet_050"), output), source)
+    assert same_weights(model, source)
+    with pytest.raises(ValueError, match="output must end in .safetensors, .pth or .pt, got 'g.onnx'"):
+        convert_checkpoint(str(official), "ghostnet_050", tmp_path / "g.onnx")
+    with pytest.raises(ValueError, match="use_ema applies to a checkpoint file"):
+        convert_checkpoint("mindcv", "ghostnet_050", tmp_path / "h.pth", use_ema=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["official.pth", "out"]

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..utils import ensure_writable
-
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list registered models")
@@ -51,23 +49,10 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    """`ghostnet convert`: a checkpoint (or published weights tag) in our key names, as safetensors or .pth."""
+    from ..convert.checkpoints import convert_checkpoint
 
-    from ..convert.checkpoints import load_checkpoint, looks_like_location, save_checkpoint
-    from ..models.registry import create_model
-
-    output = Path(args.output)
-    if output.suffix not in (".safetensors", ".pth", ".pt"):
-        raise ValueError(f"output must end in .safetensors, .pth or .pt, got {output.name!r}")
-    ensure_writable(output, "--output")
-    if looks_like_location(args.checkpoint):
-        model = load_checkpoint(create_model(args.model), args.checkpoint, use_ema=args.use_ema)
-    else:
-        if args.use_ema:
-            raise ValueError("--use-ema applies to a checkpoint file; a weights tag already says which copy it is")
-        model = create_model(args.model, pretrained=args.checkpoint)
-    metadata = {"model": args.model, "source": str(args.checkpoint), "format": "pt"}
-    save_checkpoint(model.state_dict(), output, metadata=metadata)
+    model = convert_checkpoint(args.checkpoint, args.model, args.output, use_ema=args.use_ema)
     params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {output} ({args.model}, {params / 1e6:.2f}M parameters, from {args.checkpoint})")
+    print(f"wrote {args.output} ({args.model}, {params / 1e6:.2f}M parameters, from {args.checkpoint})")
     return 0

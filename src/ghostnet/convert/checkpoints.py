@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
+from ..utils import ensure_writable
 
 PathLike = Union[str, os.PathLike]
 
@@ -211,3 +212,29 @@ def save_checkpoint(state: Mapping[str, torch.Tensor], path: PathLike, metadata:
         else:
             torch.save(tensors, tmp)
     return path
+
+
+#: The files `convert_checkpoint` writes, by suffix.
+CONVERTED_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def convert_checkpoint(source: str, model_name: str, output: PathLike, use_ema: bool = False) -> nn.Module:
+    """Load `source` (a checkpoint file or URL in any format we read, or a published weights tag of `model_name`)
+    into the registered model and save its state_dict at `output` with our (= timm's) key names; returns the model.
+
+    The output path is checked (suffix, writable) before anything is loaded or downloaded."""
+    from ..models.registry import create_model
+
+    output = Path(output)
+    if output.suffix not in CONVERTED_SUFFIXES:
+        raise ValueError(f"output must end in {', '.join(CONVERTED_SUFFIXES[:-1])} or {CONVERTED_SUFFIXES[-1]}, "
+                         f"got {output.name!r}")
+    ensure_writable(output, "output")
+    if looks_like_location(source):
+        model = load_checkpoint(create_model(model_name), source, use_ema=use_ema)
+    elif use_ema:
+        raise ValueError("use_ema applies to a checkpoint file; a weights tag already says which copy it is")
+    else:
+        model = create_model(model_name, pretrained=source)
+    save_checkpoint(model.state_dict(), output, metadata={"model": model_name, "source": str(source), "format": "pt"})
+    return model
