@@ -75,3 +75,21 @@ def test_bad_input_gives_one_line_error(argv, message, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("ghostnet profile: error:") and message in err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_profile_specs_is_the_command_as_a_library_call(tmp_path) -> None:
+    from ghostnet.analysis import profile_specs
+
+    out_json, out_csv = tmp_path / "both.json", tmp_path / "both.csv"
+    run = profile_specs(["ghostnet_050", "resnet20_cifar"], batch_size=2, measure_memory=False, json_path=out_json,
+                        csv_path=out_csv)
+    first, second = run.profiles
+    assert (first.input_size, second.input_size) == ((3, 224, 224), (3, 224, 224))  # the first model's size for both
+    assert first.macs == profile("ghostnet_050", (3, 224, 224), batch_size=2, measure_memory=False).macs
+    assert run.training == [] and [p["model"] for p in json.loads(out_json.read_text())["profiles"]] == [
+        "ghostnet_050", "resnet20_cifar"]
+    assert out_csv.read_text().count("\nresnet20_cifar,") == len(second.layers)
+    run = profile_specs(["resnet20_cifar"], image_size=(16, 24), batch_size=2, measure_memory=False, train=True)
+    assert run.profiles[0].input_size == (3, 16, 24) and run.training[0].input_size == (3, 16, 24)
+    with pytest.raises(ValueError, match="grad_checkpointing goes with train"):
+        profile_specs(["resnet20_cifar"], grad_checkpointing=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..constants import DTYPES
 from ..utils import ensure_writable
 
 
@@ -16,7 +17,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
                    help="input height and width (default: the model's own, else 224 224)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every row and total as JSON")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write the per-layer rows as CSV")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="bar charts per stage (needs matplotlib)")
@@ -51,8 +52,9 @@ def _check_png(path: Path, flag: str) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from ..analysis.cost import build_model, default_input_size, profile
-    from ..analysis.report import render_comparison, render_text, write_csv, write_json
+    """`ghostnet profile`: cost tables of one model or two side by side, and the files asked for."""
+    from ..analysis.profiling import profile_specs
+    from ..analysis.report import render_comparison, render_text, render_training_memory
 
     if args.plot is not None:
         _check_png(args.plot, "--plot")
@@ -61,45 +63,18 @@ def run_profile(args: argparse.Namespace) -> int:
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
         if path is not None:
             ensure_writable(path, flag)
-    specs = [args.model] + ([args.compare] if args.compare else [])
-    models = [build_model(spec) for spec in specs]
-    # Every model sees the same image size (the first model's unless given), in its own channel count.
-    hw = tuple(args.input_size) if args.input_size else default_input_size(models[0])[1:]
-    profiles = []
-    for spec, model in zip(specs, models):
-        model.model_name = getattr(model, "model_name", spec)
-        size = (default_input_size(model)[0], *hw)
-        profiles.append(profile(model, size, args.batch_size, args.dtype, measure_memory=not args.no_measure))
-    for p in profiles:
+    run = profile_specs([args.model] + ([args.compare] if args.compare else []), image_size=args.input_size,
+                        batch_size=args.batch_size, dtype=args.dtype, measure_memory=not args.no_measure,
+                        train=args.train, grad_checkpointing=args.grad_checkpointing, json_path=args.json,
+                        csv_path=args.csv, plot_path=args.plot)
+    for p in run.profiles:
         print(render_text(p, layers=args.layers, ghost=args.ghost))
         print()
-    training = []
-    if args.train:
-        import torch
-
-        from ..analysis.report import render_training_memory
-        from ..analysis.training_memory import training_memory
-
-        for spec, p in zip(specs, profiles):
-            model = build_model(spec)  # a fresh copy: the step changes weights and BN statistics
-            autocast = None if args.dtype == "float32" else getattr(torch, args.dtype)  # mixed precision
-            training.append(training_memory(model, p.input_size, args.batch_size, args.grad_checkpointing,
-                                            autocast_dtype=autocast))
-            print(render_training_memory(p.model, training[-1]))
-            print()
-    if len(profiles) > 1:
-        print(render_comparison(profiles))
-    if args.json:
-        write_json(profiles, args.json, training)
-    if args.csv:
-        write_csv(profiles, args.csv)
-    if args.plot:
-        from ..viz.plots import plot_profiles
-
-        try:
-            plot_profiles(profiles, args.plot)
-        except ImportError as exc:
-            raise ValueError(str(exc)) from exc
+    for p, tm in zip(run.profiles, run.training):
+        print(render_training_memory(p.model, tm))
+        print()
+    if len(run.profiles) > 1:
+        print(render_comparison(run.profiles))
     return 0
 
 
