@@ -93,3 +93,33 @@ def test_cli_rejects_a_corrupt_image(tmp_path, capsys) -> None:
     bad.write_bytes(b"not an image")
     assert main(["visualize", str(bad), "--model", "ghostnet_050", "--output", str(tmp_path / "o.png")]) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+def test_every_plot_is_made_without_pyplot(tmp_path) -> None:
+    """One way to make a figure (`viz.figure`): training curves, a confusion matrix, a benchmark plot and a profile
+    plot leave pyplot unimported (no backend chosen, no global state) and write PNGs atomically."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, torch
+from pathlib import Path
+from ghostnet.analysis import profile
+from ghostnet.deploy.bench_config import BenchResult, BenchRow
+from ghostnet.deploy.bench_report import plot_latency_vs_macs
+from ghostnet.train.plots import plot_confusion, plot_curves
+from ghostnet.viz import plot_profiles
+out = Path({str(tmp_path)!r})
+plot_curves([{{"epoch": 1, "train_loss": 2.0, "val_top1": 10.0, "lr": 0.1}},
+             {{"epoch": 2, "train_loss": 1.5, "val_top1": 20.0, "lr": 0.05}}], out / "curves.png")
+plot_confusion(torch.tensor([[3, 1], [0, 4]]), ["a", "b"], out / "confusion.png")
+row = BenchRow(**{{f: 1 for f in BenchRow.__dataclass_fields__}} | dict(model="m", source="ghostnet", backend="eager",
+               device="cpu", mode="infer", dtype="float32"))
+plot_latency_vs_macs(BenchResult(config={{}}, environment={{}}, rows=[row]), out / "bench.png")
+plot_profiles([profile("resnet20_cifar", measure_memory=False)], out / "profile.png")
+assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["bench.png", "confusion.png", "curves.png", "profile.png"]  # nothing half-written left over
+    assert all((tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE for name in written)

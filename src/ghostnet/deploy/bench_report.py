@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..utils import atomic_write
+from ..viz.figure import new_figure, save_png
 from .bench_config import BACKENDS, BenchResult, BenchRow
 
 PathLike = Union[str, os.PathLike]
@@ -83,14 +84,13 @@ def _fmt_load(load: Optional[Sequence[float]]) -> str:
 
 def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
     """PNG of best-round latency against MACs, one panel per thread count, one marker per backend."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import ScalarFormatter
-
     colors = {"ghostnet": "tab:blue", "timm": "tab:orange", "torchvision": "tab:green"}
     markers = dict(zip(BACKENDS, "osXD^vP*h"))
     thread_counts = sorted({r.threads for r in result.rows})
-    fig = Figure(figsize=(6 * len(thread_counts), 4.5))  # no pyplot: leaves the caller's backend alone
+    fig = new_figure(figsize=(6 * len(thread_counts), 4.5))
+    from matplotlib.lines import Line2D  # after new_figure, which says how to install matplotlib
+    from matplotlib.ticker import ScalarFormatter
+
     axes = fig.subplots(1, len(thread_counts), squeeze=False)[0]
     for ax, threads in zip(axes, thread_counts):
         for row in (r for r in result.rows if r.threads == threads):
@@ -111,10 +111,7 @@ def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
                 if any(r.source == s for r in result.rows)]
     axes[-1].legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
+    return save_png(fig, path, dpi=120)
 
 
 def write_report(result: BenchResult, out_dir: PathLike, name: str = "bench", plot: bool = True,

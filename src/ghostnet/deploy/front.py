@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from ..utils import atomic_write
+from ..viz.figure import new_figure, save_png
 from .bench import run_benchmark
 from .bench_config import BenchConfig, BenchResult
 from .bench_report import _fmt_load
@@ -214,11 +215,10 @@ def front_markdown(front: FrontResult) -> str:
 
 def plot_front(front: FrontResult, path: PathLike) -> Path:
     """PNG of published top-1 against measured latency, one panel per thread count, the front as a step line."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FormatStrFormatter
-
     thread_counts = sorted({p.threads for p in front.points})
-    fig = Figure(figsize=(10 * len(thread_counts), 6.5))  # no pyplot: leaves the caller's backend alone
+    fig = new_figure(figsize=(10 * len(thread_counts), 6.5))
+    from matplotlib.ticker import FormatStrFormatter  # after new_figure, which says how to install matplotlib
+
     axes = fig.subplots(1, len(thread_counts), squeeze=False)[0]
     colors = {"ghostnet": "tab:blue"}
     for ax, threads in zip(axes, thread_counts):
@@ -243,10 +243,7 @@ def plot_front(front: FrontResult, path: PathLike) -> Path:
         ax.legend(fontsize=7, loc="lower right")
     fig.text(0.01, 0.005, machine_caption(front), fontsize=6.5)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+    return save_png(fig, path)
 
 
 def write_front(front: FrontResult, out_dir: PathLike, name: str = "front", plot: bool = True) -> list[Path]:

@@ -1,4 +1,4 @@
-"""PNG plots of a run: loss/accuracy/learning-rate curves and a confusion matrix (matplotlib, headless)."""
+"""PNG plots of a run: loss/accuracy/learning-rate curves and a confusion matrix (`viz.figure`: no pyplot)."""
 from __future__ import annotations
 
 import os
@@ -7,34 +7,15 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..utils import atomic_write
+from ..viz.figure import new_figure, save_png
 
 PathLike = Union[str, os.PathLike]
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError("plots need matplotlib (pip install 'ghostnet-torch[plot]')") from None
-    matplotlib.use("Agg")  # no display needed; must precede the pyplot import in a fresh process
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: PathLike) -> Path:
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    fig.clf()
-    return path
-
-
 def plot_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
     """Loss, top-1 accuracy and learning rate per epoch, from the rows of the metrics log."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = new_figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     epochs = [row["epoch"] for row in history]
     panels = (("loss", ("train_loss", "val_loss", "ema_val_loss")),
               ("top-1 accuracy (%)", ("train_top1", "val_top1", "ema_val_top1")),
@@ -54,19 +35,17 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return save_png(fig, path, dpi=120)
 
 
 def plot_confusion(confusion: torch.Tensor, classes: Optional[Sequence[str]], path: PathLike) -> Path:
     """A row-normalized confusion matrix (true class down, predicted across); counts written when few classes."""
-    plt = _pyplot()
     k = confusion.shape[0]
     names = list(classes) if classes else [str(i) for i in range(k)]
     norm = confusion.double() / confusion.sum(1, keepdim=True).clamp(min=1)
     side = min(3 + 0.45 * k, 40)
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig = new_figure(figsize=(side, side))
+    ax = fig.subplots()
     im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046)
     if k <= 30:
@@ -79,6 +58,4 @@ def plot_confusion(confusion: torch.Tensor, classes: Optional[Sequence[str]], pa
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return save_png(fig, path, dpi=120)

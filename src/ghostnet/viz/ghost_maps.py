@@ -13,7 +13,7 @@ import torch.nn as nn
 from ..analysis.cost import default_input_size
 from ..analysis.ghost_cost import ghost_modules
 from ..data.transforms import TransformConfig, eval_transform
-from ._mpl import new_figure, save_png
+from .figure import new_figure, save_png
 
 
 @dataclass

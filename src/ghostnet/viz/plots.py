@@ -5,7 +5,7 @@ import os
 from typing import Sequence, Union
 
 from ..analysis.cost import Profile
-from ._mpl import new_figure, save_png
+from .figure import new_figure, save_png
 
 _PANELS = (
     ("MACs (millions)", lambda s: s.macs / 1e6),

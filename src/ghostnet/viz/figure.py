@@ -1,10 +1,17 @@
-"""Matplotlib access for the plots: an optional dependency, used without pyplot's global state."""
+"""The one way the package makes a picture: a matplotlib Figure without pyplot's global state, saved atomically.
+
+matplotlib is an optional dependency (the "plot" extra). A `Figure` made directly needs no backend and registers
+nowhere, so plotting is safe in threads and leaves the caller's backend (a notebook's, a GUI's) alone.
+"""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Union
 
 from ..utils import atomic_write
+
+__all__ = ["new_figure", "save_png"]
 
 
 def new_figure(**kwargs: Any):
@@ -16,7 +23,9 @@ def new_figure(**kwargs: Any):
     return Figure(**kwargs)
 
 
-def save_png(fig, path: Union[str, os.PathLike], dpi: int = 100) -> None:
-    """Write the figure as PNG, atomically."""
+def save_png(fig, path: Union[str, os.PathLike], dpi: int = 100) -> Path:
+    """Write the figure as PNG, atomically; returns the path."""
+    path = Path(path)
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return path
