@@ -1,5 +1,5 @@
 """The package keeps its shape (docs/architecture.md): imports only go downward between the layers, no import cycles,
-no module over 450 lines and no function over 80.
+no module over 400 lines and no function over 80.
 
 Every `import` statement counts, at module level or inside a function: a lazy import is still a dependency.
 """
@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 #: Siblings in one layer that must not know each other.
 FORBIDDEN = (("ghostnet.deploy", "ghostnet.train", "deployment needs no trainer"),)
-MAX_MODULE_LINES = 450
+MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
 
