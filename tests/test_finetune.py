@@ -20,7 +20,7 @@ import torch.nn as nn
 
 import ghostnet
 from ghostnet.cli import main
-from ghostnet.hub import cache_dir
+from ghostnet.download import cache_dir
 from ghostnet.train import engine, load_recipe, lr_at, make_config, read_training_state, train
 from ghostnet.train.config import ConfigError
 from ghostnet.train.finetune import create_initialised, initial_weights, load_initial_weights

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from ghostnet import create_model, list_models
-from ghostnet.errors import CheckpointError
-from ghostnet.hub import WeightsUnavailableError, cache_dir, cached_file, load_pretrained
+from ghostnet.download import cache_dir
+from ghostnet.errors import CheckpointError, WeightsUnavailableError
+from ghostnet.hub import cached_file, load_pretrained
 from ghostnet.weights import get_weights
 from support.weights_server import (assert_state_equal, cache_listing, isolated, random_state,  # noqa: F401
                                     serve_entry, server, torch_bytes)

@@ -15,14 +15,12 @@ from typing import Optional
 import torch.nn as nn
 
 from .convert.checkpoints import load_checkpoint, looks_like_location, read_checkpoint
-from .download import (CACHE_ENV, CHUNK_BYTES, DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, cache_dir, download_to_cache,
-                       is_offline)
+from .download import DOWNLOAD_TIMEOUT_S, cache_dir, download_to_cache
 from .errors import CheckpointError, WeightsUnavailableError
 from .models.registry import set_pretrained_loader
 from .weights import PretrainedWeights, get_weights
 
-__all__ = ["CACHE_ENV", "CHUNK_BYTES", "DOWNLOAD_TIMEOUT_S", "OFFLINE_ENV", "WeightsUnavailableError", "cache_dir",
-           "cached_file", "fetch_weights", "imagenet_classes", "imagenet_synsets", "is_offline", "load_pretrained"]
+__all__ = ["cached_file", "fetch_weights", "imagenet_classes", "imagenet_synsets", "load_pretrained"]
 
 
 def cached_file(entry: PretrainedWeights) -> Path:

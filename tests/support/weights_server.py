@@ -20,7 +20,7 @@ import torch
 
 from ghostnet import create_model
 from ghostnet import weights as weights_table
-from ghostnet.hub import cache_dir
+from ghostnet.download import cache_dir
 from ghostnet.weights import PretrainedWeights, get_weights, imagenet_data_config, register_weights
 
 
