@@ -18,11 +18,10 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,9 +32,8 @@ from .download import is_offline
 from .errors import CheckpointError, WeightsUnavailableError
 from .models.registry import (classifier_name, create_model, get_model_entry, input_size_of, list_models,
                               num_classes_of, set_source_loader)
-from .utils import atomic_write, check_folder_writable
+from .utils import PathLike, atomic_write, check_folder_writable
 
-PathLike = Union[str, os.PathLike]
 HUB, LOCAL = "hf-hub", "local-dir"
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
 #: Weight files looked for in a folder, preferred first (timm's order); pickled ones load with weights_only=True.

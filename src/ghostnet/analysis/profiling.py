@@ -2,16 +2,14 @@
 training step's memory where asked, and write the JSON, CSV and plot files asked for."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 from ..constants import DTYPES
+from ..utils import PathLike
 from .cost import Profile, build_model, default_input_size, profile
 from .report import write_csv, write_json
 from .training_memory import TrainingMemory, training_memory
-
-PathLike = Union[str, os.PathLike]
 
 __all__ = ["ProfileRun", "profile_specs"]
 

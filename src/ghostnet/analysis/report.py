@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from ..utils import atomic_write
+from ..utils import PathLike, atomic_write
 from .cost import LayerRow, Profile
 from .g_ghost_cost import g_ghost_summary
 
@@ -181,13 +180,13 @@ def profiles_json(profiles: Sequence[Profile], training: Sequence[TrainingMemory
     return json.dumps(data, indent=2)
 
 
-def write_json(profiles: Sequence[Profile], path: Union[str, os.PathLike],
+def write_json(profiles: Sequence[Profile], path: PathLike,
                training: Sequence[TrainingMemory] = ()) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(profiles_json(profiles, training) + "\n")
 
 
-def write_csv(profiles: Sequence[Profile], path: Union[str, os.PathLike]) -> None:
+def write_csv(profiles: Sequence[Profile], path: PathLike) -> None:
     """One row per layer of each profile (columns: CSV_COLUMNS)."""
     with atomic_write(path) as tmp:
         with open(tmp, "w", newline="") as f:

@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
-from ..utils import ensure_writable
-
-PathLike = Union[str, os.PathLike]
+from ..utils import PathLike, ensure_writable
 
 RAW_KEYS = ("state_dict", "model", "module", "net", "weights")
 EMA_KEYS = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")

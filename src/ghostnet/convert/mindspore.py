@@ -12,7 +12,6 @@ with `crc_check=True` ends in b"crc_num" and a 10-byte big-endian CRC-32 of the 
 """
 from __future__ import annotations
 
-import os
 import re
 import zlib
 from pathlib import Path
@@ -21,8 +20,7 @@ from typing import Iterator, Mapping, Union
 import torch
 
 from ..errors import CheckpointError
-
-PathLike = Union[str, os.PathLike]
+from ..utils import PathLike
 
 _DTYPES = {"Float32": torch.float32, "Float16": torch.float16, "Float64": torch.float64, "BFloat16": torch.bfloat16,
            "Int8": torch.int8, "UInt8": torch.uint8, "Int16": torch.int16, "Int32": torch.int32,

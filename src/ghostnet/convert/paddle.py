@@ -12,18 +12,16 @@ keyed by parameter names (`_ghostbottleneck_3_ghost_module_1_primary_conv_weight
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from ..models.ghostnet import GHOSTNET_STAGES
 from ..errors import CheckpointError
-
-PathLike = Union[str, os.PathLike]
+from ..utils import PathLike
 
 NAME_TABLE_KEY = "StructuredToParameterName@@"
 # What numpy arrays and Paddle's dicts pickle to (numpy >= 2 spells its core module numpy._core).

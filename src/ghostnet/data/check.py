@@ -8,18 +8,17 @@ classes in one split only, tiny images and files the loader ignores.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from ..utils import PathLike
 from .datasets import (SPLITS, TORCHVISION_SETS, CorruptImageError, _read_shard, find_split, load_rgb,
                        npz_class_names)
 
-PathLike = Union[str, os.PathLike]
 #: Images with a side shorter than this many pixels are listed as suspicious (placeholders, tracking pixels).
 MIN_SIZE = 8
 #: Files per worker batch: large enough that passing results between processes costs little.

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-PathLike = Union[str, os.PathLike]
+from ..utils import PathLike
+
 Transform = Optional[Callable[[Any], Any]]
 
 SPLITS = ("train", "val")

@@ -3,15 +3,12 @@ the JSON / markdown / PNG files written together."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
-from ..utils import atomic_write
+from ..utils import PathLike, atomic_write
 from ..viz.figure import new_figure, save_png
 from .bench_config import BACKENDS, BenchResult, BenchRow
-
-PathLike = Union[str, os.PathLike]
 
 #: The candidate ("model/backend") the ratio column divides by: the official GhostNet as timm runs it.
 DEFAULT_REFERENCE = "timm/ghostnet_100/eager"

@@ -26,7 +26,6 @@ import contextlib
 import importlib.util
 import inspect
 import io
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -35,9 +34,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.dynamic_conv import static_batch_capture
-from ..utils import atomic_write
-
-PathLike = Union[str, os.PathLike]
+from ..utils import PathLike, atomic_write
 
 EXPORT_FORMATS = ("onnx", "torchscript", "torch.export", "executorch")
 #: File suffix per format.

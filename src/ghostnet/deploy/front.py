@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
-from ..utils import atomic_write
+from ..utils import PathLike, atomic_write
 from ..viz.figure import new_figure, save_png
 from .bench import run_benchmark
 from .bench_config import BenchConfig, BenchResult
 from .bench_report import _fmt_load
-
-PathLike = Union[str, os.PathLike]
 
 __all__ = ["FRONT_PEERS", "FrontPoint", "FrontResult", "PublishedAccuracy", "default_front_backends",
            "front_entries", "front_markdown", "front_points", "our_published", "pareto_front", "peers_published",

@@ -10,7 +10,6 @@ weights come from with their licence: the published-weights table's entry when t
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,10 +21,10 @@ from .._version import __version__
 from ..analysis import profile
 from ..hub_format import HUB_EXTRA, TIMM_ARCHITECTURES, architecture_of, hf_config, license_id, write_hf_folder
 from ..models.registry import get_model_entry, input_size_of, num_classes_of
+from ..utils import PathLike
 from ..weights import PretrainedWeights, list_weights
 from .bench_config import BenchConfig, BenchRow
 
-PathLike = Union[str, os.PathLike]
 #: `ghostnet export --format` value that writes a Hub folder.
 HF_FORMAT = "hf"
 #: What `latency=True` measures: the bench harness's default backends at one thread, batch 1.

@@ -7,7 +7,6 @@ through `export.py`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -15,12 +14,11 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..utils import PathLike
 from .align import AUTO, resolve_alignment
 from .export import DEFAULT_OPSET, export_model, load_exported
 from .fusion import example_input_for, fuse, single_path_ghost_modules
 from .machine import cpu_isa
-
-PathLike = Union[str, os.PathLike]
 
 #: `--single-path` choices: where a Ghost module drops its concat (see `align.align_channels`).
 SINGLE_PATH_CHOICES = ("auto", "all", "none")

@@ -8,19 +8,16 @@ quantizes weights per output channel and, as a precaution, keeps depthwise convo
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from ..utils import atomic_write
+from ..utils import PathLike, atomic_write
 
 if TYPE_CHECKING:
     from ..data import TransformConfig
-
-PathLike = Union[str, os.PathLike]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")

@@ -8,7 +8,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch.nn as nn
 from ..data import (BadImageCounter, ResumableSampler, SeededDataset, ShardSampler, TransformConfig, dataset_classes,
                     eval_transform, make_loader, open_split, subset, train_transform)
 from ..layers.checkpointing import set_grad_checkpointing
+from ..utils import PathLike
 from .checkpoint import Progress, model_info, read_training_state, set_rng_state
 from .config import TrainConfig, effective_warmup_epochs
 from .distill import build_teacher
@@ -24,7 +25,6 @@ from .distributed import DistInfo, log_main
 from .finetune import InitialWeights, create_initialised, freeze_backbone, initial_weights
 from .optim import build_optimizer
 
-PathLike = Union[str, os.PathLike]
 #: Points per epoch of the in-epoch loss/lr log when `log_every_steps` is 0.
 AUTO_STEP_LOG_POINTS = 20
 

@@ -12,11 +12,10 @@ class names and data config (JSON strings): `load_trained(path)` rebuilds the mo
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -24,9 +23,8 @@ import torch.nn as nn
 
 from ..convert.checkpoints import extract_state_dict, read_checkpoint, save_checkpoint
 from ..errors import CheckpointError
-from ..utils import atomic_write
+from ..utils import PathLike, atomic_write
 
-PathLike = Union[str, os.PathLike]
 FORMAT_VERSION = 1
 META_PREFIX = "ghostnet."
 

@@ -12,18 +12,17 @@ below it follow in that order; `_Run` holds what they share.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
 
 from ..layers.folded_conv import compile_settings
-from ..utils import atomic_write
+from ..utils import PathLike, atomic_write
 from .build import (RunData, RunModel, RunState, build_data, build_model, check_run, new_state, resolve_weights,
                     resume_state, seed_and_settle, wrap_for_training)
 from .checkpoint import Progress, export_weights, rng_state, save_training_state
@@ -33,7 +32,6 @@ from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup, 
 from .metrics import EvalResult, autocast, evaluate, write_jsonl
 from .optim import lr_at, set_lr
 
-PathLike = Union[str, os.PathLike]
 StepCallback = Callable[[Progress], None]
 #: How often (in steps) the progress bar's loss/accuracy are refreshed; each refresh synchronizes with the GPU.
 BAR_REFRESH_STEPS = 10

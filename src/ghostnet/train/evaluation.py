@@ -1,7 +1,6 @@
 """Evaluate a trained model on a data split, and classify image files (what `ghostnet eval` / `predict` run)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -11,11 +10,10 @@ import torch
 from ..data import (ShardSampler, TransformConfig, dataset_class_ids, dataset_classes, eval_transform, load_rgb,
                     make_loader, open_split, read_class_names, subset)
 from ..models.registry import num_classes_of
+from ..utils import PathLike
 from .checkpoint import TrainedModel, load_trained
 from .distributed import pick_device
 from .metrics import EvalResult, evaluate
-
-PathLike = Union[str, os.PathLike]
 
 
 def load_for_inference(checkpoint: Optional[PathLike], use_ema: bool = False, model_name: Optional[str] = None,

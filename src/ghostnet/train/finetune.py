@@ -15,7 +15,6 @@ transforms are made from it without building the model twice.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -26,8 +25,8 @@ from ..convert.checkpoints import (download_checkpoint, extract_state_dict, in_o
                                    looks_like_location, read_checkpoint)
 from ..models.registry import classifier_classes, classifier_name
 from ..models.spec import ModelSpec, create_from_spec, data_config_of, parse_model_spec
+from ..utils import PathLike
 
-PathLike = Union[str, os.PathLike]
 #: Words that mean "the published weights" / "no initial weights" in a recipe or on the command line.
 PUBLISHED_WORDS = ("true",)
 NO_WEIGHTS_WORDS = ("false", "none", "")

@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..utils import atomic_write
+from ..utils import PathLike, atomic_write
 from .distributed import all_reduce_sum
-
-PathLike = Union[str, os.PathLike]
 
 
 @dataclass

@@ -1,15 +1,13 @@
 """PNG plots of a run: loss/accuracy/learning-rate curves and a confusion matrix (`viz.figure`: no pyplot)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from ..utils import PathLike
 from ..viz.figure import new_figure, save_png
-
-PathLike = Union[str, os.PathLike]
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> Path:

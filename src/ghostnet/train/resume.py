@@ -3,14 +3,13 @@ the checkpoint being resumed, of which only the settings that leave the computat
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
+from ..utils import PathLike
 from .checkpoint import read_training_state
 from .config import Source, TrainConfig, load_recipe, make_config
 
-PathLike = Union[str, os.PathLike]
 #: Fields a resumed run may change: they do not alter the computation (or, for epochs, extend it on purpose).
 #: Gradient checkpointing gives the same step; compiling computes the same functions (to float rounding), so a run
 #: that no longer fits in memory or wants speed can take them up on resume.

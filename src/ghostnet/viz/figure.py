@@ -5,11 +5,10 @@ nowhere, so plotting is safe in threads and leaves the caller's backend (a noteb
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-from ..utils import atomic_write
+from ..utils import PathLike, atomic_write
 
 __all__ = ["new_figure", "save_png"]
 
@@ -23,7 +22,7 @@ def new_figure(**kwargs: Any):
     return Figure(**kwargs)
 
 
-def save_png(fig, path: Union[str, os.PathLike], dpi: int = 100) -> Path:
+def save_png(fig, path: PathLike, dpi: int = 100) -> Path:
     """Write the figure as PNG, atomically; returns the path."""
     path = Path(path)
     with atomic_write(path) as tmp:

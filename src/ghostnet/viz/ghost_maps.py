@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -13,6 +12,7 @@ import torch.nn as nn
 from ..analysis.cost import default_input_size
 from ..analysis.ghost_cost import ghost_modules
 from ..data.transforms import TransformConfig, eval_transform
+from ..utils import PathLike
 from .figure import new_figure, save_png
 
 
@@ -32,7 +32,7 @@ class GhostMaps:
         return self.ghost[i * per:(i + 1) * per]
 
 
-def load_image(path: Union[str, os.PathLike], model: nn.Module) -> torch.Tensor:
+def load_image(path: PathLike, model: nn.Module) -> torch.Tensor:
     """Read an image and preprocess it with the model's data config (resize, centre crop, normalize): (1, C, H, W)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -94,7 +94,7 @@ def ghost_feature_maps(model: nn.Module, image: torch.Tensor, layer: int = 0) ->
                      depthwise=cheap_conv.groups == module.init_chs)
 
 
-def plot_ghost_maps(maps: GhostMaps, path: Union[str, os.PathLike], num_maps: int = 8, pairs_per_row: int = 4,
+def plot_ghost_maps(maps: GhostMaps, path: PathLike, num_maps: int = 8, pairs_per_row: int = 4,
                     title: Optional[str] = None) -> None:
     """A PNG grid: each intrinsic map (red frame) followed by the s-1 ghost maps made from it (green frames)."""
     if num_maps < 1:

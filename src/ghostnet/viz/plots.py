@@ -1,10 +1,10 @@
 """Bar charts of a cost profile: MACs, parameters and peak live activations per stage."""
 from __future__ import annotations
 
-import os
-from typing import Sequence, Union
+from typing import Sequence
 
 from ..analysis.cost import Profile
+from ..utils import PathLike
 from .figure import new_figure, save_png
 
 _PANELS = (
@@ -14,7 +14,7 @@ _PANELS = (
 )
 
 
-def plot_profiles(profiles: Sequence[Profile], path: Union[str, os.PathLike]) -> None:
+def plot_profiles(profiles: Sequence[Profile], path: PathLike) -> None:
     """One column per model, one row per quantity, a bar per stage; written as a PNG."""
     if not profiles:
         raise ValueError("no profile to plot")
