@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,21 @@ SCHEDULES = ("cosine", "multistep", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 DEVICES = ("auto", "cpu", "cuda")
+
+
+#: Ranges of numeric settings (a test and how to say it) beside the checks in `validate`; NaN and infinity are refused
+#: for every setting. An unset optional setting is not checked.
+NUMBER_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "warmup_lr": (lambda v: v >= 0, ">= 0"), "min_lr": (lambda v: v >= 0, ">= 0"),
+    "gamma": (lambda v: v > 0, "> 0"), "opt_eps": (lambda v: v > 0, "> 0"),
+    "grad_clip": (lambda v: v > 0, "> 0 (leave it unset for no clipping)"),
+    "hflip": (lambda v: 0 <= v <= 1, "in [0, 1]"), "random_erasing": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "kd_weight": (lambda v: v >= 0, ">= 0"),
+    "betas": (lambda v: all(isinstance(b, (int, float)) and 0 <= b < 1 for b in v), "numbers in [0, 1)"),
+    "skip_nonfinite_steps": (lambda v: v >= 0, ">= 0"), "save_every_steps": (lambda v: v >= 0, ">= 0"),
+    "workers": (lambda v: v >= 0, ">= 0"),
+}
 
 
 class ConfigError(ValueError):
@@ -130,6 +146,9 @@ class TrainConfig:
     lr_noise_seed: int = _f(42, "lr noise: seed (each epoch draws from seed + epoch)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
     grad_clip: Optional[float] = _f(None, "clip the gradient norm to this value")
+    skip_nonfinite_steps: int = _f(0, "skip (do not apply) up to N optimizer steps whose loss or clipped gradient "
+                                      "norm is NaN/inf, as fp16 grad scalers do; the next one stops the run "
+                                      "(0: the first stops it)")
     ema_decay: Optional[float] = _f(None, "keep an EMA of the weights with this decay, e.g. 0.9999")
     amp: str = _f("none", f"mixed precision: {', '.join(AMP_MODES)} (fp16 needs CUDA)")
     channels_last: bool = _f(False, "channels_last memory format")
@@ -167,6 +186,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, "
                                         f"got {getattr(self, name)!r}")
+        self._validate_numbers()
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every}
         if self.log_every_steps < 0:
             raise ConfigError("log_every_steps", f"log_every_steps must be >= 0, got {self.log_every_steps}")
@@ -199,6 +219,15 @@ class TrainConfig:
         self._validate_finetuning()
         # Building the transform config checks preset, interpolation and erasing mode.
         self.transform_config()
+
+    def _validate_numbers(self) -> None:
+        """Every number finite, and the optimizer's and counters' settings in their ranges."""
+        for f in dataclasses.fields(self):
+            _check_finite(f.name, getattr(self, f.name))
+        for name, (ok, accepted) in NUMBER_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ConfigError(name, f"{name} must be {accepted}, got {value}")
 
     def _validate_finetuning(self) -> None:
         self.pretrained = normalise_pretrained(self.pretrained)  # True/False from Python or YAML
@@ -253,7 +282,16 @@ def _check_type(name: str, value: Any) -> Any:
     ok = isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
     if not ok:
         raise ValueError(f"{name} must be {base.__name__}, got {type(value).__name__} {value!r}")
+    _check_finite(name, value)
     return value
+
+
+def _check_finite(name: str, value: Any) -> None:
+    """Refuse NaN and infinity in a float setting or a list of numbers (`--lr nan` would train nothing, silently)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        what = "hold finite numbers" if isinstance(value, (list, tuple)) else "be a finite number"
+        raise ConfigError(name, f"{name} must {what}, got {value!r}")
 
 
 #: Where a setting came from, for error messages: a label, or a function of (key, value) giving one (the CLI's
