@@ -149,15 +149,21 @@ def run_train(args: argparse.Namespace) -> int:
         for name, description in recipes.items():
             print(f"{name:<{width}}  {description}")
         return 0
+    from ..train.guard import DIVERGED_STATUS, TrainingDiverged
+
     cfg, resume = build_train_config(args)
     check_folder_writable(cfg.output, "--output")
     try:
         result = train(cfg, resume=resume)
-    except KeyboardInterrupt:
+        if result["best_epoch"] > 0:
+            print(f"best top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}; outputs in "
+                  f"{result['output']}")
+    except KeyboardInterrupt:  # in any phase, to the last line: the answer is always how to go on
         print(interrupted_message(Path(cfg.output)), file=sys.stderr)
         return 128 + signal.SIGINT
-    if result["best_epoch"] > 0:
-        print(f"best top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}; outputs in {result['output']}")
+    except TrainingDiverged as exc:
+        print(f"ghostnet train: error: {exc}", file=sys.stderr)
+        return DIVERGED_STATUS
     return 0
 
 
@@ -169,10 +175,13 @@ def interrupted_message(output: Path) -> str:
     if not last.is_file():
         return (f"ghostnet train: interrupted before the first checkpoint; nothing to resume in {output} "
                 "(--save-every-steps N saves within an epoch)")
-    progress = read_training_state(last)["progress"]
+    state = read_training_state(last)
+    progress, resume = state["progress"], f"ghostnet train --resume --output {shlex.quote(str(output))}"
+    if progress["epoch"] >= state["config"].get("epochs", progress["epoch"] + 1):
+        return (f"ghostnet train: interrupted after the last epoch; the run's checkpoint is {last}; finish its last "
+                f"outputs (plots) with: {resume}")
     return (f"ghostnet train: interrupted; the last checkpoint is {last} (epoch {progress['epoch'] + 1}, step "
-            f"{progress['step_in_epoch']}); continue exactly with: ghostnet train --resume --output "
-            f"{shlex.quote(str(output))}")
+            f"{progress['step_in_epoch']}); continue exactly with: {resume}")
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -66,6 +66,9 @@ class Progress:
     global_step: int = 0      # optimizer steps taken in total
     best_top1: float = -1.0
     best_epoch: int = -1
+    skipped_steps: int = 0    # steps left unapplied because their loss or gradient norm was NaN/inf
+    reference_loss: float = 0.0  # what the loss-growth warning compares with (0: not set yet; see guard.py)
+    loss_warned: bool = False  # the loss-growth warning was given (once per run)
 
 
 def save_training_state(path: PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -29,6 +29,9 @@ from .checkpoint import Progress, export_weights, rng_state, save_training_state
 from .config import TrainConfig
 from .distill import distillation_loss
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup, init_distributed, log_main
+from .guard import (BufferBackup, check_weights, count_nonfinite_step, describe_nonfinite, loss_growth, skip_step,
+                    step_is_finite, warn_main)
+from .lock import hold_run_lock
 from .metrics import EvalResult, autocast, evaluate, write_jsonl
 from .optim import lr_at, set_lr
 
@@ -59,14 +62,20 @@ class _Run:
     state: RunState
     train_model: nn.Module  # the model as the steps run it: wrapped in DDP and/or compiled where asked
     writer: Any  # a TensorBoard SummaryWriter, or None
+    last_good: Optional[Path] = None  # the last checkpoint saved (or resumed from): what a diverged run points to
+    buffers: Optional[BufferBackup] = None  # BN statistics before the step, when non-finite steps may be skipped
 
 
 def train(cfg: TrainConfig, resume: Optional[PathLike] = None,
           on_step: Optional[StepCallback] = None) -> dict[str, Any]:
-    """Train as `cfg` says (continuing the run saved in `resume`, if given); returns the run's history and best."""
+    """Train as `cfg` says (continuing the run saved in `resume`, if given); returns the run's history and best.
+
+    Raises TrainingDiverged when the loss, gradient norm or weights become NaN/inf (see guard.py) and RunLockedError
+    when another run holds the output folder (see lock.py)."""
     dist = init_distributed(cfg.device)
     try:
-        return _train(cfg, dist, resume, on_step)
+        with hold_run_lock(cfg.output, dist, lambda line: warn_main(dist, line)):
+            return _train(cfg, dist, resume, on_step)
     finally:
         cleanup()
 
@@ -85,7 +94,11 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
         resume_state(state, parts, dist, resume)
     if dist.is_main:
         _write_config(cfg, out)
-    run = _Run(cfg, dist, out, data, parts, state, wrap_for_training(cfg, dist, parts.model), writer)
+    run = _Run(cfg, dist, out, data, parts, state, wrap_for_training(cfg, dist, parts.model), writer,
+               last_good=Path(resume) if resume is not None else None,
+               buffers=BufferBackup(parts.model) if cfg.skip_nonfinite_steps else None)
+    if resume is not None:
+        _redo_epoch_outputs(run, resume)
 
     log_main(dist, f"training {cfg.model} at {data.tcfg.img_size}x{data.tcfg.img_size} on {data.num_train} images "
                    f"({len(data.classes)} classes), {dist.world_size} process(es) on {dist.device}, "
@@ -120,8 +133,10 @@ def _train_epoch(run: _Run, epoch: int, on_step: Optional[StepCallback]) -> tupl
             raise ValueError(f"every image of a batch was unreadable: {', '.join(s.path for s in batch.skipped)}")
         lr = lr_at(cfg, progress.global_step, data.steps_per_epoch)
         set_lr(run.parts.optimizer, lr)
-        loss, logits, targets = _step(run, batch)
-        _record_step(run.state, loss, logits, targets, lr, data.steps_per_epoch)
+        loss, logits, targets, applied = _step(run, batch)
+        logged = _record_step(run.state, loss, logits, targets, lr, data.steps_per_epoch, applied)
+        if logged is not None:
+            _check_growth(run, logged)
         seen += len(targets)
         if progress.step_in_epoch % BAR_REFRESH_STEPS == 0:
             loss_sum, hits, count = run.state.sums.tolist()
@@ -137,11 +152,14 @@ def _train_epoch(run: _Run, epoch: int, on_step: Optional[StepCallback]) -> tupl
     return lr, seen, time.perf_counter() - start
 
 
-def _step(run: _Run, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step (and EMA update) on a batch; returns the loss, the logits and the targets."""
+def _step(run: _Run, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """One optimizer step (and EMA update) on a batch; returns the loss, the logits, the targets and whether the step
+    was applied (a non-finite one is skipped, or stops the run: see guard.py)."""
     cfg, parts, device = run.cfg, run.parts, run.dist.device
     images = batch.images.to(device, non_blocking=True, memory_format=parts.memory_format)
     targets = batch.targets.to(device, non_blocking=True)
+    if run.buffers is not None:
+        run.buffers.save()
     with autocast(device, cfg.amp):
         logits = run.train_model(images)
         loss = parts.criterion(logits, targets)
@@ -151,42 +169,70 @@ def _step(run: _Run, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
             loss = distillation_loss(logits, teacher_logits, loss, cfg.kd_weight, cfg.kd_temperature)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()
+    grad_norm = None
     if cfg.grad_clip:
         parts.scaler.unscale_(parts.optimizer)
-        nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.grad_clip)
+    # An fp16 grad scaler skips steps with overflowing gradients itself (that is how it finds its scale): with one,
+    # only the loss is checked.
+    checked_norm = None if parts.scaler.is_enabled() else grad_norm
+    if not step_is_finite(loss, checked_norm, run.dist.distributed):
+        count_nonfinite_step(run.state.progress, describe_nonfinite(loss, checked_norm), cfg.skip_nonfinite_steps,
+                             run.last_good, run.dist)
+        skip_step(parts.scaler, parts.optimizer, unscaled=bool(cfg.grad_clip))
+        if run.buffers is not None:
+            run.buffers.restore()
+        return loss, logits, targets, False
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     if parts.ema is not None:
         parts.ema.update_parameters(parts.model)
-    return loss, logits, targets
+    return loss, logits, targets, True
 
 
 def _record_step(state: RunState, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, lr: float,
-                 steps_per_epoch: int) -> None:
-    """Count a step: running sums, position, and the in-epoch log (a point every `log_every` steps and at the
-    epoch's last step)."""
+                 steps_per_epoch: int, applied: bool = True) -> Optional[dict[str, Any]]:
+    """Count a step: running sums (of applied steps only), position, and the in-epoch log (a point every `log_every`
+    steps and at the epoch's last step); returns the log point written, if any."""
     device, progress = state.sums.device, state.progress
-    state.sums += torch.stack([loss.detach().double() * len(targets), (logits.argmax(1) == targets).sum().double(),
-                               torch.tensor(float(len(targets)), dtype=torch.float64, device=device)])
+    if applied:
+        # torch.full, not torch.tensor: a tensor from a Python number is a host-to-device copy, which waits for the
+        # GPU; the loop's one wait per step is the finiteness check (guard.step_is_finite).
+        count = torch.full((), float(len(targets)), dtype=torch.float64, device=device)
+        state.sums += torch.stack([loss.detach().double() * count, (logits.argmax(1) == targets).sum().double(), count])
+        state.window += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
     progress.step_in_epoch += 1
     progress.global_step += 1
-    state.window += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
     if progress.step_in_epoch % state.log_every == 0 or progress.step_in_epoch == steps_per_epoch:
         loss_sum_w, steps_w = state.window.tolist()
-        state.step_log.append({"step": progress.global_step, "lr": lr, "loss": loss_sum_w / steps_w})
         state.window.zero_()
+        if steps_w:  # a window of skipped steps only has no loss to log
+            state.step_log.append({"step": progress.global_step, "lr": lr, "loss": loss_sum_w / steps_w})
+            return state.step_log[-1]
+    return None
+
+
+def _check_growth(run: _Run, logged: dict[str, Any]) -> None:
+    """Warn once (on stderr and in the log point) when the running loss has grown by orders of magnitude."""
+    warning = loss_growth(run.state.progress, logged["loss"], len(run.data.classes))
+    if warning is not None:
+        logged["warning"] = warning
+        warn_main(run.dist, warning)
 
 
 def _save(run: _Run, path: Path) -> None:
     """Write the resumable checkpoint. Collective: every rank contributes its RNG state, running sums and step log;
-    only rank 0 writes."""
+    only rank 0 writes. Non-finite weights are never written (every other save copies or exports these weights)."""
     state, parts = run.state, run.parts
+    check_weights([parts.model] + ([parts.ema.module] if parts.ema is not None else []), run.dist, state.progress,
+                  path, run.last_good)
     ranks = all_gather_objects({"rng": rng_state(), "sums": state.sums.tolist(), "window": state.window.tolist(),
                                 "steps": state.step_log})
     if run.dist.is_main:
         save_training_state(path, model=parts.model, optimizer=parts.optimizer, progress=state.progress,
                             config=run.cfg.to_dict(), model_info=parts.info, ranks=ranks, ema=parts.ema,
                             scaler=parts.scaler, history=state.history)
+    run.last_good = path
 
 
 # ----------------------------------------------------------------------------------------------- end of an epoch
@@ -203,9 +249,16 @@ def _end_epoch(run: _Run, epoch: int, lr: float, seen: int, epoch_time: float) -
     loss_sum, hits, count = all_reduce_sum(state.sums.clone()).tolist()
     state.sums.zero_()
     row: dict[str, Any] = {"epoch": epoch + 1, "step": progress.global_step, "lr": lr,
-                           "train_loss": loss_sum / count, "train_top1": 100 * hits / count,
+                           "train_loss": loss_sum / count if count else None,  # None: every step was skipped
+                           "train_top1": 100 * hits / count if count else None,
                            "epoch_time_s": epoch_time, "train_img_s": seen * dist.world_size / epoch_time,
-                           "lr_max": _epoch_lr_max(cfg, epoch, run.data.steps_per_epoch), "steps": state.step_log}
+                           "lr_max": _epoch_lr_max(cfg, epoch, run.data.steps_per_epoch),
+                           "skipped_steps": progress.skipped_steps - sum(r.get("skipped_steps", 0)
+                                                                         for r in state.history),
+                           "steps": state.step_log}
+    warnings = [point["warning"] for point in state.step_log if "warning" in point]
+    if warnings:
+        row["loss_warning"] = warnings[0]
     state.step_log = []
     evaluated, is_best = None, False
     if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -237,8 +290,9 @@ def _evaluate(run: _Run, row: dict[str, Any]) -> EvalResult:
     return ema_eval
 
 
-def _write_epoch_outputs(run: _Run, epoch: int, row: dict[str, Any], is_best: bool) -> None:
-    """Rank 0's files after an epoch: best checkpoint and exports, metrics.jsonl, TensorBoard, the log line."""
+def _write_epoch_outputs(run: _Run, epoch: int, row: dict[str, Any], is_best: bool, again: bool = False) -> None:
+    """Rank 0's files after an epoch: best checkpoint and exports, metrics.jsonl, TensorBoard, the log line (the
+    last two not `again`)."""
     cfg, out, parts = run.cfg, run.out, run.parts
     eval_weights = (parts.ema.module if parts.ema is not None else parts.model).state_dict()
     extra = {"epoch": epoch + 1, "ema": parts.ema is not None, "top1": row.get("ema_val_top1", row.get("val_top1"))}
@@ -248,13 +302,25 @@ def _write_epoch_outputs(run: _Run, epoch: int, row: dict[str, Any], is_best: bo
     if epoch + 1 == cfg.epochs:
         export_weights(eval_weights, out / "last.safetensors", parts.info, extra)
     write_jsonl(run.state.history, out / "metrics.jsonl")
+    if again:
+        return
     if run.writer is not None:
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 run.writer.add_scalar(key, value, epoch + 1)
         run.writer.flush()
     log_main(run.dist, f"epoch {epoch + 1}: " + ", ".join(
-        f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step", "steps")))
+        f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")))
+
+
+def _redo_epoch_outputs(run: _Run, resume: PathLike) -> None:
+    """A run resumed from its last.pt at an epoch's end may have been stopped (Ctrl-C) between writing last.pt and the
+    epoch's other files: rank 0 writes them again from the same weights, so that best.pt and the exports are whole."""
+    progress = run.state.progress
+    at_epoch_end = progress.step_in_epoch == 0 and progress.epoch > 0 and len(run.state.history) == progress.epoch
+    if run.dist.is_main and at_epoch_end and Path(resume).resolve() == (run.out / "last.pt").resolve():
+        _write_epoch_outputs(run, progress.epoch - 1, run.state.history[-1], progress.best_epoch == progress.epoch,
+                             again=True)
 
 
 def _finish(run: _Run, last_eval: Optional[EvalResult]) -> None:

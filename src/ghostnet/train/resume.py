@@ -12,10 +12,11 @@ from .config import Source, TrainConfig, load_recipe, make_config
 
 #: Fields a resumed run may change: they do not alter the computation (or, for epochs, extend it on purpose).
 #: Gradient checkpointing gives the same step; compiling computes the same functions (to float rounding), so a run
-#: that no longer fits in memory or wants speed can take them up on resume.
+#: that no longer fits in memory or wants speed can take them up on resume. Skipping non-finite steps changes nothing
+#: until a step is non-finite, so a run stopped by a bad batch can be resumed past it.
 RESUME_MUTABLE = {"data", "data_dir", "download", "workers", "progress", "tensorboard", "plots", "output", "device",
                   "save_every_steps", "eval_every", "log_every_steps", "epochs", "skip_bad_images",
-                  "grad_checkpointing", "compile"}
+                  "grad_checkpointing", "compile", "skip_nonfinite_steps"}
 
 
 def check_resume_overrides(stored: dict[str, Any], overrides: dict[str, Any]) -> None:
