@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from support.common import single_thread
 from support.training import tiny_config, write_image_folder, write_npz_data
 
 CLI = [sys.executable, "-m", "ghostnet"]
@@ -89,23 +90,61 @@ def _tiny_checkpoint(tmp_path: Path, data: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- Ctrl-C and pipes
 
 
+#: `ghostnet train` in a child process that, after saving the checkpoint of global step N, writes a marker file and
+#: waits until SIGINT arrives: the pause lives in the test, not in the package, and makes the Ctrl-C test independent
+#: of timing (the run cannot end before the signal, however slow or loaded the machine).
+PAUSE_AFTER_SAVE = """
+import sys, time
+from pathlib import Path
+import ghostnet.train.engine as engine
+from ghostnet.cli import main
+
+marker, pause_at, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+save = engine._save
+
+def save_then_wait(run, path):
+    save(run, path)
+    if run.state.progress.global_step == pause_at:
+        marker.write_text(str(path))
+        end = time.monotonic() + 600
+        while time.monotonic() < end:  # SIGINT raises KeyboardInterrupt out of the sleep
+            time.sleep(0.05)
+        sys.exit("no SIGINT came")
+
+engine._save = save_then_wait
+sys.exit(main(argv))
+"""
+
+
+def _sigint_at_default() -> None:
+    """SIGINT at its default in the child, as in a command typed at a terminal. A test run started in the background
+    (`pytest &` in a script) ignores SIGINT, its children inherit that, and Python then installs no KeyboardInterrupt
+    handler: the run would never see the signal (before the pause below, it ran to its end and exited 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_training_says_how_to_resume_and_the_resume_is_exact(tmp_path):
-    data = write_npz_data(tmp_path / "data", n_train=(100, 100), size=16)  # 25 steps per epoch
+    data = write_npz_data(tmp_path / "data", n_train=(40, 40), size=16)  # 10 steps per epoch
     settings = ["--data", str(data), "--model", "ghostnet_050", "--model-kwargs", "{stem_stride: 1}",
                 "--preset", "cifar", "--img-size", "16", "--batch-size", "8", "--workers", "0", "--epochs", "2",
                 "--lr", "0.05", "--no-progress", "--no-plots", "--save-every-steps", "5"]
-    interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen([*CLI, "train", *settings, "--output", str(interrupted)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=CLI_ENV)
-    deadline = time.monotonic() + 240
-    while not (interrupted / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    interrupted, marker = tmp_path / "interrupted", tmp_path / "paused"
+    proc = subprocess.Popen([sys.executable, "-c", PAUSE_AFTER_SAVE, str(marker), "5", "train", *settings,
+                             "--output", str(interrupted)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=CLI_ENV, preexec_fn=_sigint_at_default)
+    deadline = time.monotonic() + 300  # a guard against a hung child only: the pause waits for the signal
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not marker.exists():
+        proc.kill()
+        pytest.fail(f"the run never reached its pause: {proc.communicate()[1][-2000:]}")
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
     line = assert_one_line_error(result, "interrupted", str(interrupted / "last.pt"),
                                  f"ghostnet train --resume --output {interrupted}", status=130)
-    assert "epoch 1" in line  # stopped in the first of two epochs, long before the end
+    assert "(epoch 1, step 5)" in line  # stopped in the first of two epochs, at the checkpoint it paused after
+    assert not (interrupted / ".lock").exists()
     resumed = run_cli("train", "--resume", "--output", str(interrupted))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     reference = run_cli("train", *settings, "--output", str(tmp_path / "reference"))
@@ -113,6 +152,109 @@ def test_ctrl_c_in_training_says_how_to_resume_and_the_resume_is_exact(tmp_path)
     a = torch.load(interrupted / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "reference" / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _ctrl_c() -> None:
+    """A Ctrl-C here and now: raise_signal runs the SIGINT handler before it returns, so KeyboardInterrupt comes from
+    this very line, as it would at a terminal."""
+    signal.raise_signal(signal.SIGINT)
+
+
+def _interrupt_in(phase: str, monkeypatch, out: Path) -> dict:
+    """Make the run get Ctrl-C in `phase` (settings of PHASE_ARGS: 5 steps, checkpoints at steps 2 and 4)."""
+    import ghostnet.train
+    import ghostnet.train.engine as engine
+    import ghostnet.train.metrics as metrics
+
+    seen: dict = {}
+    if phase == "step":  # in the loop, at global step 3
+        record = engine._record_step
+
+        def record_then_interrupt(state, *args, **kwargs):
+            logged = record(state, *args, **kwargs)
+            if state.progress.global_step == 3:
+                _ctrl_c()
+            return logged
+
+        monkeypatch.setattr(engine, "_record_step", record_then_interrupt)
+    elif phase == "eval":  # inside the evaluation loop (metrics.autocast wraps each of its forward passes)
+        monkeypatch.setattr(metrics, "autocast", lambda *args: _ctrl_c())
+    elif phase == "save":  # the checkpoint of step 4 is written to its temporary name, not yet renamed to last.pt
+        save = torch.save
+
+        def save_then_interrupt(obj, f, *args, **kwargs):
+            if not isinstance(obj, dict) or obj.get("progress", {}).get("global_step") != 4:
+                return save(obj, f, *args, **kwargs)
+            seen["before"] = (out / "last.pt").read_bytes()
+            save(obj, f, *args, **kwargs)
+            _ctrl_c()
+
+        monkeypatch.setattr(torch, "save", save_then_interrupt)
+    elif phase == "final":  # after the last epoch's outputs, in the run's end (curves, TensorBoard)
+        monkeypatch.setattr(engine, "_finish", lambda *args: _ctrl_c())
+    elif phase == "returned":  # the run is over; the command has not printed its result yet
+        run = ghostnet.train.train
+
+        def train_then_interrupt(*args, **kwargs):
+            run(*args, **kwargs)
+            _ctrl_c()
+
+        monkeypatch.setattr(ghostnet.train, "train", train_then_interrupt)
+    return seen
+
+
+PHASE_ARGS = ["--model", "ghostnet_050", "--model-kwargs", "{stem_stride: 1}", "--preset", "cifar", "--img-size", "16",
+              "--batch-size", "8", "--workers", "0", "--epochs", "1", "--no-progress", "--no-plots",
+              "--save-every-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def phase_data(tmp_path_factory):
+    """Data for 5 steps, and the last.pt of the uninterrupted run."""
+    from ghostnet.cli import main
+
+    data = write_npz_data(tmp_path_factory.mktemp("npz"))
+    out = tmp_path_factory.mktemp("reference")
+    with single_thread():
+        assert main(["train", "--data", str(data), *PHASE_ARGS, "--output", str(out)]) == 0
+    return data, torch.load(out / "last.pt", weights_only=True)
+
+
+@pytest.fixture
+def sigint_raises():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("phase, said", [("step", "(epoch 1, step 2)"), ("eval", "(epoch 1, step 4)"),
+                                         ("save", "(epoch 1, step 2)"), ("final", "after the last epoch"),
+                                         ("returned", "after the last epoch")])
+def test_ctrl_c_in_every_phase_says_how_to_resume(phase, said, phase_data, tmp_path, monkeypatch, capsys,
+                                                  sigint_raises, one_thread):
+    from ghostnet.cli import main
+
+    data, reference = phase_data
+    out = tmp_path / "run"
+    seen = _interrupt_in(phase, monkeypatch, out)
+    try:
+        status = main(["train", "--data", str(data), *PHASE_ARGS, "--output", str(out)])
+    except KeyboardInterrupt:
+        pytest.fail(f"Ctrl-C in phase {phase} escaped the command")
+    err = capsys.readouterr().err
+    result = subprocess.CompletedProcess([], status, "", err)
+    line = assert_one_line_error(result, "interrupted", said, str(out / "last.pt"),
+                                 f"ghostnet train --resume --output {out}", status=130)
+    assert not (out / ".lock").exists(), line
+    assert not list(out.glob(".*.tmp"))  # nothing half-written left behind
+    if phase == "save":  # the interrupted save left the checkpoint before it intact
+        assert (out / "last.pt").read_bytes() == seen["before"]
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--output", str(out)]) == 0, capsys.readouterr().err[-2000:]
+    resumed = torch.load(out / "last.pt", weights_only=True)
+    assert resumed["progress"] == reference["progress"]
+    assert all(torch.equal(v, reference["model"][k]) for k, v in resumed["model"].items())
+    assert (out / "last.safetensors").is_file() and (out / "best.safetensors").is_file()
 
 
 def test_closed_pipe_ends_quietly():
