@@ -282,7 +282,6 @@ def _check_type(name: str, value: Any) -> Any:
     ok = isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
     if not ok:
         raise ValueError(f"{name} must be {base.__name__}, got {type(value).__name__} {value!r}")
-    _check_finite(name, value)
     return value
 
 
