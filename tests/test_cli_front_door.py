@@ -192,12 +192,15 @@ def _interrupt_in(phase: str, monkeypatch, out: Path) -> dict:
         monkeypatch.setattr(torch, "save", save_then_interrupt)
     elif phase == "final":  # after the last epoch's outputs, in the run's end (curves, TensorBoard)
         monkeypatch.setattr(engine, "_finish", lambda *args: _ctrl_c())
-    elif phase == "returned":  # the run is over; the command has not printed its result yet
+    elif phase == "returned":  # the run is over; Ctrl-C comes as the command reads its result to print it
         run = ghostnet.train.train
 
+        class InterruptedWhenRead(dict):
+            def __getitem__(self, key):
+                _ctrl_c()
+
         def train_then_interrupt(*args, **kwargs):
-            run(*args, **kwargs)
-            _ctrl_c()
+            return InterruptedWhenRead(run(*args, **kwargs))
 
         monkeypatch.setattr(ghostnet.train, "train", train_then_interrupt)
     return seen

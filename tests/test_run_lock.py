@@ -92,9 +92,10 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(data, tmp_path, capsys):
 def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-host", "started": "then", "token": "x"}))
-    with pytest.raises(RunLockedError, match=f"pid 1 on host another-host.*if that run is no longer running, remove "
-                                             f"{out / LOCK_NAME}"):
+    gone = 2 ** 22 + 1  # above Linux's largest pid: no such process here, which says nothing of the other host
+    (out / LOCK_NAME).write_text(json.dumps({"pid": gone, "host": "another-host", "started": "then", "token": "x"}))
+    with pytest.raises(RunLockedError, match=f"pid {gone} on host another-host.*if that run is no longer running, "
+                                             f"remove {out / LOCK_NAME}"):
         acquire_run_lock(out)
     (out / LOCK_NAME).write_text("")  # a lock being written, or garbled: not taken over either
     with pytest.raises(RunLockedError, match="names no run"):
