@@ -136,3 +136,17 @@ def test_only_rank_0_takes_the_lock(tmp_path):
     with hold_run_lock(tmp_path / "b", DistInfo()) as lock:
         assert lock is not None and (tmp_path / "b" / LOCK_NAME).is_file()
     assert not (tmp_path / "b" / LOCK_NAME).exists()
+
+
+def test_under_torchrun_a_refused_run_stops_on_every_rank(data, tmp_path):
+    out = tmp_path / "run"
+    lock = acquire_run_lock(out)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ghostnet",
+               *cli_args(data, out)[:-2], "--batch-size", "8", "--output", str(out)]
+    try:
+        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=240)  # no rank left waiting
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # the refused ranks wrote nothing
+    finally:
+        lock.release()
+    refusals = [line for line in done.stderr.splitlines() if f"in use by another run (pid {os.getpid()}" in line]
+    assert done.returncode != 0 and len(refusals) == 2, done.stderr[-3000:]

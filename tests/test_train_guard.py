@@ -20,6 +20,7 @@ from ghostnet.cli import main
 from ghostnet.train import load_trained, load_recipe, make_config, read_training_state, train
 from ghostnet.train.config import ConfigError, TrainConfig
 from ghostnet.train.guard import DIVERGED_STATUS, LOSS_GROWTH_FACTOR, TrainingDiverged, skip_step
+from ghostnet.train.lock import pid_alive
 from support.training import tiny_config, write_npz_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -264,3 +265,53 @@ def test_a_loss_grown_by_orders_of_magnitude_is_reported_once_and_the_run_goes_o
     point = next(p for p in rows[0]["steps"] if p["step"] == 3)
     assert point["loss"] > LOSS_GROWTH_FACTOR * math.log(4) and point["warning"] == warnings[0]
     assert len(result["history"]) == 2 and read_training_state(tmp_path / "last.pt")["progress"]["loss_warned"]
+
+
+#: `ghostnet train` whose rank 1 alone gets a NaN loss at global step 3 (run under torchrun).
+NAN_ON_RANK_1 = """
+import os, sys
+import ghostnet.train.build as build
+import ghostnet.train.engine as engine
+from ghostnet.cli import main
+
+steps = [0]
+
+def poison(module, inputs, out):
+    if module.training:
+        steps[0] += 1
+        if steps[0] == 3 and os.environ["RANK"] == "1":
+            return out * float("nan")
+
+def build_and_poison(*args, **kwargs):
+    parts = build.build_model(*args, **kwargs)
+    parts.model.register_forward_hook(poison)
+    return parts
+
+engine.build_model = build_and_poison
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_under_ddp_every_process_stops_at_the_same_step(data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out, script = tmp_path / "ddp", tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               "train", "--data", str(data), "--model", "ghostnet_050", "--model-kwargs", "{stem_stride: 1}",
+               "--preset", "cifar", "--img-size", "16", "--epochs", "2", "--batch-size", "8", "--workers", "0",
+               "--save-every-steps", "2", "--no-progress", "--no-plots", "--output", str(out)]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)  # a process left waiting in a collective would hang until this timeout
+    assert done.returncode != 0
+    stops = [line for line in done.stderr.splitlines() if "training diverged" in line]
+    # Both processes stop at the step where only rank 1's loss was NaN, each with the one line.
+    assert len(stops) == 2, done.stderr[-3000:]
+    assert all("at epoch 1, step 3 (global step 3): the loss is" in line for line in stops), stops
+    assert read_training_state(out / "last.pt")["progress"]["global_step"] == 2
+    # Rank 0 releases the lock as it stops; torchrun may SIGTERM it first when rank 1 exits sooner, and then the lock
+    # left behind is a stale one that the next run takes over.
+    lock = out / ".lock"
+    assert not lock.exists() or not pid_alive(json.loads(lock.read_text())["pid"])
