@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import ghostnet
 from ghostnet.layers import checkpointing
@@ -81,7 +82,7 @@ def test_checkpointing_only_where_gradients_are_recorded(monkeypatch):
 
 def test_models_without_checkpointing_are_a_clear_error():
     with pytest.raises(ValueError, match="no gradient checkpointing"):
-        set_grad_checkpointing(ghostnet.create_model("resnet50"))
+        set_grad_checkpointing(torchvision.models.resnet18())  # every registered model has it
 
 
 def test_training_run_with_checkpointing_ends_where_the_plain_run_ends(tmp_path):
@@ -93,5 +94,5 @@ def test_training_run_with_checkpointing_ends_where_the_plain_run_ends(tmp_path)
     for key, value in states[0].items():
         assert torch.allclose(value.double(), states[1][key].double(), rtol=1e-5, atol=1e-6), key
     with pytest.raises(ValueError, match="no gradient checkpointing"):
-        train(make_config(tiny_config(data, tmp_path / "r50", epochs=1, model="resnet50", model_kwargs={},
+        train(make_config(tiny_config(data, tmp_path / "r50", epochs=1, model="torchvision:resnet18", model_kwargs={},
                                       img_size=32, grad_checkpointing=True)))

@@ -127,7 +127,7 @@ def test_ghost_twins_learn_a_tiny_batch(name, size, steps):
     (lambda: CifarResNet(depth=20, shortcut="C"), "shortcut must be one of"),
     (lambda: CifarResNet(depth=20, ratio=1), "ratio s must be an integer >= 2"),
     (lambda: CifarVGG(cfg=("M", 64)), "starting with a width"),
-    (lambda: CifarVGG(num_classes=0), "num_classes and in_chans must be >= 1"),
+    (lambda: CifarVGG(in_chans=0), "in_chans must be >= 1 and num_classes >= 0"),
 ])
 def test_bad_arguments_give_clear_errors(build, message):
     with pytest.raises(ValueError, match=message):

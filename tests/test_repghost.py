@@ -156,7 +156,7 @@ def test_features_only_taps_at_the_end_of_every_stride():
     full = ghostnet.create_model("repghostnet_100").eval()
     full.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(full.forward_intermediates(x), feats))
+        assert all(torch.equal(a, b) for a, b in zip(full.forward_intermediates(x, intermediates_only=True), feats))
     pruned = ghostnet.create_model("repghostnet_100", features_only=True, out_indices=(1, 3))
     assert len(pruned.blocks) == 7 and [f.reduction for f in pruned.feature_info] == [4, 16]
 

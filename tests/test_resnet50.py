@@ -69,7 +69,7 @@ def test_options_forward_and_backward():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("kwargs,message", [({"num_classes": 0}, "num_classes must be >= 1"),
+@pytest.mark.parametrize("kwargs,message", [({"num_classes": -1}, "num_classes >= 0"),
                                             ({"in_chans": 0}, "in_chans must be >= 1")])
 def test_bad_arguments_give_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

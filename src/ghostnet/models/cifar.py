@@ -23,9 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
-from ..layers.swap import kaiming_init_
 from ..layers import GhostModule
-from ..layers.checkpointing import run_stage
+from ..layers.pooling import GlobalPool
+from ..layers.swap import kaiming_init_
+from ..layers.tracing import is_symbolic_tracing
+from .backbone import Backbone, FeatureInfo, check_io_channels, check_out_indices
 from .registry import register_model
 
 #: The data config of every CIFAR model: 32x32 inputs used as they are, CIFAR-10 statistics, 10 classes.
@@ -69,6 +71,8 @@ def conv_bn_factory(ratio: Optional[int], dw_size: int) -> ConvBnFactory:
 
 def check_input(x: torch.Tensor, in_chans: int, min_size: int = 1) -> None:
     """Raise a clear ValueError for an input that is not (N, in_chans, H, W) with H, W >= min_size."""
+    if is_symbolic_tracing():  # shapes are graph nodes there
+        return
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(f"expected input of shape (N, {in_chans}, H, W), got {tuple(x.shape)}")
     if min(x.shape[-2:]) < min_size:
@@ -118,30 +122,39 @@ class CifarBasicBlock(nn.Module):
             bn.weight.zero_()
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(Backbone):
     """The CIFAR ResNet of He et al. (depth 6n+2), or its Ghost twin when `ratio` is given.
 
     Args:
         depth: 20, 32, 44, 56, 110 or any 6n + 2.
-        num_classes, in_chans: classifier outputs and input channels.
+        num_classes, in_chans: classifier outputs (0: none, the pooled features are returned) and input channels.
         shortcut: "A" (identity / zero padding, He et al.'s CIFAR choice) or "B" (1x1 projections).
         ratio, dw_size: s and d of the Ghost modules; ratio=None builds the plain network.
         zero_init_last_bn: start every residual branch at zero (the last BN's scale, or in a Ghost twin the scales
             of the last Ghost module's two BNs), so that each block begins as its shortcut (Goyal et al., 2017).
             Off by default, as in He et al. and the paper; it steadies the first steps of short schedules.
+        global_pool: "avg" (He et al.), "max", "avgmax", "catavgmax" (or timm's "fast" spellings); "" (with
+            num_classes=0) for none.  drop_rate: dropout before the classifier (0: none, as He et al.).
+        features_only, out_indices: return the maps of the taps `out_indices` (stem, layer1..3 at strides 1, 1, 2,
+            4) instead of logits; the head and the stages after the last tap are not built.
     """
 
+    classifier_name = "fc"
+
     def __init__(self, depth: int = 56, num_classes: int = 10, in_chans: int = 3, shortcut: str = "A",
-                 ratio: Optional[int] = None, dw_size: int = 3, zero_init_last_bn: bool = False) -> None:
+                 ratio: Optional[int] = None, dw_size: int = 3, zero_init_last_bn: bool = False,
+                 global_pool: str = "avg", drop_rate: float = 0.0, features_only: bool = False,
+                 out_indices: Sequence[int] = (0, 1, 2, 3)) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
-        if num_classes < 1 or in_chans < 1:
-            raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
-        self.depth, self.in_chans, self.num_classes = depth, in_chans, num_classes
-        self.grad_checkpointing = False
+        check_io_channels(in_chans, num_classes)
+        pool_kind = self.check_head(num_classes, global_pool)
+        self.out_indices = check_out_indices(out_indices, len(RESNET_STAGE_CHANNELS) + 1)
+        self.depth, self.in_chans, self.num_classes, self.drop_rate = depth, in_chans, num_classes, drop_rate
+        self.features_only, self.grad_checkpointing, self.min_input_size = features_only, False, 1
         self.ratio, self.dw_size = ratio, dw_size
         conv_bn = conv_bn_factory(ratio, dw_size)
         blocks_per_stage = (depth - 2) // 6
@@ -150,6 +163,7 @@ class CifarResNet(nn.Module):
         chs = RESNET_STAGE_CHANNELS[0]
         self.conv1, self.bn1 = plain_conv_bn(in_chans, chs, 3, 1)
         self.relu = nn.ReLU(inplace=True)
+        self.feature_info_all = [FeatureInfo(chs, 1, "relu", 0)]
         stages = []
         for i, out_chs in enumerate(RESNET_STAGE_CHANNELS):
             blocks = []
@@ -158,76 +172,162 @@ class CifarResNet(nn.Module):
                 blocks.append(CifarBasicBlock(chs, out_chs, stride, conv_bn, shortcut))
                 chs = out_chs
             stages.append(nn.Sequential(*blocks))
+            self.feature_info_all.append(FeatureInfo(out_chs, 2 ** i, f"layer{i + 1}", i + 1))
         self.layer1, self.layer2, self.layer3 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool: Optional[GlobalPool] = GlobalPool(global_pool)
         self.num_features = chs
-        self.fc = nn.Linear(chs, num_classes)
+        self.head_hidden_size = self._pre_logits_width(pool_kind)
+        self.fc: Optional[nn.Module] = self._make_classifier(self.head_hidden_size, num_classes)
         kaiming_init_(self)
         if zero_init_last_bn:
             for block in self.modules():
                 if isinstance(block, CifarBasicBlock):
                     block.zero_init_last_bn()
+        if features_only:
+            self._truncate_stages(max(self.out_indices))
+            self.global_pool = self.fc = None
+            self.head_hidden_size = 0
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage's activations in the backward pass instead of storing them (see GhostNet's)."""
-        self.grad_checkpointing = enable
+    def _check_input(self, x: torch.Tensor) -> None:
+        check_input(x, self.in_chans, self.min_input_size)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The 64-channel map before pooling."""
-        check_input(x, self.in_chans)
-        x = self.relu(self.bn1(self.conv1(x)))
-        for stage in (self.layer1, self.layer2, self.layer3):
-            x = run_stage(stage, x, self.grad_checkpointing)
-        return x
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.relu(self.bn1(self.conv1(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1))
+    def built_stages(self) -> list[nn.Module]:
+        return [s for s in (self.layer1, self.layer2, self.layer3) if s is not None]
+
+    def tap_depth(self, index: int) -> int:
+        return self.feature_info_all[index].stage  # 0 is the stem's tap
+
+    def _truncate_stages(self, depth: int) -> None:
+        for i in range(depth + 1, len(RESNET_STAGE_CHANNELS) + 1):
+            setattr(self, f"layer{i}", None)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups: the stem, each stage (coarse) or block, then the classifier."""
+        return dict(stem=r"^(conv1|bn1)\.", blocks=r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\.",
+                    head=r"^fc\.")
 
 
-class CifarVGG(nn.Module):
+def _vgg_layers(cfg: Sequence[Union[int, str]], in_chans: int, conv_bn: ConvBnFactory
+                ) -> tuple[list[nn.Module], list[FeatureInfo], list[int]]:
+    """The layers of a VGG table, its taps (the last ReLU before each max-pool, and the last one if no pool ends the
+    table) and the end of each stage (a stage ends at its tap; the layers after the last tap make the last stage)."""
+    layers: list[nn.Module] = []
+    taps: list[FeatureInfo] = []
+    chs, stride = in_chans, 1
+    for v in cfg:
+        if v == "M":
+            if isinstance(layers[-1], nn.ReLU):
+                taps.append(FeatureInfo(chs, stride, f"features.{len(layers) - 1}", len(taps)))
+            layers.append(nn.MaxPool2d(2))
+            stride *= 2
+            continue
+        # The first conv is the stem and stays ordinary in the twin (ghostify's default).
+        layers.extend((plain_conv_bn if not layers else conv_bn)(chs, v, 3, 1))
+        layers.append(nn.ReLU(inplace=True))
+        chs = v
+    if isinstance(layers[-1], nn.ReLU):
+        taps.append(FeatureInfo(chs, stride, f"features.{len(layers) - 1}", len(taps)))
+    ends = [int(t.module.split(".")[1]) + 1 for t in taps]
+    return layers, taps, ends + ([len(layers)] if ends[-1] < len(layers) else [])
+
+
+class CifarVGG(Backbone):
     """VGG with BN for CIFAR (Li et al.'s form of VGG-16 by default), or its Ghost twin when `ratio` is given.
 
     Args:
         cfg: conv widths and "M" (max-pool) entries; VGG16_CFG gives the 13-conv VGG-16.
-        num_classes, in_chans: classifier outputs and input channels.
+        num_classes, in_chans: classifier outputs (0: none, the 512-d pre-logits are returned) and input channels.
         ratio, dw_size: s and d of the Ghost modules; ratio=None builds the plain network.
+        global_pool: "avg", "max", "avgmax" (or timm's "fast" spellings); "" (with num_classes=0) for none: the
+            512-512 layer, BN and ReLU then run on every pixel (as timm's conv heads do) and a 512-channel map is
+            returned.  drop_rate: dropout before the last Linear (0: none, as Li et al.).
+        features_only, out_indices: return the maps of the taps `out_indices` (the last ReLU before each max-pool,
+            strides 1, 2, 4, 8, 16) instead of logits.
     """
 
+    classifier_name = "classifier.3"
+    pool_types = ("", "avg", "max", "avgmax")  # the first Linear after the pool takes num_features channels
+
     def __init__(self, cfg: Sequence[Union[int, str]] = VGG16_CFG, num_classes: int = 10, in_chans: int = 3,
-                 ratio: Optional[int] = None, dw_size: int = 3) -> None:
+                 ratio: Optional[int] = None, dw_size: int = 3, global_pool: str = "avg", drop_rate: float = 0.0,
+                 features_only: bool = False, out_indices: Optional[Sequence[int]] = None) -> None:
         super().__init__()
-        if num_classes < 1 or in_chans < 1:
-            raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
+        check_io_channels(in_chans, num_classes)
         if not cfg or not isinstance(cfg[0], int) or any(v != "M" and not isinstance(v, int) for v in cfg):
             raise ValueError(f"cfg must list conv widths (int) and 'M' entries, starting with a width; got {cfg}")
-        self.in_chans, self.num_classes = in_chans, num_classes
-        self.ratio, self.dw_size = ratio, dw_size
-        conv_bn = conv_bn_factory(ratio, dw_size)
-        layers: list[nn.Module] = []
-        chs = in_chans
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2))
-                continue
-            # The first conv is the stem and stays ordinary in the twin (ghostify's default).
-            layers.extend((plain_conv_bn if not layers else conv_bn)(chs, v, 3, 1))
-            layers.append(nn.ReLU(inplace=True))
-            chs = v
+        pool_kind = self.check_head(num_classes, global_pool)
+        layers, self.feature_info_all, self.stage_ends = _vgg_layers(cfg, in_chans, conv_bn_factory(ratio, dw_size))
+        taps = len(self.feature_info_all)
+        self.out_indices = check_out_indices(tuple(range(taps)) if out_indices is None else out_indices, taps)
+        self.in_chans, self.num_classes, self.drop_rate = in_chans, num_classes, drop_rate
+        self.ratio, self.dw_size, self.features_only, self.grad_checkpointing = ratio, dw_size, features_only, False
         self.features = nn.Sequential(*layers)
         self.min_input_size = 2 ** sum(v == "M" for v in cfg)
-        self.pool = nn.AdaptiveAvgPool2d(1)  # a no-op at 32x32; lets larger inputs through
-        self.num_features = chs
-        self.classifier = nn.Sequential(nn.Linear(chs, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
-                                        nn.Linear(512, num_classes))
+        self.global_pool: Optional[GlobalPool] = GlobalPool(global_pool)
+        self.num_features = chs = self.feature_info_all[-1].num_chs
+        self.classifier: Optional[nn.Sequential] = nn.Sequential(
+            nn.Linear(chs, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), self._make_classifier(512, num_classes))
+        self.head_hidden_size = self._pre_logits_width(pool_kind)
         kaiming_init_(self)
+        if features_only:
+            self._truncate_stages(self.tap_depth(max(self.out_indices)))
+            self.global_pool = self.classifier = None
+            self.head_hidden_size = 0
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map before pooling."""
+    def _check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.in_chans, self.min_input_size)
-        return self.features(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.forward_features(x)), 1))
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)  # the first conv is part of the first stage
+        return x
+
+    def built_stages(self) -> list[tuple[nn.Module, ...]]:
+        layers = list(self.features)
+        return [tuple(layers[start:end]) for start, end in zip([0] + self.stage_ends, self.stage_ends)]
+
+    def tap_depth(self, index: int) -> int:
+        return index + 1
+
+    def _truncate_stages(self, depth: int) -> None:
+        self.stage_ends = self.stage_ends[:depth]
+        self.features = self.features[: self.stage_ends[-1] if depth else 0]
+
+    def _pre_logits_width(self, pool_kind: str) -> int:
+        return self.classifier[0].out_features if isinstance(self.classifier[0], nn.Linear) else self.num_features
+
+    def _drop_head_layers(self) -> None:
+        for i in range(3):
+            self.classifier[i] = nn.Identity()
+
+    def _pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        linear, norm, act = list(self.classifier)[:3]
+        if not self.global_pool.is_identity():
+            return act(norm(linear(x)))
+        # Unpooled: the same layers on every pixel, (N, C, H, W) -> (N, C, HW) for the BN.
+        y = linear(x.flatten(2).transpose(1, 2)).transpose(1, 2)
+        return act(norm(y)).reshape(x.shape[0], -1, x.shape[2], x.shape[3])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global pool -> Linear 512, BN, ReLU -> dropout -> classifier (Linear 512 -> num_classes)."""
+        x = self._pre_logits(self.global_pool(x))
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.get_classifier()(x)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups: the first conv and its BN, then each stage (coarse: the layers up to a max-pool)
+        or conv layer, then the head (the 512-512 layer, its BN and the classifier)."""
+        blocks, stage, conv = [], 0, 0
+        for index, layer in enumerate(self.features):
+            stage += index in self.stage_ends
+            conv = index if isinstance(layer, (nn.Conv2d, GhostModule)) else conv  # a conv's BN joins its group
+            if index > 1 and any(True for _ in layer.parameters()):
+                blocks.append((rf"^features\.{index}\.", (stage,) if coarse else (conv,)))
+        return dict(stem=r"^features\.[01]\.", blocks=blocks, head=r"^classifier\.")
 
 
 def _register_resnets(depth: int) -> None:

@@ -16,10 +16,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..layers.checkpointing import run_stage
 from ..layers.g_ghost import GGhostStage, RegNetXBottleneck, plain_stage
+from ..layers.pooling import GlobalPool
 from .backbone import Backbone, DilationSchedule, FeatureInfo, check_io_channels, check_output_stride
 from .registry import register_model
 
@@ -76,6 +75,8 @@ class GGhostRegNet(Backbone):
         cfg: the stage table (`G_GHOST_REGNETX[...]` or your own `GGhostRegNetCfg`).
         num_classes: classifier outputs; 0 removes the classifier (the pooled features are returned).
         in_chans: input channels.  drop_rate: dropout before the classifier (0.2 in the official code).
+        global_pool: "avg" (official), "max", "avgmax", "catavgmax" (or timm's "fast" spellings); "" (with
+            num_classes=0) for none: the final map is returned.
         cheap_ratio: fraction of a G-Ghost stage's channels made by the cheap operation (0.5 officially).
         output_stride: 32, 16 or 8 (the later strides become dilations; weights are unchanged).
         features_only: return the maps of `out_indices` instead of logits (no head is built).
@@ -86,7 +87,7 @@ class GGhostRegNet(Backbone):
 
     def __init__(self, cfg: GGhostRegNetCfg, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2,
                  cheap_ratio: float = 0.5, output_stride: int = 32, features_only: bool = False,
-                 out_indices: Sequence[int] = (0, 1, 2, 3, 4)) -> None:
+                 out_indices: Sequence[int] = (0, 1, 2, 3, 4), global_pool: str = "avg") -> None:
         super().__init__()
         if len(cfg.depths) != 4 or len(cfg.widths) != 4 or len(cfg.ghost) != 4:
             raise ValueError(f"a G-Ghost RegNet has 4 stages; got depths {cfg.depths}, widths {cfg.widths}")
@@ -95,6 +96,7 @@ class GGhostRegNet(Backbone):
                              f"got {cfg.group_width}")
         check_output_stride(output_stride)
         check_io_channels(in_chans, num_classes)
+        pool_kind = self.check_head(num_classes, global_pool)
         if any(not 0 <= i <= len(STAGE_NAMES) for i in out_indices) or not out_indices:
             raise ValueError(f"out_indices must be a non-empty selection of 0..{len(STAGE_NAMES)}, got "
                              f"{tuple(out_indices)}")
@@ -109,10 +111,12 @@ class GGhostRegNet(Backbone):
         self.feature_info_all = self._build_stages(cfg, cheap_ratio, output_stride,
                                                    last=max(self.out_indices) if features_only else len(STAGE_NAMES))
         self.num_features = cfg.widths[-1]
-        self.head_hidden_size = 0 if features_only else self.num_features
+        self.head_hidden_size = 0 if features_only else self._pre_logits_width(pool_kind)
+        self.global_pool: Optional[GlobalPool] = None
         self.fc: Optional[nn.Module] = None
         if not features_only:
-            self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.global_pool = GlobalPool(global_pool)
+            self.fc = self._make_classifier(self.head_hidden_size, num_classes)
         self._init_weights()
 
     def _build_stages(self, cfg: GGhostRegNetCfg, cheap_ratio: float, output_stride: int,
@@ -170,21 +174,23 @@ class GGhostRegNet(Backbone):
     def built_stages(self) -> list[nn.Module]:
         return self.stages
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
-        """Feature maps at the requested taps (default: `out_indices`)."""
-        indices = self.out_indices if indices is None else tuple(indices)
-        outputs = {0: self.forward_stem(x)}
-        x = outputs[0]
-        for i, stage in enumerate(self.stages[: max(indices)], start=1):
-            x = outputs[i] = run_stage(stage, x, self.grad_checkpointing)
-        return [outputs[i] for i in indices]
+    def tap_depth(self, index: int) -> int:
+        return self.feature_info_all[index].stage  # 0 is the stem's tap
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool -> dropout -> fc."""
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # an adaptive pool exports as GlobalAveragePool
-        if self.drop_rate > 0.0:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
+    def _truncate_stages(self, depth: int) -> None:
+        for name in STAGE_NAMES[depth:]:
+            setattr(self, name, None)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups: the stem, each stage (coarse) or block, then the classifier. A G-Ghost stage's
+        blocks in order: `base`, the inner blocks, then `end` with the cheap features and the mix."""
+        blocks = [(r"^layer(\d+)\.", None)] if coarse else [
+            (r"^layer(\d+)\.(\d+)\.", None),  # an ordinary stage's blocks
+            (r"^layer(\d+)\.base\.", (0,)),
+            (r"^layer(\d+)\.layers\.(\d+)\.", (1,)),
+            (r"^layer(\d+)\.end\.", (99998,)),
+            (r"^layer(\d+)\.(?:merge|cheap)\.", (99999,))]  # 99999: timm's "join the group before"
+        return dict(stem=r"^(conv1|bn1)\.", blocks=blocks, head=r"^fc\.")
 
 
 # The official training and evaluation follow the PyTorch ImageNet example: Resize(256) + CenterCrop(224) with

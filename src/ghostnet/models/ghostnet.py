@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..layers import (SE_GATES, ConvBnAct, GhostBottleneck, GhostBottleneckV3, SqueezeExcite, make_divisible,
                       reparameterize_model)
-from ..layers.checkpointing import run_stage
+from ..layers.pooling import GlobalPool, canonical_pool_type
 from .backbone import Backbone, DilationSchedule, FeatureInfo, check_io_channels, check_output_stride
 
 
@@ -50,7 +50,9 @@ GHOSTNET_STAGES: tuple[tuple[BlockCfg, ...], ...] = (
 )
 
 VERSIONS = ("v1", "v2", "v3")
-GLOBAL_POOLS = ("avg", "max", "avgmax")
+#: The pools the head takes ("" = none). Not "catavgmax": the 1x1 head conv right after the pool takes exactly
+#: num_features channels (timm's GhostNet refuses it too).
+GLOBAL_POOLS = ("", "avg", "max", "avgmax")
 HEAD_CHANNELS = 1280  # never scaled by width in the official code
 
 
@@ -100,9 +102,10 @@ def check_skeleton_args(width: float, output_stride: int, stem_stride: int, glob
     check_output_stride(output_stride)
     if stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
     check_io_channels(in_chans, num_classes)
+    if not canonical_pool_type(global_pool, GLOBAL_POOLS) and num_classes > 0:
+        raise ValueError(f"global_pool='' leaves the features unpooled, which a classifier cannot take: use "
+                         f"num_classes=0 with it (as timm requires), got num_classes={num_classes}")
 
 
 class GhostNet(Backbone):
@@ -113,7 +116,8 @@ class GhostNet(Backbone):
         width: channel multiplier (channels rounded to multiples of 4 as in the official code).
         num_classes: classifier outputs; 0 removes the classifier (the 1280-d pre-logits are returned).
         in_chans: input channels.  drop_rate: dropout before the classifier.
-        global_pool: "avg", "max" or "avgmax".
+        global_pool: "avg", "max", "avgmax" (or timm's "fast" spellings); "" (with num_classes=0) for none: the
+            head conv then runs on every pixel and the 1280-channel map is returned, as in timm.
         output_stride: 32, 16 or 8 (the later strides become dilations).
         stem_stride: 2 as in the paper, 1 for small images such as CIFAR.
         features_only: return the feature maps of `out_indices` instead of logits (no head is built).
@@ -127,6 +131,8 @@ class GhostNet(Backbone):
     RepGhostNet and ParameterNet subclass it: their constructors check their own options and call `_build` with
     their `SkeletonParts`; every other method is this one's.
     """
+
+    pool_types = GLOBAL_POOLS
 
     def __init__(
         self,
@@ -166,7 +172,7 @@ class GhostNet(Backbone):
         """Build the skeleton from checked arguments: stem, stages, final conv, taps and (unless features_only)
         head, in the official order (so a seeded model starts from the official code's weights)."""
         self.width, self.num_classes, self.in_chans, self.drop_rate = width, num_classes, in_chans, drop_rate
-        self.global_pool_type, self.features_only = global_pool, features_only
+        self.features_only = features_only
         stem_chs = make_divisible(16 * width, 4)
         self.conv_stem = parts.stem_conv(in_chans, stem_chs, stride=stem_stride)
         self.bn1 = nn.BatchNorm2d(stem_chs)
@@ -178,9 +184,10 @@ class GhostNet(Backbone):
             # Drop the stages after the last requested tap so that no unused parameters remain.
             self.blocks = self.blocks[: self.feature_info_all[max(self.out_indices)].stage + 1]
             self.head_hidden_size = 0
-            self.conv_head = self.norm_head = self.act2 = self.classifier = None
+            self.global_pool = self.conv_head = self.norm_head = self.act2 = self.classifier = None
             return
         self.head_hidden_size = HEAD_CHANNELS
+        self.global_pool = GlobalPool(global_pool, flatten=False)  # flattened after the head conv
         self.conv_head = nn.Conv2d(self.num_features, HEAD_CHANNELS, 1, bias=not parts.head_norm)
         self.norm_head = nn.BatchNorm2d(HEAD_CHANNELS) if parts.head_norm else nn.Identity()
         self.act2 = parts.act_layer(inplace=True)
@@ -239,36 +246,33 @@ class GhostNet(Backbone):
     def built_stages(self) -> nn.Sequential:
         return self.blocks
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
-        """Feature maps at the requested taps (default: `out_indices`)."""
-        indices = self.out_indices if indices is None else tuple(indices)
-        wanted = {self.feature_info_all[i].stage: i for i in indices}
-        outputs: dict[int, torch.Tensor] = {}
-        x = self.forward_stem(x)
-        last = max(wanted)
-        for stage_idx, stage in enumerate(self.blocks):
-            x = run_stage(stage, x, self.grad_checkpointing)
-            if stage_idx in wanted:
-                outputs[wanted[stage_idx]] = x
-            if stage_idx == last:
-                break
-        return [outputs[i] for i in indices]
+    def tap_depth(self, index: int) -> int:
+        return self.feature_info_all[index].stage + 1
 
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        # Adaptive pools rather than mean/amax: the same numbers, exported as GlobalAveragePool / GlobalMaxPool,
-        # which onnxruntime runs in its blocked layout (a ReduceMean costs two layout reorders there).
-        if self.global_pool_type == "avg":
-            return F.adaptive_avg_pool2d(x, 1)
-        if self.global_pool_type == "max":
-            return F.adaptive_max_pool2d(x, 1)
-        return 0.5 * (F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1))
+    def _truncate_stages(self, depth: int) -> None:
+        self.blocks = self.blocks[:depth]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global pool -> 1x1 conv to 1280 (bias, or BN with head_norm) -> ReLU -> dropout -> classifier."""
-        x = self.act2(self.norm_head(self.conv_head(self.pool(x)))).flatten(1)
+        x = self.act2(self.norm_head(self.conv_head(self.global_pool(x))))
+        if not self.global_pool.is_identity():
+            x = x.flatten(1)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.classifier(x)
+
+    def _pre_logits_width(self, pool_kind: str) -> int:
+        return HEAD_CHANNELS if isinstance(self.conv_head, nn.Conv2d) else self.num_features
+
+    def _drop_head_layers(self) -> None:
+        self.conv_head, self.norm_head, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups: the stem, each stage (coarse) or block, then the head (head conv and
+        classifier, one group: the trainer's layer-wise decay gives it the full lr)."""
+        return dict(stem=r"^(conv_stem|bn1)\.",
+                    blocks=[(r"^blocks\.(\d+)\." if coarse else r"^blocks\.(\d+)\.(\d+)\.", None)],
+                    head=r"^(conv_head|norm_head|classifier)\.")
 
     def reparameterize(self) -> "GhostNet":
         """Fuse v3's training branches in place (a no-op for v1/v2); returns self."""
