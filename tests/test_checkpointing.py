@@ -94,5 +94,5 @@ def test_training_run_with_checkpointing_ends_where_the_plain_run_ends(tmp_path)
     for key, value in states[0].items():
         assert torch.allclose(value.double(), states[1][key].double(), rtol=1e-5, atol=1e-6), key
     with pytest.raises(ValueError, match="no gradient checkpointing"):
-        train(make_config(tiny_config(data, tmp_path / "r50", epochs=1, model="torchvision:resnet18", model_kwargs={},
-                                      img_size=32, grad_checkpointing=True)))
+        train(make_config(tiny_config(data, tmp_path / "r18", epochs=1, model="torchvision:resnet18",
+                                      model_kwargs={}, img_size=32, grad_checkpointing=True)))

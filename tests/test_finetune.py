@@ -24,7 +24,7 @@ from ghostnet.download import cache_dir
 from ghostnet.train import engine, load_recipe, lr_at, make_config, read_training_state, train
 from ghostnet.train.config import ConfigError
 from ghostnet.train.finetune import create_initialised, initial_weights, load_initial_weights
-from ghostnet.train.optim import build_optimizer, lr_scales, set_lr
+from ghostnet.train.optim import build_optimizer, group_ids, lr_scales, param_groups, set_lr
 from ghostnet.train.resume import RESUME_MUTABLE, run_config
 from support.weights_server import (isolated, random_state, serve_entry, serve_published, server,  # noqa: F401
                                     torch_bytes)
@@ -286,11 +286,55 @@ def test_backbone_lr_scale_and_layer_decay_give_each_group_its_lr():
     scales = lr_scales(ghostnet.create_model("resnet20_cifar"), layer_decay=0.5)
     assert (scales["conv1.weight"], scales["layer1.0.conv1.weight"], scales["layer3.2.bn2.bias"], scales["fc.weight"]) \
         == (0.5 ** 4, 0.5 ** 3, 0.5, 1.0)
-    with pytest.raises(ValueError, match="layer_decay needs a model whose stages are named"):
+    # The stages are read from the model's group_matcher: a foreign model without one is a clear error.
+    with pytest.raises(ValueError, match=r"layer_decay needs a model with a group_matcher\(\)"):
         lr_scales(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2)),
                   layer_decay=0.5)
     # Without either, the groups are what they always were (no lr_scale key).
     assert all("lr_scale" not in g for g in build_optimizer(model, make_config({})).param_groups)
+
+
+class _Matched(nn.Sequential):
+    """Conv, BN, conv, Linear, with a group_matcher given as a dict or as a function."""
+
+    def __init__(self, matcher) -> None:
+        super().__init__(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.Linear(4, 2))
+        self.matcher = matcher
+
+    def group_matcher(self, coarse: bool = False):
+        return self.matcher
+
+
+def test_layer_groups_follow_timms_group_matcher_reading():
+    # timm's conventions: ordinals per key in order, regex groups then suffixes sort within it, a key ending in
+    # 99999 joins the group before it, unmatched names come last.
+    model = _Matched(dict(stem=r"^0\.", blocks=[(r"^(1)\.", None), (r"^2\.", (99999,))]))
+    assert group_ids(model)[0] == {"0.weight": 0, "0.bias": 0, "1.weight": 1, "1.bias": 1, "2.weight": 1,
+                                   "2.bias": 1, "3.weight": 2, "3.bias": 2}
+    model = _Matched(lambda name: {"0": 2, "1": 0, "2": 1}.get(name.split(".")[0], 3))
+    ids, last = group_ids(model)
+    assert (ids["1.weight"], ids["2.weight"], ids["0.weight"], ids["3.weight"], last) == (0, 1, 2, 3, 3)
+    # Every registered family: the coarse groups are the stem, its stages in order and the head.
+    for name, stages in (("g_ghost_regnetx_032", 4), ("vgg16_cifar", 5), ("resnet50", 4), ("repghostnet_050", 10)):
+        model = ghostnet.create_model(name)
+        ids, last = group_ids(model)
+        assert last == stages + 1 and sorted(set(ids.values())) == list(range(stages + 2)), name
+        assert {ids[n] for n, _ in model.named_parameters() if n.startswith(model.classifier_name)} == {last}
+    # timm's own models read the same way (timm's ghostnet puts conv_head with the last stage).
+    timm = pytest.importorskip("timm")
+    ids, last = group_ids(timm.create_model("ghostnet_050"))
+    assert (ids["conv_stem.weight"], ids["blocks.9.0.conv.weight"], ids["conv_head.weight"],
+            ids["classifier.weight"]) == (0, 10, 10, 11) and last == 11
+
+
+def test_no_weight_decay_names_are_kept_out_of_weight_decay():
+    model = _Matched({})
+    model.no_weight_decay = lambda: {"2.weight"}
+    decay, no_decay = (group["params"] for group in param_groups(model, 1e-4))
+    assert [p.shape for p in decay] == [model[0].weight.shape, model[3].weight.shape]
+    assert any(p is model[2].weight for p in no_decay)
+    groups = param_groups(model, 1e-4, wd_norm_bias=True, scales={"0.weight": 0.5})
+    assert {id(p): g["weight_decay"] for g in groups for p in g["params"]}[id(model[2].weight)] == 0.0
 
 
 def test_a_resumed_run_keeps_its_fine_tuning_settings_and_lrs(data, tmp_path):

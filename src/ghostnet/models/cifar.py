@@ -207,7 +207,7 @@ class CifarResNet(Backbone):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups: the stem, each stage (coarse) or block, then the classifier."""
-        return dict(stem=r"^(conv1|bn1)\.", blocks=r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\.",
+        return dict(stem=r"^(?:conv1|bn1)\.", blocks=r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\.",
                     head=r"^fc\.")
 
 

@@ -190,7 +190,7 @@ class GGhostRegNet(Backbone):
             (r"^layer(\d+)\.layers\.(\d+)\.", (1,)),
             (r"^layer(\d+)\.end\.", (99998,)),
             (r"^layer(\d+)\.(?:merge|cheap)\.", (99999,))]  # 99999: timm's "join the group before"
-        return dict(stem=r"^(conv1|bn1)\.", blocks=blocks, head=r"^fc\.")
+        return dict(stem=r"^(?:conv1|bn1)\.", blocks=blocks, head=r"^fc\.")
 
 
 # The official training and evaluation follow the PyTorch ImageNet example: Resize(256) + CenterCrop(224) with

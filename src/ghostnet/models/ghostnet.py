@@ -270,9 +270,9 @@ class GhostNet(Backbone):
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups: the stem, each stage (coarse) or block, then the head (head conv and
         classifier, one group: the trainer's layer-wise decay gives it the full lr)."""
-        return dict(stem=r"^(conv_stem|bn1)\.",
+        return dict(stem=r"^(?:conv_stem|bn1)\.",
                     blocks=[(r"^blocks\.(\d+)\." if coarse else r"^blocks\.(\d+)\.(\d+)\.", None)],
-                    head=r"^(conv_head|norm_head|classifier)\.")
+                    head=r"^(?:conv_head|norm_head|classifier)\.")
 
     def reparameterize(self) -> "GhostNet":
         """Fuse v3's training branches in place (a no-op for v1/v2); returns self."""

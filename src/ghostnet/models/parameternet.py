@@ -65,7 +65,7 @@ class ParameterNet(GhostNet):
         width: channel multiplier (1.9 for ParameterNet-600M; channels rounded to multiples of 4).
         num_classes: classifier outputs; 0 removes the classifier (the 1280-d pre-logits are returned).
         in_chans: input channels.  drop_rate: dropout before the classifier (official default 0.2).
-        global_pool: "avg", "max" or "avgmax".
+        global_pool: "avg", "max", "avgmax" (or timm's "fast" spellings); "" (with num_classes=0) for none.
         output_stride: 32, 16 or 8 (the later strides become dilations; the official code has 32 only).
         features_only: return the feature maps of `out_indices` instead of logits (no head is built).
         out_indices: which of the taps (last map at each stride 2, 4, 8, 16, 32) to return.

@@ -53,7 +53,7 @@ class RepGhostNet(GhostNet):
         width: channel multiplier (channels rounded to multiples of 4 as in the official code).
         num_classes: classifier outputs; 0 removes the classifier (the 1280-d pre-logits are returned).
         in_chans: input channels.  drop_rate: dropout before the classifier.
-        global_pool: "avg", "max" or "avgmax".
+        global_pool: "avg", "max", "avgmax" (or timm's "fast" spellings); "" (with num_classes=0) for none.
         output_stride: 32, 16 or 8 (the later strides become dilations).
         stem_stride: 2 as in the paper, 1 for small images such as CIFAR.
         features_only: return the feature maps of `out_indices` instead of logits (no head is built).

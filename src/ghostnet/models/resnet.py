@@ -113,7 +113,7 @@ class ResNet50(Backbone, ResNet):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups (those of timm's ResNet): the stem, each stage (coarse) or block, the classifier."""
-        return dict(stem=r"^(conv1|bn1)\.", blocks=r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\.",
+        return dict(stem=r"^(?:conv1|bn1)\.", blocks=r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\.",
                     head=r"^fc\.")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -15,64 +15,97 @@ from .config import TrainConfig
 from .finetune import classifier_name
 
 
-#: How a parameter's name tells its stage, for layer-wise lr decay: GhostNet v1/v2/v3, RepGhostNet, ParameterNet
-#: (and timm's EfficientNet-style models) number their stages blocks.N; the ResNets (CIFAR, ResNet-50, G-GhostNet's
-#: RegNet) layerN; timm's ConvNeXt/RegNet-style models stages.N. The first pattern that names any parameter is used.
-STAGE_PATTERNS = (re.compile(r"^blocks\.(\d+)\."), re.compile(r"^layer(\d+)\."), re.compile(r"^stages\.(\d+)\."))
+#: timm's marker (`MATCH_PREV_GROUP`): a group key whose last element is this joins the group before it.
+MATCH_PREVIOUS = 99999.0
+
+GroupKey = tuple[float, ...]
 
 
-def stage_ids(model: nn.Module) -> tuple[dict[str, int], int]:
-    """(stage of every parameter, K): the stem (what comes before the first stage) is 0, the stages 1..K-1 in
-    order, and what follows the last stage (GhostNet's conv_head, the classifier) is K, the head."""
-    names = [n for n, _ in model.named_parameters()]
-    for pattern in STAGE_PATTERNS:
-        found = {n: int(m.group(1)) for n in names if (m := pattern.match(n))}
-        if found:
-            break
-    else:
-        raise ValueError(f"layer_decay needs a model whose stages are named blocks.N, layerN or stages.N (the "
-                         f"GhostNet family, ResNets, timm's CNNs); {type(model).__name__} has none")
-    rank = {stage: i + 1 for i, stage in enumerate(sorted(set(found.values())))}  # layer1.. starts at 1, blocks.0 at 0
-    head = len(rank) + 1
-    ids, after_stages = {}, False
-    for name in names:
-        after_stages = after_stages or name in found
-        ids[name] = rank[found[name]] if name in found else head if after_stages else 0
-    return ids, head
+def _matcher_keys(matcher: Any) -> Callable[[str], GroupKey]:
+    """A function from a parameter name to its sort key under a `group_matcher()` result: timm's dict of regexes
+    (in order: stem, blocks, ... each a regex or a list of (regex, suffix)) or a function of the name. Unmatched
+    names sort last (the head)."""
+    if callable(matcher):
+        def key_of(name: str) -> GroupKey:
+            key = matcher(name)
+            return tuple(map(float, key)) if isinstance(key, (tuple, list)) else (float(key),)
+        return key_of
+    rules = []
+    for ordinal, spec in enumerate(matcher.values()):
+        if spec is None:
+            continue
+        for regex, suffix in (spec if isinstance(spec, (list, tuple)) else [(spec, None)]):
+            rules.append((re.compile(regex), ordinal, tuple(suffix or ())))
+
+    def key_of(name: str) -> GroupKey:
+        for regex, ordinal, suffix in rules:
+            found = regex.match(name)
+            if found:
+                groups = tuple(int(g) for g in found.groups() if g is not None)
+                return tuple(map(float, (ordinal, *groups, *suffix)))
+        return (math.inf,)
+    return key_of
+
+
+def group_ids(model: nn.Module, coarse: bool = True) -> tuple[dict[str, int], int]:
+    """(group of every parameter, K) from the model's `group_matcher(coarse=...)` (timm's convention, as timm's
+    `group_parameters` reads it): the stem is 0, the stages (coarse) or blocks 1..K-1 in order, and the head (what
+    the matcher puts last, and anything it does not match) is K."""
+    matcher = getattr(model, "group_matcher", None)
+    if not callable(matcher):
+        raise ValueError(f"layer_decay needs a model with a group_matcher() that names its stem, stages and head "
+                         f"(every ghostnet model and timm's models have one); {type(model).__name__} has none")
+    key_of = _matcher_keys(matcher(coarse=coarse))
+    keys = {name: key_of(name) for name, _ in model.named_parameters()}
+    ids, group = {}, -1
+    for key in sorted(set(keys.values())):
+        if group < 0 or key[-1] != MATCH_PREVIOUS:
+            group += 1
+        ids[key] = group
+    return {name: ids[key] for name, key in keys.items()}, group
 
 
 def lr_scales(model: nn.Module, backbone_lr_scale: float = 1.0, layer_decay: Optional[float] = None
               ) -> dict[str, float]:
     """Each parameter's multiple of the scheduled lr: 1 for the classifier and `backbone_lr_scale` for the rest,
-    times `layer_decay ** (K - k)` for a parameter of stage k of K (`stage_ids`) when `layer_decay` is given."""
+    times `layer_decay ** (K - k)` for a parameter of stage k of K (`group_ids`: the stem 0, each stage of the
+    model's coarse `group_matcher`, the head K) when `layer_decay` is given."""
     names = [n for n, _ in model.named_parameters()]
     if backbone_lr_scale == 1 and layer_decay is None:
         return dict.fromkeys(names, 1.0)
     head = classifier_name(model) + "."
-    ids, last = stage_ids(model) if layer_decay is not None else ({}, 0)
+    ids, last = group_ids(model) if layer_decay is not None else ({}, 0)
     return {n: (1.0 if n.startswith(head) else backbone_lr_scale)
                * (layer_decay ** (last - ids[n]) if layer_decay is not None else 1.0) for n in names}
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """The parameters the model asks to keep out of weight decay (timm's `no_weight_decay()`; none if it has none)."""
+    hook = getattr(model, "no_weight_decay", None)
+    return set(hook()) if callable(hook) else set()
 
 
 def param_groups(model: nn.Module, weight_decay: float, wd_norm_bias: bool = False,
                  scales: Optional[dict[str, float]] = None) -> list[dict]:
     """Parameter groups of the trainable parameters; unless `wd_norm_bias`, 1-D parameters (biases, norm scales)
-    get no weight decay. With `scales` (parameter name -> multiple of the lr, see `lr_scales`), each group also
-    holds its `lr_scale`, which `set_lr` applies."""
+    get no weight decay, nor do those the model's `no_weight_decay()` names. With `scales` (parameter name ->
+    multiple of the lr, see `lr_scales`), each group also holds its `lr_scale`, which `set_lr` applies."""
+    skip = no_weight_decay_names(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def decay_of(name: str, p: torch.Tensor) -> float:
+        return 0.0 if name in skip or (p.ndim <= 1 and not wd_norm_bias) else weight_decay
+
     if scales is None or all(v == 1 for v in scales.values()):
-        if wd_norm_bias or weight_decay == 0:
-            return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-        decay, no_decay = [], []
-        for p in model.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
+        if weight_decay == 0 or (wd_norm_bias and not skip):
+            return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
+        decay = [p for n, p in named if decay_of(n, p)]
+        no_decay = [p for n, p in named if not decay_of(n, p)]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups: dict[tuple[float, float], dict] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            decay = weight_decay if wd_norm_bias or p.ndim > 1 else 0.0
-            key = (scales.get(name, 1.0), decay)
-            groups.setdefault(key, {"params": [], "weight_decay": decay, "lr_scale": key[0]})["params"].append(p)
+    for name, p in named:
+        key = (scales.get(name, 1.0), decay_of(name, p))
+        groups.setdefault(key, {"params": [], "weight_decay": key[1], "lr_scale": key[0]})["params"].append(p)
     return list(groups.values())
 
 
