@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers.tracing import is_symbolic_tracing
+
 __all__ = ["DeployDFC", "TrainingFormDFC", "dfc_pool_kernel", "upsample_factor", "use_training_form_dfc"]
 
 
@@ -87,6 +89,8 @@ class DeployDFC(nn.Sequential):
     shapes are all constants once traced (see the module docstring)."""
 
     def forward(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if is_symbolic_tracing():
+            return deploy_dfc_call(self, out, x)
         # int(): under torch.jit.trace (the ONNX exporter) sizes become constants instead of Shape/Gather nodes;
         # height and width are fixed at export anyway, only the batch is dynamic.
         height, width = int(x.shape[-2]), int(x.shape[-1])
@@ -98,6 +102,15 @@ class DeployDFC(nn.Sequential):
         if gate.shape[-2:] == (1, 1):
             return out * gate  # nearest resizing of one pixel is a broadcast
         return out * _resize_gate(gate, (int(out.shape[-2]), int(out.shape[-1])))
+
+
+def deploy_dfc_call(dfc: DeployDFC, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`dfc(out, x)` as one opaque node of a `torch.fx` graph, whose sizes (control flow here) are known when the
+    graph runs."""
+    return dfc(out, x)
+
+
+torch.fx.wrap("deploy_dfc_call")
 
 
 class TrainingFormDFC(nn.Sequential):
