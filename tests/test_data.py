@@ -104,6 +104,16 @@ def test_training_stops_on_a_corrupt_image_unless_skipping(tmp_path, capsys):
     assert read_training_state(tmp_path / "run2" / "last.pt")["progress"]["global_step"] == 1
 
 
+def test_splits_with_different_class_folders_are_refused_before_training(tmp_path):
+    root = write_image_folder(tmp_path / "data", classes=("cat", "dog", "fox"))
+    for image in (root / "val" / "dog").iterdir():
+        image.unlink()
+    (root / "val" / "dog").rmdir()  # val's "fox" would be numbered 1, train's 2
+    with pytest.raises(ValueError, match=r"different class folders \(only in train: dog; only in val: none\)"):
+        train(make_config(tiny_config(root, tmp_path / "run", epochs=1)))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def _augmented(loader_workers: int, dataset, sampler) -> torch.Tensor:
     loader = make_loader(SeededDataset(dataset), 4, sampler, workers=loader_workers)
     return torch.cat([batch.images for batch in loader])

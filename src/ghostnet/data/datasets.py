@@ -254,3 +254,19 @@ def dataset_class_ids(dataset: Dataset) -> list[str]:
     dataset = _unwrapped(dataset)
     folder = getattr(dataset, "folder", None)
     return list(folder.classes) if folder is not None else list(dataset.classes)
+
+
+def check_same_classes(train_set: Dataset, val_set: Dataset) -> None:
+    """Refuse image folders whose splits list different class folders: ImageFolder numbers classes by the sorted
+    folder names of each split on its own, so one missing folder would silently shift every later label."""
+    train, val = _unwrapped(train_set), _unwrapped(val_set)
+    if not (isinstance(train, ImageFolderDataset) and isinstance(val, ImageFolderDataset)):
+        return  # .npz labels are stored numbers, the same in every split
+    train_ids, val_ids = list(train.folder.classes), list(val.folder.classes)
+    if train_ids != val_ids:
+        only_train = sorted(set(train_ids) - set(val_ids))
+        only_val = sorted(set(val_ids) - set(train_ids))
+        raise ValueError(f"{train.root} and {val.root} have different class folders (only in train: "
+                         f"{', '.join(only_train[:5]) or 'none'}; only in val: {', '.join(only_val[:5]) or 'none'}), "
+                         f"so their labels would not match; give both splits the same class folders "
+                         f"(`ghostnet data check` lists them)")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data import (BadImageCounter, ResumableSampler, SeededDataset, ShardSampler, TransformConfig, dataset_classes,
-                    eval_transform, make_loader, open_split, subset, train_transform)
+from ..data import (BadImageCounter, ResumableSampler, SeededDataset, ShardSampler, TransformConfig, check_same_classes,
+                    dataset_classes, eval_transform, make_loader, open_split, subset, train_transform)
 from ..layers.checkpointing import set_grad_checkpointing
 from ..utils import PathLike
 from .checkpoint import Progress, model_info, read_training_state, set_rng_state
@@ -124,6 +124,7 @@ def build_data(cfg: TrainConfig, dist: DistInfo, weights: Optional[InitialWeight
     opts = dict(download=cfg.download and dist.is_main, data_dir=cfg.data_dir, skip_corrupt=cfg.skip_bad_images > 0)
     train_set = open_split(cfg.data, "train", train_transform(tcfg), **opts)
     val_set = open_split(cfg.data, "val", eval_transform(tcfg), **opts)
+    check_same_classes(train_set, val_set)
     classes = dataset_classes(train_set)
     train_set, val_set = subset(train_set, cfg.subset), subset(val_set, cfg.val_subset)
     per_rank_batch = cfg.batch_size // dist.world_size
