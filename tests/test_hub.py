@@ -98,7 +98,8 @@ def test_offline_without_a_cached_file_says_where_to_put_it(server, monkeypatch)
 def test_missing_file_on_the_server_is_a_clear_error(server):
     entry = serve_entry(server, SMALL, "test", b"", default=True)
     del server.files["/ghostnet_050-test.pth"]
-    with pytest.raises(WeightsUnavailableError, match=r"could not download .* \(HTTP 404 no such file\); to work offline"):
+    message = r"could not download .* \(HTTP 404 no such file\); to work offline"
+    with pytest.raises(WeightsUnavailableError, match=message):
         create_model(SMALL, pretrained=True)
     assert not cached_file(entry).exists()
 

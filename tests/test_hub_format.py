@@ -106,7 +106,8 @@ def test_our_folder_loads_in_timm_with_equal_logits(name, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     expected = logits64(ours)
     # timm's own model with our file, and timm reading the whole folder (architecture and all) by itself.
-    by_file = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")))
+    overlay = dict(file=str(folder / "model.safetensors"))
+    by_file = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
     assert_float64_close(logits64(by_file), expected, what=f"our {name} file in timm")
     by_folder = timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert type(by_folder).__module__.startswith("timm.")
@@ -122,7 +123,8 @@ def test_our_config_has_timms_keys_and_values(tmp_path):
     ghostnet.save_pretrained(ghostnet.create_model(name), tmp_path / "ours", model_card=False)
     ours = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert list(ours) == list(theirs)
-    assert {k: ours[k] for k in ours if k != "pretrained_cfg"} == {k: theirs[k] for k in theirs if k != "pretrained_cfg"}
+    other_keys = [k for k in ours if k != "pretrained_cfg"]
+    assert {k: ours[k] for k in other_keys} == {k: theirs[k] for k in other_keys}
     # timm's pretrained_cfg adds what its published copy states (tag, licence, pool size); the rest is the same.
     shared = set(ours["pretrained_cfg"]) & set(theirs["pretrained_cfg"])
     assert shared >= {"input_size", "crop_pct", "crop_mode", "mean", "std", "num_classes", "first_conv", "classifier",

@@ -6,6 +6,7 @@ logits on a seeded batch (tests/data/make_mindcv_reference.py; mindspore is not 
 from __future__ import annotations
 
 import re
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -67,13 +68,13 @@ def _value(name: str, shape: tuple, type_name: str, content: bytes, packed: bool
 
 
 def write_ckpt(path: Path, tensors: dict[str, torch.Tensor], split: tuple[str, ...] = (), packed: bool = False,
-               type_names: dict[str, str] = {}) -> Path:
+               type_names: Optional[dict[str, str]] = None) -> Path:
     """`tensors` as MindSpore writes them; names in `split` are stored as two values under one tag."""
     body = b""
     for name, tensor in tensors.items():
         content = tensor.contiguous().numpy().tobytes()
         chunks = [content[: len(content) // 2], content[len(content) // 2:]] if name in split else [content]
-        type_name = type_names.get(name, TYPE_NAMES[tensor.dtype])
+        type_name = (type_names or {}).get(name, TYPE_NAMES[tensor.dtype])
         body += b"".join(_value(name, tuple(tensor.shape), type_name, chunk, packed) for chunk in chunks)
     path.write_bytes(body)
     return path

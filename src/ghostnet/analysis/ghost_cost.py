@@ -91,8 +91,8 @@ def ghost_rows(model: nn.Module, trace: ForwardTrace, subtree: dict[str, int], b
         g = formulas.GhostGeometry(module.in_chs, module.out_chs, module.init_chs, module.new_chs, module.ratio,
                                    tuple(primary.kernel_size), tuple(cheap.kernel_size), out_hw,
                                    primary.groups, cheap.groups)
-        join = (lambda name: f"{path}.{name}") if path else (lambda name: name)
-        counted_flops = sum(subtree[join(name)] for name in primary_names + cheap_names)
+        prefix = f"{path}." if path else ""
+        counted_flops = sum(subtree[prefix + name] for name in primary_names + cheap_names)
         counted_params = sum(sub.weight.numel() for name in primary_names + cheap_names
                              for sub in getattr(module, name).modules() if isinstance(sub, nn.Conv2d))
         concat = [op for op in trace.ops if op.module == path and op.name == "aten.cat"]

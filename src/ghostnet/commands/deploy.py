@@ -101,8 +101,8 @@ def _add_quantize(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="one weight scale per output channel")
     p.add_argument("--quantize-depthwise", action="store_true",
-                   help="quantize depthwise convs too (kept in float by default, a precaution: int8 GhostNet is reported "
-                   "to collapse there, which docs/benchmarks.md did not reproduce)")
+                   help="quantize depthwise convs too (kept in float by default, a precaution: int8 GhostNet is "
+                   "reported to collapse there, which docs/benchmarks.md did not reproduce)")
     p.add_argument("--all-ops", action="store_true",
                    help="quantize every op onnxruntime can (Add, Concat, ...), not only Conv/Gemm/MatMul")
     p.add_argument("--method", default="minmax", choices=CALIBRATION_METHODS)

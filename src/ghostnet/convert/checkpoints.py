@@ -79,11 +79,13 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {reason[:200]})") from None
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors), "
+                              f"got {type(obj).__name__}")
     return dict(obj), {}
 
 
-def extract_state_dict(obj: Mapping[str, Any], use_ema: bool = False, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def extract_state_dict(obj: Mapping[str, Any], use_ema: bool = False, source: str = "checkpoint"
+                       ) -> dict[str, torch.Tensor]:
     """Unwrap a training checkpoint to a flat state_dict and normalise foreign key names."""
     wrappers = EMA_KEYS if use_ema else RAW_KEYS
     state = None
@@ -196,7 +198,8 @@ def load_checkpoint(model: nn.Module, path_or_url: PathLike, use_ema: bool = Fal
     return model
 
 
-def save_checkpoint(state: Mapping[str, torch.Tensor], path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> Path:
+def save_checkpoint(state: Mapping[str, torch.Tensor], path: PathLike,
+                    metadata: Optional[Mapping[str, str]] = None) -> Path:
     """Write a state_dict atomically, as safetensors (with string metadata) or torch's format by suffix."""
     from ..utils import atomic_write
 

@@ -9,6 +9,6 @@ from .transforms import TransformConfig, eval_transform, train_transform
 
 __all__ = ["ArrayDataset", "BadImageCounter", "BadImageLimitError", "Batch", "CorruptImageError", "DataReport",
            "ImageFolderDataset", "ResumableSampler", "SeededDataset", "ShardSampler", "SkippedSample",
-           "TransformConfig", "check_data", "check_same_classes", "collate_skipping", "dataset_class_ids", "dataset_classes",
-           "eval_transform", "format_report", "load_rgb", "make_loader", "open_split", "read_class_names",
-           "sample_seed", "subset", "train_transform"]
+           "TransformConfig", "check_data", "check_same_classes", "collate_skipping", "dataset_class_ids",
+           "dataset_classes", "eval_transform", "format_report", "load_rgb", "make_loader", "open_split",
+           "read_class_names", "sample_seed", "subset", "train_transform"]

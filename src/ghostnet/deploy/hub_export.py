@@ -33,8 +33,8 @@ DEFAULT_LATENCY = BenchConfig(peers=(), backends=("eager", "fused", "onnxruntime
 TRAINED_META_PREFIX = "ghostnet."
 DATA_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std", "crop_mode")
 
-__all__ = ["DEFAULT_LATENCY", "HF_FORMAT", "Provenance", "export_hf", "push_to_hub", "render_model_card", "save_pretrained",
-           "weights_provenance"]
+__all__ = ["DEFAULT_LATENCY", "HF_FORMAT", "Provenance", "export_hf", "push_to_hub", "render_model_card",
+           "save_pretrained", "weights_provenance"]
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ def create_from_spec(text: Union[str, ModelSpec], pretrained: Pretrained = None,
     """Build the model a spec names with `kwargs` (num_classes, ...).
 
     `pretrained`: None/False for random weights; True (or a tag, for ours) for published weights, or an hf-hub:
-    / local-dir: folder's weights; a file for ours and timm's. The model gets `model_name` (the spec as given) and, where known, `pretrained_cfg`.
+    / local-dir: folder's weights; a file for ours and timm's. The model gets `model_name` (the spec as given) and,
+    where known, `pretrained_cfg`.
     """
     spec = text if isinstance(text, ModelSpec) else parse_model_spec(text)
     if spec.source == "ghostnet" or spec.source in FOLDER_SOURCES:

@@ -133,8 +133,9 @@ class TrainConfig:
     milestones: list = _f([], "multistep: epochs at which lr is multiplied by gamma")
     decay_epochs: float = _f(1.0, "step: multiply lr by gamma every this many epochs")
     gamma: float = _f(0.1, "multistep/step decay factor")
-    cosine_flat: float = _f(0.0, "cosine: hold the peak lr until this fraction of the run before annealing (fastai's "
-                                 "flat-cos schedule; its Imagenette baseline uses 0.72); 0 anneals from the warmup's end")
+    cosine_flat: float = _f(0.0, "cosine: hold the peak lr until this fraction of the run before annealing "
+                                 "(fastai's flat-cos schedule; its Imagenette baseline uses 0.72); 0 anneals from the "
+                                 "warmup's end")
     cosine_from_start: bool = _f(False, "cosine: count it from step 0, the warmup replacing its start (timm's "
                                         "train.py), instead of from the end of the warmup")
     lr_per_epoch: bool = _f(False, "hold the lr for a whole epoch at its value at the epoch's start (timm's "

@@ -39,7 +39,8 @@ def build_teacher(spec: str, pretrained: Optional[str], num_classes: int) -> nn.
         raise FileNotFoundError(f"teacher weights {weights_file}: no such file")
     from ..models.spec import create_from_spec
 
-    teacher = create_from_spec(spec, pretrained=weights_file or (True if use_published else None), num_classes=num_classes)
+    pretrained = weights_file or (True if use_published else None)
+    teacher = create_from_spec(spec, pretrained=pretrained, num_classes=num_classes)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
