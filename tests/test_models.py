@@ -130,6 +130,8 @@ def test_bad_input_gives_clear_error(shape, message):
     (dict(version="v4"), "unknown GhostNet version 'v4'"),
     (dict(output_stride=4), "output_stride must be 8, 16 or 32"),
     (dict(global_pool="sum"), "global_pool must be one of"),
+    (dict(global_pool="catavgmax"), "global_pool must be one of"),  # the head conv takes num_features channels
+    (dict(global_pool=""), "global_pool='' leaves the features unpooled"),  # num_classes=0 with it, as in timm
     (dict(features_only=True, out_indices=(5,)), r"out_indices must be in 0..4"),
 ])
 def test_bad_model_arguments(kwargs, message):
