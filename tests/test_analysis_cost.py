@@ -52,7 +52,7 @@ def test_totals_match_published_table_and_torch(name: str) -> None:
     # Per-layer and per-stage rows add up to the totals.
     assert sum(r.params for r in p.layers) == sum(s.params for s in p.stages) == p.params
     assert sum(r.macs for r in p.layers) == sum(s.macs for s in p.stages) == p.macs
-    assert [s.name for s in p.stages] == ["stem", *[f"blocks.{i}" for i in range(10)], "(model)", "head"]
+    assert [s.name for s in p.stages] == ["stem", *[f"blocks.{i}" for i in range(10)], "head", "(model)"]
     assert len(p.ghost_modules) == 32
     assert all(g.formula_macs == g.counted_macs for g in p.ghost_modules)
 
