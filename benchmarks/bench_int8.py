@@ -40,7 +40,7 @@ from ghostnet.deploy.export import export_onnx, onnx_session
 from ghostnet.deploy.machine import environment
 from ghostnet.deploy.quantize import calibration_batches, load_images, onnx_accuracy, quantize_onnx
 from ghostnet.train import load_recipe, train
-from ghostnet.train.checkpoint import TrainedModel, load_trained
+from ghostnet.train.state import TrainedModel, load_trained
 from ghostnet.utils import atomic_write
 
 SHARED_DATA = Path(os.environ.get("GHOSTNET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -169,7 +169,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def interrupted_message(output: Path) -> str:
     """What a user needs after Ctrl-C: where the last checkpoint is and the command that continues from it."""
-    from ..train.checkpoint import read_training_state
+    from ..train.state import read_training_state
 
     last = output / "last.pt"
     if not last.is_file():

@@ -29,7 +29,7 @@ from .bench_config import BenchConfig, BenchRow
 HF_FORMAT = "hf"
 #: What `latency=True` measures: the bench harness's default backends at one thread, batch 1.
 DEFAULT_LATENCY = BenchConfig(peers=(), backends=("eager", "fused", "onnxruntime"), threads=(1,))
-#: Metadata prefix of the weights `ghostnet train` exports (train.checkpoint.META_PREFIX; deploy imports no trainer).
+#: Metadata prefix of the weights `ghostnet train` exports (train.state.META_PREFIX; deploy imports no trainer).
 TRAINED_META_PREFIX = "ghostnet."
 DATA_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std", "crop_mode")
 

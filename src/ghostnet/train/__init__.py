@@ -1,5 +1,5 @@
 """Training: the loop (engine), optimizers and schedule, EMA, checkpoints with exact resume, DDP, metrics, plots."""
-from .checkpoint import (Progress, TrainedModel, export_checkpoint, export_weights, load_trained, read_training_state,
+from .state import (Progress, TrainedModel, export_checkpoint, export_weights, load_trained, read_training_state,
                          save_training_state)
 from .config import TrainConfig, list_recipes, load_recipe, make_config, read_recipe, recipe_path
 from .distill import build_teacher, distillation_loss, soft_target_loss

@@ -18,7 +18,7 @@ from ..data import (BadImageCounter, ResumableSampler, SeededDataset, ShardSampl
                     dataset_classes, eval_transform, make_loader, open_split, subset, train_transform)
 from ..layers.checkpointing import set_grad_checkpointing
 from ..utils import PathLike
-from .checkpoint import Progress, model_info, read_training_state, set_rng_state
+from .state import Progress, model_info, read_training_state, set_rng_state
 from .config import TrainConfig, effective_warmup_epochs
 from .distill import build_teacher
 from .distributed import DistInfo, log_main

@@ -3,7 +3,7 @@
 `train(cfg)` builds data, model, optimizer and the rest from a TrainConfig, then runs epochs of optimizer steps,
 evaluating, logging and checkpointing as it goes. Run it alone or under torchrun (DDP). With `resume`, it picks up
 from a checkpoint exactly where that run stopped, mid-epoch included, and ends with the same weights as a run that
-was never interrupted (see checkpoint.py for what is saved and loader.py for why the data order is reproducible).
+was never interrupted (see state.py for what is saved and loader.py for why the data order is reproducible).
 
 `_train` is the outline: check the settings and build the run (build.py), restore the saved state when resuming,
 then for each epoch `_train_epoch` (the optimizer steps) and `_end_epoch` (evaluate, log, checkpoint). The functions
@@ -25,7 +25,7 @@ from ..layers.folded_conv import compile_settings
 from ..utils import PathLike, atomic_write
 from .build import (RunData, RunModel, RunState, build_data, build_model, check_run, new_state, resolve_weights,
                     resume_state, seed_and_settle, wrap_for_training)
-from .checkpoint import Progress, export_weights, rng_state, save_training_state
+from .state import Progress, export_weights, rng_state, save_training_state
 from .config import TrainConfig
 from .distill import distillation_loss
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup, init_distributed, log_main

@@ -11,7 +11,7 @@ from ..data import (ShardSampler, TransformConfig, dataset_class_ids, dataset_cl
                     make_loader, open_split, read_class_names, subset)
 from ..models.registry import num_classes_of
 from ..utils import PathLike
-from .checkpoint import TrainedModel, load_trained
+from .state import TrainedModel, load_trained
 from .distributed import pick_device
 from .metrics import EvalResult, evaluate
 

@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from .checkpoint import Progress
+from .state import Progress
 from .distributed import DistInfo, all_reduce_sum
 
 #: A logged running loss this many times the reference (the run's first logged loss, at least ln(classes): the loss of

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..utils import PathLike
-from .checkpoint import read_training_state
+from .state import read_training_state
 from .config import Source, TrainConfig, load_recipe, make_config
 
 #: Fields a resumed run may change: they do not alter the computation (or, for epochs, extend it on purpose).

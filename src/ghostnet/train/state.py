@@ -1,4 +1,5 @@
-"""Training checkpoints (exactly resumable) and weight exports (safetensors with the model's config).
+"""What a run writes: its training state (`last.pt`, `best.pt`: exactly resumable) and weight exports (safetensors
+with the model's config). (The readers and writers of weight files of every format are in convert/checkpoints.py.)
 
 A training checkpoint (`last.pt`, `best.pt`) is a dict of tensors and plain Python values, so it loads with
 `torch.load(weights_only=True)`: model and EMA weights, optimizer and grad-scaler state, the position in training
