@@ -38,6 +38,7 @@ def test_every_ghostnet_variant_is_registered_here() -> None:
     assert set(ghostnet.list_models("ghostnet*")) - set(ghostnet.list_models("*_paddle")) == set(PUBLISHED)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_totals_match_published_table_and_torch(name: str) -> None:
     # Counting is shape-based, so the meta device gives torch's exact count without computing anything.

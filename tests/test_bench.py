@@ -39,6 +39,7 @@ def test_candidates_take_turns_in_rotating_order():
     assert all(r.p25_ms <= r.median_ms <= r.p75_ms and r.best_round_ms > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_run_benchmark_rows_and_reports(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("timm")
@@ -139,6 +140,7 @@ def test_cli_bench(tmp_path, capsys):
     assert "unknown backend" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_int8_backend_quantizes_the_aligned_export(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

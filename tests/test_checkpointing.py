@@ -37,6 +37,7 @@ def _plain_and_checkpointed(name: str, size: int):
     return plain, ckpt, x, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,size", MODELS)
 def test_checkpointed_step_equals_plain_step(name, size):
     plain, ckpt, x, y = _plain_and_checkpointed(name, size)
@@ -85,6 +86,7 @@ def test_models_without_checkpointing_are_a_clear_error():
         set_grad_checkpointing(torchvision.models.resnet18())  # every registered model has it
 
 
+@pytest.mark.slow
 def test_training_run_with_checkpointing_ends_where_the_plain_run_ends(tmp_path):
     data = write_npz_data(tmp_path / "d")
     states = []

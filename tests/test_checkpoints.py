@@ -25,6 +25,7 @@ def same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
 @pytest.mark.parametrize("suffix", [".pth", ".pth.tar", ".pt"])
 def test_wrapped_and_bare_state_dicts(source, tmp_path, wrap, suffix):

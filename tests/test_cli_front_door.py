@@ -52,6 +52,7 @@ def not_a_folder(tmp_path) -> Path:
 # ---------------------------------------------------------------------------------------------- unwritable outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [
     ["profile", "ghostnet_050", "--plot", "{out}/cost.png"],
     ["profile", "ghostnet_050", "--json", "{out}/cost.json"],
@@ -66,6 +67,7 @@ def test_unwritable_output_is_one_line_before_any_work(command, not_a_folder):
     assert result.stdout == ""  # refused before the work: no profile table, no export, no download
 
 
+@pytest.mark.slow
 def test_unwritable_train_output_and_eval_json(tmp_path, not_a_folder):
     data = write_npz_data(tmp_path / "data")
     result = run_cli("train", "--data", str(data), "--output", str(not_a_folder / "run"))
@@ -123,6 +125,7 @@ def _sigint_at_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_training_says_how_to_resume_and_the_resume_is_exact(tmp_path):
     data = write_npz_data(tmp_path / "data", n_train=(40, 40), size=16)  # 10 steps per epoch
     settings = ["--data", str(data), "--model", "ghostnet_050", "--model-kwargs", "{stem_stride: 1}",
@@ -230,6 +233,7 @@ def sigint_raises():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase, said", [("step", "(epoch 1, step 2)"), ("eval", "(epoch 1, step 4)"),
                                          ("save", "(epoch 1, step 2)"), ("final", "after the last epoch"),
                                          ("returned", "after the last epoch")])
@@ -260,6 +264,7 @@ def test_ctrl_c_in_every_phase_says_how_to_resume(phase, said, phase_data, tmp_p
     assert (out / "last.safetensors").is_file() and (out / "best.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_closed_pipe_ends_quietly():
     proc = subprocess.Popen([*CLI, "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLI_ENV)
     proc.stdout.close()  # the reader is gone before anything is written, as with `ghostnet models | head -0`
@@ -268,6 +273,7 @@ def test_closed_pipe_ends_quietly():
     assert stderr == ""
 
 
+@pytest.mark.slow
 def test_corrupt_image_in_a_loader_worker_is_one_line_naming_the_file(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
     corrupt = data / "val" / "b" / "broken.png"
@@ -280,7 +286,7 @@ def test_corrupt_image_in_a_loader_worker_is_one_line_naming_the_file(tmp_path):
 
 def _tiny_image_checkpoint(tmp_path: Path, data: Path, classes=("a", "b")) -> Path:
     import ghostnet
-    from ghostnet.train.checkpoint import export_weights, model_info
+    from ghostnet.train.state import export_weights, model_info
 
     model = ghostnet.create_model("ghostnet_050", num_classes=len(classes))
     config = dict(input_size=(3, 20, 20), crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -293,6 +299,7 @@ def _tiny_image_checkpoint(tmp_path: Path, data: Path, classes=("a", "b")) -> Pa
 # ---------------------------------------------------------------------------------------------- errors name the cause
 
 
+@pytest.mark.slow
 def test_bad_flag_value_is_blamed_on_the_flag_not_the_recipe(tmp_path):
     result = run_cli("train", "--recipe", "imagewoof_ghostnet", "--data", str(tmp_path), "--epochs", "0",
                      "--output", str(tmp_path / "run"))
@@ -300,6 +307,7 @@ def test_bad_flag_value_is_blamed_on_the_flag_not_the_recipe(tmp_path):
     assert "imagewoof_ghostnet.yaml" not in line
 
 
+@pytest.mark.slow
 def test_data_folder_without_images_names_the_folder(tmp_path):
     (tmp_path / "data" / "train" / "a").mkdir(parents=True)
     (tmp_path / "data" / "val" / "a").mkdir(parents=True)
@@ -307,6 +315,7 @@ def test_data_folder_without_images_names_the_folder(tmp_path):
     assert_one_line_error(result, str(tmp_path / "data" / "train"), "no valid file")
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_checkpoint_for_other_classes_unless_told(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=("airplane", "ship"), per_class=2)
     checkpoint = _tiny_image_checkpoint(tmp_path, data, classes=("Shih-Tzu", "beagle"))
@@ -318,6 +327,7 @@ def test_eval_refuses_a_checkpoint_for_other_classes_unless_told(tmp_path):
     assert "top-1" in result.stdout
 
 
+@pytest.mark.slow
 def test_predict_warns_about_a_tiny_image(tmp_path):
     from PIL import Image
 
@@ -332,6 +342,7 @@ def test_predict_warns_about_a_tiny_image(tmp_path):
     assert len(warnings) == 1 and str(tiny) in warnings[0] and "8x8" in warnings[0], result.stderr
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback():
     result = run_cli("--debug", "models", "no-such-model*")
     assert result.returncode != 0 and "Traceback" in result.stderr
@@ -342,6 +353,7 @@ def test_debug_shows_the_traceback():
 # ---------------------------------------------------------------------------------------------- files and short runs
 
 
+@pytest.mark.slow
 def test_checkpoints_are_readable_as_the_umask_allows(tmp_path):
     from ghostnet.train import train
     from ghostnet.train.config import make_config
@@ -357,6 +369,7 @@ def test_checkpoints_are_readable_as_the_umask_allows(tmp_path):
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
 
 
+@pytest.mark.slow
 def test_one_epoch_of_the_imagewoof_recipe_on_500_images_trains(tmp_path, shared_data):
     """The recipe's 1-epoch warm-up would take the whole run: it is cut, the lr peaks, and the loss falls."""
     out = tmp_path / "run"
@@ -375,12 +388,14 @@ def test_one_epoch_of_the_imagewoof_recipe_on_500_images_trains(tmp_path, shared
 # ---------------------------------------------------------------------------------------------- one spelling
 
 
+@pytest.mark.slow
 def test_profile_compare_takes_every_spelling():
     for spec in ("torchvision:mobilenet_v3_small", "torchvision.models:mobilenet_v3_small", "timm:ghostnet_050"):
         result = run_cli("profile", "ghostnet_050", "--compare", spec, "--no-measure")
         assert result.returncode == 0, (spec, result.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_eval_takes_trains_subset_flag(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4)
     checkpoint = _tiny_image_checkpoint(tmp_path, data)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from ghostnet.cli import main
 
 
@@ -27,6 +29,7 @@ def test_unknown_model_is_a_one_line_error(capsys):
     assert err.startswith("ghostnet info: error: unknown model 'ghostnet_999'") and "\n" not in err
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "ghostnet", "--version"], capture_output=True, text=True, check=True)
     import ghostnet

@@ -24,6 +24,7 @@ def test_npz_shards_are_read_in_natural_order_with_class_names(tmp_path):
     assert image.shape == (3, 16, 16) and image.dtype == torch.uint8 and label == int(train_set.targets[4])
 
 
+@pytest.mark.slow
 def test_real_cifar10_shards(shared_data):
     val = open_split(shared_data / "cifar10", "val")
     assert len(val) == 10000 and val.classes[0] == "airplane" and val.classes[-1] == "truck"

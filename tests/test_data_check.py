@@ -74,6 +74,7 @@ def test_check_flags_tiny_images(tmp_path):
     assert check_data(root, min_size=1).warnings == []
 
 
+@pytest.mark.slow
 def test_data_check_command_exit_status_table_and_json(tmp_path, capsys):
     root, bad_train, bad_val = _bad_tree(tmp_path)
     out = tmp_path / "reports" / "check.json"

@@ -61,6 +61,7 @@ def test_input_size_of_a_model_without_a_config():
     assert fusion.example_input_for(ghostnet.create_model("ghostnet_050"), 2, image_size=48).shape == (2, 3, 48, 48)
 
 
+@pytest.mark.slow
 def test_export_pipeline_returns_what_it_wrote(tmp_path):
     export = export_for_deployment("ghostnet_050", tmp_path / "g.pt", "torchscript", image_size=32,
                                    single_path="all")
@@ -91,6 +92,7 @@ def test_a_failed_check_says_by_how_much():
         ExportCheck(0.5, 2, 1e-4).raise_if_failed()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, form, block", [
     ({"sse2", "avx", "avx2", "avx512f"}, "channels aligned to 16 (auto: AVX-512 CPU)", 16),
     ({"sse2", "avx", "avx2"}, "channels aligned to 8 (auto: AVX2 CPU)", 8),

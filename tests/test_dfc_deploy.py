@@ -48,6 +48,7 @@ def test_gate_equals_the_training_form_in_float64(h, w, geometry):
         assert_float64_close(fused(x), module(x), rel=EXACT, what=f"fused Ghost module at {h}x{w}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", DFC_MODELS)
 def test_every_dfc_model_is_exact_at_odd_non_square_sizes(name):
     """Fused v2/v3 against the model as trained, float64, batch 2, 45x37 (maps of 23x19, 12x10, 6x5, 3x3, 2x2)."""
@@ -110,6 +111,7 @@ def _export(model: nn.Module, path, size: tuple[int, int], align: int = 0):
     return export_onnx(align_channels(fused, align) if align else fused, path, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("align", [0, 16], ids=["plain", "aligned"])
 def test_onnx_at_an_odd_non_square_size_matches_float64(align, tmp_path):
     pytest.importorskip("onnxruntime")
@@ -124,6 +126,7 @@ def test_onnx_at_an_odd_non_square_size_matches_float64(align, tmp_path):
                           what=f"ghostnetv2_100 onnxruntime at 72x56, aligned to {align}")
 
 
+@pytest.mark.slow
 def test_onnx_graph_has_constant_shapes_and_a_declared_batch(tmp_path):
     """No shape arithmetic where every gate upsamples by an integer factor; every Resize output carries the
     symbolic batch (onnx_shapes.declare_batch_through_resize)."""
@@ -152,6 +155,7 @@ def _reorders(path, tmp_path, name: str) -> int:
     return sum(node.op_type.startswith("Reorder") for node in onnx.load(str(tmp_path / name)).graph.node)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_declared_batch_keeps_gated_products_in_the_blocked_layout(tmp_path):
     """What the declaration is for: without it onnxruntime reorders every gated product out of NCHWc and back."""

@@ -22,6 +22,7 @@ SETTINGS = dict(epochs=2, batch_size=8, freeze_bn=True, ema_decay=0.5, color_jit
                 model_kwargs={"stem_stride": 1, "drop_rate": 0.0})
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one(tmp_path):
     data = write_npz_data(tmp_path / "data")
     values = {**TINY, **SETTINGS, "data": str(data)}

@@ -40,6 +40,7 @@ def direct_logits(checkpoint, files, use_ema=False):
         return torch.cat([model(transform(load_rgb(f)).unsqueeze(0)) for f in files])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema", [False, True])
 def test_eval_matches_a_direct_computation(trained, tmp_path, ema, capsys):
     root, out = trained

@@ -69,6 +69,7 @@ def test_bench_times_executorch_at_each_thread_count():
     assert all(r.median_ms > 0 for r in rows)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAVE_EXECUTORCH, reason="checks the message shown when executorch is missing")
 def test_export_without_executorch_is_a_one_line_error(tmp_path, capsys):
     assert main(["export", "ghostnet_050", "--format", "executorch", "-o", str(tmp_path / "g.pte")]) == 2

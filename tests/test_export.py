@@ -53,6 +53,7 @@ def _images(batch: int, size: int = 32) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ghostnet.list_models())
 def test_onnx_matches_eager_for_every_model(name, tmp_path):
     """Fused, exported at 32x32 (GhostNetV2's DFC maps are 1x1 at the last stage), run at another batch size."""
@@ -68,6 +69,7 @@ def test_onnx_matches_eager_for_every_model(name, tmp_path):
     assert_float32_parity(got, eager, reference, what=f"onnxruntime, {name}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ghostnet_100", "ghost_resnet50_s2"])
 def test_onnx_check_fails_for_one_corrupted_weight(name, tmp_path):
     """The bound above can fail: 1e-3 added to one stem weight (of millions) before export is caught.
@@ -85,6 +87,7 @@ def test_onnx_check_fails_for_one_corrupted_weight(name, tmp_path):
     assert not parity.ok, f"{weight} + 1e-3 went unnoticed: {parity}"
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_matches(tmp_path):
     """The dynamo (torch.export-based) exporter on GhostNetV2 at 32x32: DFC maps of 1x1, fewer nodes."""
     model = _model("ghostnetv2_100")
@@ -101,6 +104,7 @@ def test_dynamo_exporter_matches(tmp_path):
 FAMILIES = ["ghostnetv2_100", "ghostnetv3_050", "repghostnet_050", "g_ghost_regnetx_032", "parameternet_600m"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES + ["ghost_resnet20_cifar"])
 def test_torchscript_round_trip(name, tmp_path):
     model = _model(name)
@@ -112,6 +116,7 @@ def test_torchscript_round_trip(name, tmp_path):
         assert_float32_parity(loaded(x), eager, reference, what="TorchScript")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES + ["resnet20_cifar"])
 def test_torch_export_round_trip_with_dynamic_batch(name, tmp_path):
     model = _model(name)
@@ -124,6 +129,7 @@ def test_torch_export_round_trip_with_dynamic_batch(name, tmp_path):
             assert_float32_parity(loaded(x), eager, reference, what=f"torch.export, batch {batch}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ghostnet_100", "ghostnetv2_100"])
 def test_channel_aligned_onnx_matches(name, tmp_path):
     """Zero-padded channels for onnxruntime's blocked kernels: same outputs, every Concat/Add in blocked form."""
@@ -146,6 +152,7 @@ def _op_count(path, op_type: str) -> int:
     return sum(node.op_type == op_type for node in onnx.load(str(path)).graph.node)
 
 
+@pytest.mark.slow
 def test_cli_export_single_path(tmp_path, capsys):
     out = tmp_path / "sp.onnx"
     assert cli_main(["export", "ghostnet_050", "--image-size", "32", "--single-path", "all", "-o", str(out),
@@ -156,6 +163,7 @@ def test_cli_export_single_path(tmp_path, capsys):
     assert "need the fused model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_unfused_export_also_matches(tmp_path):
     model = _model("ghostnet_050")
     path = export_onnx(model, tmp_path / "raw.onnx", _images(2), dynamic_batch=False)
@@ -164,6 +172,7 @@ def test_unfused_export_also_matches(tmp_path):
     assert_float32_parity(run_onnx(onnx_session(path, threads=1), x), eager, reference, what="unfused ONNX")
 
 
+@pytest.mark.slow
 def test_fused_onnx_graph_is_smaller(tmp_path):
     """Folded batch norms leave nothing behind: no BatchNormalization node, fewer nodes than the plain export."""
     model = _model("ghostnet_050")
@@ -203,6 +212,7 @@ def test_failed_export_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_export_with_check(tmp_path, capsys):
     out = tmp_path / "g.onnx"
     assert cli_main(["export", "ghostnetv2_100", "--image-size", "32", "-o", str(out), "--check"]) == 0

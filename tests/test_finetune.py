@@ -219,7 +219,7 @@ def test_loading_a_file_is_strict_outside_the_classifier(tmp_path):
 
 def test_a_file_written_by_ghostnet_train_brings_its_data_config(tmp_path):
     from ghostnet.train import export_weights
-    from ghostnet.train.checkpoint import model_info
+    from ghostnet.train.state import model_info
 
     config = {"preset": "imagenet", "img_size": 20, "crop_pct": 0.9, "interpolation": "bilinear",
               "mean": [0.1, 0.2, 0.3], "std": [0.3, 0.2, 0.1]}

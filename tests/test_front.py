@@ -60,6 +60,7 @@ def test_published_accuracies_come_from_the_tables():
         front_entries(["ghostnet_050"], ["timm:resnet50"])
 
 
+@pytest.mark.slow
 def test_front_command_writes_table_json_and_plot(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("timm")

@@ -38,6 +38,7 @@ def _input_for(model: nn.Module) -> torch.Tensor:
     return torch.randn(1, chans, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ghostnet.list_models())
 def test_fused_matches_original_float64(name):
     model = randomize_bn(ghostnet.create_model(name)).double().eval()
@@ -83,6 +84,7 @@ def test_fuse_leaves_the_original_alone():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_fused_form_traces_without_the_training_models_checkpointing():
     model = ghostnet.create_model("ghostnet_050").eval()
@@ -229,6 +231,7 @@ def test_single_path_refuses_what_it_cannot_rewrite(kwargs, reason):
     assert single_path_ghost_modules(fused) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ghostnet.list_models("ghostnet*"))
 def test_aligned_channels_compute_the_same_function(name):
     from ghostnet.deploy.align import align_channels
@@ -261,6 +264,7 @@ def test_align_picks_single_path_where_it_paid_off(name, expected):
     assert sum(m.single_path for m in aligned.modules() if isinstance(m, FusedGhostModule)) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("single_path", [True, False])
 def test_aligned_channels_with_or_without_single_path(single_path):
     from ghostnet.deploy.align import align_channels

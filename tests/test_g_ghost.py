@@ -97,6 +97,7 @@ def test_one_corrupted_weight_breaks_parity(key, index):
     assert relative_error(fixture_logits(model), torch.from_numpy(REFERENCE["logits_a"])) > 1e4 * RTOL_OF_SCALE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_params_and_macs_match_the_official_table(name):
     # Shape-based counting on the meta device: torch's exact count without computing anything.

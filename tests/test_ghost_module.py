@@ -17,6 +17,7 @@ def conv_out(size: int, k: int, stride: int, dilation: int) -> int:
     return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(
     in_chs=st.integers(1, 24),

@@ -75,6 +75,7 @@ def _train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tupl
     return out, grads, {k: b.clone() for k, b in model.named_buffers()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ghost_resnet20_cifar", "ghost_vgg16_cifar"])
 def test_twin_training_step_equals_the_plain_form(name):
     torch.manual_seed(0)
@@ -104,6 +105,7 @@ def test_resnet_twin_folds_its_16_channel_modules():
     assert batch_folded_conv(ghost.cheap_operation[0], torch.randn(4, 8, 32, 32)) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride,dilation,bias", [(1, 1, False), (2, 2, True)])
 def test_folded_conv_compiles_to_the_same_numbers(stride, dilation, bias):
     """Under torch.compile the fold is one opaque operator pair (its fake shapes must match the real ones), so a

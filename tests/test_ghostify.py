@@ -49,6 +49,7 @@ def check_paper_cost(model: nn.Module, report, ratio: int, dw_size: int) -> floa
     return sum(r.macs_before for r in report.replaced) / sum(r.macs_after for r in report.replaced)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source,name", MODELS)
 def test_ghostify_keeps_shapes_trains_and_cuts_macs(source, name):
     torch.manual_seed(0)
@@ -74,6 +75,7 @@ def test_ghostify_keeps_shapes_trains_and_cuts_macs(source, name):
     assert report.params_after < report.params_before and report.macs_after < report.macs_before
 
 
+@pytest.mark.slow
 def test_higher_ratio_cuts_macs_by_about_s():
     model = torchvision.models.resnet18(weights=None)
     _, report = ghostify(model, ratio=4, dw_size=5, example_input=torch.zeros(1, 3, SIZE, SIZE))
@@ -117,6 +119,7 @@ ODD_REASONS = {"stem": "stem", "dw": "depthwise", "same": "overrides Conv2d.forw
                "thin": "would cost more MACs", "head": "1x1 map", "unused": "not run by the forward pass"}
 
 
+@pytest.mark.slow
 def test_user_model_odd_convolutions_are_converted_or_named():
     model = OddNet()
     x = torch.randn(2, 3, 20, 20)
@@ -174,6 +177,7 @@ def test_copy_or_inplace_and_state_left_as_found():
     assert same is model and isinstance(model.wide, GhostModule) and model.training
 
 
+@pytest.mark.slow
 def test_init_from_weights_copies_the_largest_l1_filters_and_their_bn():
     torch.manual_seed(0)
     model = randomize_bn(torchvision.models.resnet18(weights=None)).eval()

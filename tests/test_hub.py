@@ -141,6 +141,7 @@ def test_tag_choice(server):
         create_model(SMALL, pretrained="c")
 
 
+@pytest.mark.slow
 def test_v3_ema_and_raw_tags_share_one_download(server):
     """The official v3 release: one file holding state_dict and state_dict_ema, with the official `bn.` names."""
     raw, ema = random_state("ghostnetv3_050", 12), random_state("ghostnetv3_050", 13)
@@ -202,6 +203,7 @@ def test_torch_hub_load_with_pretrained_weights(server):
     assert torch.hub.load(str(REPO), SMALL, source="local", num_classes=7).classifier.out_features == 7
 
 
+@pytest.mark.slow
 def test_torch_hub_load_from_an_uninstalled_checkout():
     """With the installed copy hidden, hubconf imports the package from src/ beside it."""
     src = str(REPO / "src")

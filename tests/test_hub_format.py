@@ -98,6 +98,7 @@ def random_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
 
 
 # -- folders we write, read by timm ----------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ghostnet_050", "ghostnetv2_100", "ghostnetv3_050", "repghostnet_050",
                                   "ghostnet_100"])
 def test_our_folder_loads_in_timm_with_equal_logits(name, tmp_path):
@@ -145,6 +146,7 @@ def test_resnet50_baseline_folder_loads_in_timm(tmp_path):
 
 
 # -- folders timm writes, read by ours ---------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ghostnet_100", "ghostnetv2_100", "repghostnet_100"])
 def test_timm_folder_loads_in_ours_with_equal_logits(name, tmp_path):
     from timm.models._hub import save_for_hf
@@ -185,6 +187,7 @@ def test_labels_travel_with_the_folder(tmp_path):
 
 
 # -- hf-hub: names through huggingface_hub's cache ----------------------------------------------------------------
+@pytest.mark.slow
 def test_hf_hub_name_resolves_from_the_cache_offline(hf_cache, tmp_path):
     saved = random_model("ghostnetv2_100", num_classes=5)
     classifier = saved.classifier.weight.detach().clone()
@@ -273,6 +276,7 @@ def test_model_card_states_measured_params_and_macs(tmp_path):
     assert "library_name: ghostnet-torch" in card and "import timm" not in card and "license:" not in card
 
 
+@pytest.mark.slow
 def test_model_card_latency_comes_from_the_bench_harness(tmp_path, monkeypatch):
     from ghostnet.deploy import bench
 
@@ -365,7 +369,7 @@ def test_cli_exports_a_folder(tmp_path, capsys):
 
 
 def test_cli_exports_a_trained_checkpoint_with_its_classes_and_data_config(tmp_path):
-    from ghostnet.train.checkpoint import export_weights, model_info
+    from ghostnet.train.state import export_weights, model_info
 
     trained = random_model("ghostnet_050", num_classes=3)
     data_config = {"input_size": [3, 64, 64], "crop_pct": 1.0, "interpolation": "bilinear",

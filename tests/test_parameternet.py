@@ -240,6 +240,7 @@ def test_bad_inputs():
         conv(torch.randn(1, 4, 5, 5))
 
 
+@pytest.mark.slow
 def test_static_batch_exports_mix_one_kernel_per_sample(tmp_path):
     """An export for one batch size keeps the grouped form: one conv's multiply-adds per sample, where the form a
     dynamic-batch export records computes every expert for convs other than 1x1. It computes the eager model's

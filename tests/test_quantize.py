@@ -61,6 +61,7 @@ def _conv_weights(path) -> dict[str, tuple[str, list[int]]]:
     return kinds
 
 
+@pytest.mark.slow
 def test_calibration_images_are_real_and_normalized(calibration):
     assert calibration.shape == (64, 3, 32, 32)
     # CIFAR-10 normalized by its own training statistics: about zero mean, unit spread
@@ -68,12 +69,14 @@ def test_calibration_images_are_real_and_normalized(calibration):
     assert len(torch.unique(calibration[:, 0, 0, 0])) > 32  # distinct images, not one repeated
 
 
+@pytest.mark.slow
 def test_depthwise_nodes_are_the_grouped_convs(fused_model, fp32_path):
     grouped = sum(isinstance(m, nn.Conv2d) and m.groups > 1 for m in fused_model.modules())
     assert grouped > 0
     assert len(depthwise_conv_nodes(onnx.load(str(fp32_path)))) == grouped
 
 
+@pytest.mark.slow
 def test_default_keeps_depthwise_float_with_per_channel_weights(fused_model, fp32_path, calibration, tmp_path):
     path = quantize_onnx(fp32_path, tmp_path / "int8.onnx", calibration_batches(calibration, 32))
     kinds = _conv_weights(path)
@@ -132,6 +135,7 @@ def test_load_images_keeps_labels_with_their_images(tmp_path):
         load_images(empty, cfg, "val")
 
 
+@pytest.mark.slow
 def test_cli_quantize(calibration, tmp_path, capsys):
     from support.common import SHARED_DATA
 

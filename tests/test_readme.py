@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -28,6 +30,7 @@ def _offline_env() -> dict[str, str]:
     return {**os.environ, "GHOSTNET_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_quick_start_python_runs(tmp_path):
     code = "\n".join(quick_start_blocks()["python"])
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
@@ -35,6 +38,7 @@ def test_quick_start_python_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_quick_start_commands_run(tmp_path):
     for block in quick_start_blocks()["bash"]:
         for line in block.splitlines():

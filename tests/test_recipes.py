@@ -68,6 +68,7 @@ def tiny_data(tmp_path_factory):
     return write_npz_data(tmp_path_factory.mktemp("npz"), n_train=(8,), n_val=4, size=32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_runs_a_step(name, tiny_data, tmp_path):
     recipe = read_recipe(name)

@@ -15,6 +15,7 @@ def branch_modules(model):
     return [n for n, _ in model.named_modules() if "rpr" in n]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ghostnetv3_050", "ghostnetv3_100", "ghostnetv3_130", "ghostnetv3_160"])
 def test_reparameterize_is_exact_in_float64(name):
     model = randomize_bn(ghostnet.create_model(name)).double().eval()
@@ -32,6 +33,7 @@ def test_reparameterize_is_exact_in_float64(name):
     assert block.ghost1.primary_conv[0].bias is not None
 
 
+@pytest.mark.slow
 def test_reparameterize_is_idempotent_and_keeps_training_form_trainable():
     model = randomize_bn(ghostnet.create_model("ghostnetv3_050", num_classes=5)).eval()
     x = torch.randn(1, 3, 32, 32)
@@ -54,6 +56,7 @@ def test_module_with_ratio_3_has_no_identity_branch_and_fuses():
         assert_float64_close(m(x), before, what="reparameterized GhostModuleV3(ratio=3)")
 
 
+@pytest.mark.slow
 def test_reparam_check_fails_for_one_corrupted_weight():
     """The float64 bound can fail: 1e-3 added to one stem weight after reparameterize() is far over it."""
     torch.manual_seed(0)

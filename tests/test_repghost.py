@@ -56,6 +56,7 @@ def test_every_width_is_registered_under_timm_s_name():
     assert set(NAMES) <= set(timm.list_models("repghost*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_equal_timm_both_ways_in_training_and_deploy_form(name):
     x = _images()
@@ -77,6 +78,7 @@ def test_logits_equal_timm_both_ways_in_training_and_deploy_form(name):
     assert _rel_err(_logits(theirs, x), reference) <= TIGHT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_fuse_matches_the_float64_reference(name):
     model = _our_model(name, 4)
@@ -90,6 +92,7 @@ def test_fuse_matches_the_float64_reference(name):
     assert _rel_err(_logits(fused32, x.float()).double(), reference) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_deploy_form_params_and_macs_match_the_official_table(name):
     # Counted on the meta device (shapes only) by ghostnet.analysis.profile (torch's flop counter: conv and linear

@@ -27,6 +27,7 @@ def measured() -> dict[str, tuple[int, float]]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_params_and_macs_match_the_paper(measured, name):
     params, macs = measured[name]
@@ -51,6 +52,7 @@ def test_every_conv_but_the_stem_is_a_linear_ghost_module(ratio):
     assert isinstance(model.fc, GhostClassifier) and model.fc.ghost.ratio == ratio
 
 
+@pytest.mark.slow
 def test_twin_body_is_what_ghostify_makes_of_resnet50():
     twin = ghost_resnet50_model(ratio=2, ghost_classifier=False)
     converted, report = ghostify(resnet50_model(), example_input=torch.zeros(1, 3, 64, 64))
@@ -60,6 +62,7 @@ def test_twin_body_is_what_ghostify_makes_of_resnet50():
     assert isinstance(twin.fc, nn.Linear)  # the official code's plain classifier
 
 
+@pytest.mark.slow
 def test_options_forward_and_backward():
     model = create_model("ghost_resnet50_s4", num_classes=10, in_chans=1)
     assert model.pretrained_cfg["input_size"] == (1, 224, 224) and model.pretrained_cfg["num_classes"] == 10

@@ -60,6 +60,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(data, tmp_
     assert not (out / LOCK_NAME).exists()  # released at the end of the run
 
 
+@pytest.mark.slow
 def test_two_concurrent_processes_one_refused(data, tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "release"], stdin=subprocess.PIPE,
@@ -76,6 +77,7 @@ def test_two_concurrent_processes_one_refused(data, tmp_path, capsys):
     assert main(cli_args(data, out)) == 0
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_dead_process_is_taken_over(data, tmp_path, capsys):
     out = tmp_path / "run"
     dead = subprocess.run([sys.executable, "-c", HOLD, str(out), "die"], capture_output=True, text=True, env=ENV,
@@ -138,6 +140,7 @@ def test_only_rank_0_takes_the_lock(tmp_path):
     assert not (tmp_path / "b" / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_under_torchrun_a_refused_run_stops_on_every_rank(data, tmp_path):
     out = tmp_path / "run"
     lock = acquire_run_lock(out)

@@ -26,6 +26,7 @@ def _logits64(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.double()(x.double())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GHOSTNET_NAMES)
 def test_timm_checkpoint_into_ours_and_back(name, tmp_path):
     torch.manual_seed(0)
@@ -47,6 +48,7 @@ def test_timm_checkpoint_into_ours_and_back(name, tmp_path):
     assert_float64_close(_logits64(theirs2, x), _logits64(ours2, x), what=f"our checkpoint in timm's {name}")
 
 
+@pytest.mark.slow
 def test_timm_parity_check_fails_for_one_corrupted_weight(tmp_path):
     """The float64 bound can fail: 1e-3 added to one stem weight of the loaded model is far over it (2600x)."""
     name = "ghostnetv2_100"

@@ -200,6 +200,7 @@ def test_bf16_autocast_run_trains_and_keeps_float32_weights(tmp_path):
     assert result["best_epoch"] == 1 and len(result["history"]) == 1  # epochs count from 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,checkpointing", [("default", False), ("max-autotune", True)])
 def test_compiled_training_run_ends_where_the_plain_run_ends(tmp_path, monkeypatch, mode, checkpointing):
     """--compile wraps the training model in torch.compile; here with the aot_eager backend (dynamo and AOT

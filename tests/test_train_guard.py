@@ -182,6 +182,7 @@ def test_nonfinite_weights_are_never_saved(data, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- skipping
+@pytest.mark.slow
 def test_skip_nonfinite_steps_skips_counts_and_survives_resume(data, tmp_path, monkeypatch, capsys):
     steps = {2: "nan", 7: "inf"}
     poison = Poison(monkeypatch, steps)
@@ -251,6 +252,7 @@ def test_a_skipped_step_resets_an_fp16_grad_scaler():
 
 
 # ---------------------------------------------------------------------------------------------- loss growth
+@pytest.mark.slow
 def test_a_loss_grown_by_orders_of_magnitude_is_reported_once_and_the_run_goes_on(data, tmp_path, monkeypatch,
                                                                                   capsys):
     Poison(monkeypatch, {3: "huge", 4: "huge", 8: "huge"})
@@ -292,6 +294,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_under_ddp_every_process_stops_at_the_same_step(data, tmp_path):
     import os
     import subprocess

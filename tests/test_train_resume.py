@@ -54,6 +54,7 @@ def assert_same_run(a: dict, b: dict) -> None:
            [{k: v for k, v in row.items() if k not in timing} for row in b["history"]]
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_gives_identical_weights(data, straight, tmp_path):
     # Checkpoints every 3 steps; killed at step 8, so the last checkpoint is step 6 (epoch 2, step 1 of 5). The
     # killed run loads data with 2 worker processes, the resumed one in-process: augmentation must not care.
@@ -66,6 +67,7 @@ def test_resume_mid_epoch_gives_identical_weights(data, straight, tmp_path):
     assert_same_run(straight, read_training_state(tmp_path / "last.pt"))
 
 
+@pytest.mark.slow
 def test_resume_between_epochs_gives_identical_weights(data, straight, tmp_path):
     cfg = make_config(tiny_config(data, tmp_path, **SETTINGS))
     with pytest.raises(Killed):

@@ -44,6 +44,7 @@ def v2():
     return ghostnet.create_model("ghostnetv2_100").eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("h,w", [(32, 32), (33, 33), (57, 40), (64, 127), (100, 100), (129, 65), (224, 161),
                                  (257, 257), (32, 257)])
 def test_v2_forward_on_any_size(v2, h, w):
