@@ -166,4 +166,5 @@ class GhostModule(nn.Module):
         return merge_ghost_maps(self, x, x1, folded_forward(self.cheap_operation, x1))
 
     def extra_repr(self) -> str:
-        return f"in={self.in_chs}, out={self.out_chs}, s={self.ratio}, d={self.dw_size}, dfc={self.short_conv is not None}"
+        dfc = self.short_conv is not None
+        return f"in={self.in_chs}, out={self.out_chs}, s={self.ratio}, d={self.dw_size}, dfc={dfc}"
