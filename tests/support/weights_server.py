@@ -91,10 +91,22 @@ def _template(name: str) -> dict[str, torch.Tensor]:
 
 
 def random_state(name: str, seed: int) -> dict[str, torch.Tensor]:
-    """A state_dict for `name` with every float tensor random (BN stats too, so that any mix-up shows)."""
+    """A state_dict for `name` with every float tensor random (BN statistics too, so that any mix-up shows), of the
+    scale a trained network has: the model's initial weights times a random factor in [0.5, 1.5), plus noise of a
+    tenth of their spread (at least 0.01); BN running variances stay positive. (Plain N(0, 1) weights overflow
+    float32 within a few stages of an eval-mode network and a negative variance gives NaN: the trainer's
+    divergence guard stops such a run, rightly.)"""
     gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone()
-            for k, v in _template(name).items()}
+    state = {}
+    for key, value in _template(name).items():
+        if not value.is_floating_point():
+            state[key] = value.clone()
+            continue
+        factor = 0.5 + torch.rand(value.shape, generator=gen)
+        spread = max(float(value.std()), 0.1) if value.numel() > 1 else 1.0  # zero-initialised biases get noise too
+        noise = torch.randn(value.shape, generator=gen) * 0.1 * spread
+        state[key] = value * factor + (noise.abs() if key.endswith("running_var") else noise)
+    return state
 
 
 def torch_bytes(obj) -> bytes:
