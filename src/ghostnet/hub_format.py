@@ -255,13 +255,23 @@ def _hub_download(repo: str, filename: str) -> Optional[Path]:
     except ImportError:
         raise ImportError(f"hf-hub: models need huggingface_hub ({HUB_EXTRA})") from None
     repo_id, _, revision = repo.partition("@")
+    not_cached = WeightsUnavailableError(
+        f"hf-hub:{repo}: {filename} is not in the Hugging Face cache and cannot be downloaded (HF_HUB_OFFLINE "
+        "or GHOSTNET_OFFLINE is set, or the Hub cannot be reached)")
+    if is_offline():
+        # A cache lookup alone: hf_hub_download(local_files_only=True) still builds request headers, and
+        # huggingface_hub 2.x fetches an agent registry from the Hub for them unless HF_HUB_OFFLINE is set.
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+        if found is None:
+            raise not_cached
+        return Path(found) if isinstance(found, str) else None  # else: cached as absent from the repository
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision or None, library_name="ghostnet",
-                                    library_version=__version__, local_files_only=is_offline()))
+                                    library_version=__version__))
     except LocalEntryNotFoundError:  # before EntryNotFoundError, its base class
-        raise WeightsUnavailableError(
-            f"hf-hub:{repo}: {filename} is not in the Hugging Face cache and cannot be downloaded (HF_HUB_OFFLINE "
-            "or GHOSTNET_OFFLINE is set, or the Hub cannot be reached)") from None
+        raise not_cached from None
     except EntryNotFoundError:
         return None
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
