@@ -95,6 +95,7 @@ def test_cli_rejects_a_corrupt_image(tmp_path, capsys) -> None:
     assert "cannot read image" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_every_plot_is_made_without_pyplot(tmp_path) -> None:
     """One way to make a figure (`viz.figure`): training curves, a confusion matrix, a benchmark plot and a profile
     plot leave pyplot unimported (no backend chosen, no global state) and write PNGs atomically."""

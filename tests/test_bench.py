@@ -186,6 +186,7 @@ def test_bad_alignments_are_refused():
         BenchConfig(align_channels="16x").validate()
 
 
+@pytest.mark.slow
 def test_benchmark_records_the_alignment_it_used(monkeypatch, tmp_path):
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")

@@ -85,6 +85,7 @@ def test_a_pretrained_backbone_is_loaded_with_frozen_bn_and_three_trainable_grou
     assert trainable(scratch.body) == {n for n, _ in scratch.body.named_parameters()}
 
 
+@pytest.mark.slow
 def test_fasterrcnn_trains_and_detects():
     """Twelve SGD steps on two images: the loss falls well below where it started.
 
@@ -120,6 +121,7 @@ def test_fasterrcnn_trains_and_detects():
     assert detections[0]["boxes"].shape[1] == 4
 
 
+@pytest.mark.slow
 def test_deeplabv3_is_dilated_to_stride_16_and_returns_full_size_maps():
     model = deeplabv3_ghostnet(num_classes=5, backbone=NAME, aux_loss=True).eval()
     x = torch.randn(1, 3, 160, 192)
@@ -132,6 +134,7 @@ def test_deeplabv3_is_dilated_to_stride_16_and_returns_full_size_maps():
     assert set(deeplabv3_ghostnet(num_classes=5, backbone=NAME).eval()(x)) == {"out"}
 
 
+@pytest.mark.slow
 def test_lraspp_learns_to_segment_squares():
     torch.manual_seed(0)
     model = lraspp_ghostnet(num_classes=2, backbone=NAME, inter_channels=32)
@@ -183,6 +186,7 @@ def test_every_ghostnet_family_is_a_backbone(name):
     assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 20), (8, 10), (4, 5), (2, 3)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [deeplabv3_ghostnet, lraspp_ghostnet])
 def test_segmenters_fuse_and_export_to_onnx(build, tmp_path):
     """Deployable like the classifiers: fused (torchvision's ASPP pooling keeps its resize) and run in onnxruntime."""

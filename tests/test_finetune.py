@@ -111,6 +111,7 @@ def test_a_weights_tag_picks_its_file_and_flags_beat_its_data_config(server, dat
     assert_weights_data_config(stored_data_config(tmp_path / "run"), img_size=16, mean=(0.1, 0.2, 0.3))
 
 
+@pytest.mark.slow
 def test_a_file_from_the_command_line_with_a_linear_probe(data, tmp_path):
     """`python -m ghostnet train --pretrained FILE --linear-probe`: after a whole epoch, every backbone weight and
     every BN statistic is still the file's; only the classifier trained."""
@@ -127,6 +128,7 @@ def test_a_file_from_the_command_line_with_a_linear_probe(data, tmp_path):
     assert_backbone(after, state)
 
 
+@pytest.mark.slow
 def test_a_url_goes_through_the_downloader_and_a_linear_probe_moves_only_the_classifier(server, data, tmp_path,
                                                                                         built, monkeypatch, capsys):
     state = random_state(SMALL, 4)
@@ -337,6 +339,7 @@ def test_no_weight_decay_names_are_kept_out_of_weight_decay():
     assert {id(p): g["weight_decay"] for g in groups for p in g["params"]}[id(model[2].weight)] == 0.0
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_fine_tuning_settings_and_lrs(data, tmp_path):
     values = dict(model=SMALL, model_kwargs={"stem_stride": 1}, preset="cifar", img_size=16, batch_size=8,
                   epochs=1, workers=0, progress=False, plots=False, data=str(data), output=str(tmp_path / "run"),

@@ -240,6 +240,7 @@ def test_grad_checkpointing_gives_the_same_step():
     assert torch.equal(stats[1], stats[0])  # the recomputation leaves the BN statistics alone
 
 
+@pytest.mark.slow
 def test_profile_splits_g_ghost_stages_and_counts_the_plain_network_exactly():
     """The profile's G-Ghost summary: each stage's parts add up to the stage, and the whole model with ordinary
     stages in their place is exactly RegNetX-3.2GF (ours built with no G-Ghost stage, and timm's regnetx_032)."""

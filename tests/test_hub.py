@@ -224,6 +224,7 @@ def test_torch_hub_load_from_an_uninstalled_checkout():
 # ---------------------------------------------------------------------------------------------- one downloader
 
 
+@pytest.mark.slow
 def test_a_checkpoint_url_goes_through_the_same_cache_and_offline_switch(server, monkeypatch):
     """`create_model(pretrained=URL)` and `load_checkpoint(model, URL)` use the downloader of the published weights:
     the file lands in $GHOSTNET_CACHE, a second load does not contact the server, and GHOSTNET_OFFLINE forbids an

@@ -138,6 +138,7 @@ def test_timm_architectures_are_those_timm_shares_with_us():
     assert sorted(TIMM_ARCHITECTURES) == sorted(set(ghostnet.list_models()) & set(timm.list_models()))
 
 
+@pytest.mark.slow
 def test_resnet50_baseline_folder_loads_in_timm(tmp_path):
     ours = random_model("resnet50")
     ghostnet.save_pretrained(ours, tmp_path, model_card=False)

@@ -25,6 +25,7 @@ def macs(model: torch.nn.Module, size: int = 224) -> float:
     return counter.get_total_flops() / 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_params_and_macs_match_published(name):
     model = ghostnet.create_model(name).eval()

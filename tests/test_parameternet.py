@@ -111,6 +111,7 @@ def _static_twin(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model
 
 
+@pytest.mark.slow
 def test_dynamic_conv_counts_one_conv_plus_mixing_and_routing_per_image():
     """Per image: one static conv's MACs, plus K x kernel size (mixing), plus C_in x K (routing); batch scales it."""
     model = ParameterNet(width=0.25, num_classes=10).eval()

@@ -91,6 +91,7 @@ def test_default_keeps_depthwise_float_with_per_channel_weights(fused_model, fp3
     assert got.shape == expected.shape and torch.isfinite(got).all()
 
 
+@pytest.mark.slow
 def test_naive_per_tensor_quantizes_every_conv(fp32_path, calibration, tmp_path):
     path = quantize_onnx(fp32_path, tmp_path / "naive.onnx", calibration_batches(calibration, 32),
                          per_channel=False, keep_depthwise_float=False)

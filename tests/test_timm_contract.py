@@ -215,6 +215,7 @@ def test_fx_trace_and_feature_extractor_equal_eager(name, base):
     _fx_equal(model, extractor, train=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", FEATURE_EXTRACTOR_MODELS)
 def test_create_feature_extractor_gives_the_features_only_maps(model_name):
     torch.manual_seed(0)
@@ -231,6 +232,7 @@ def test_create_feature_extractor_gives_the_features_only_maps(model_name):
     assert all(torch.equal(maps[str(i)], m) for i, m in enumerate(expected))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["ghostnet_050", "ghostnetv2_100"])
 def test_trace_based_exports_work(model_name):
     """TorchScript scripting is not supported (docs/models.md); torch.jit.trace and torch.export are."""

@@ -77,6 +77,7 @@ def test_resume_between_epochs_gives_identical_weights(data, straight, tmp_path)
     assert_same_run(straight, read_training_state(tmp_path / "last.pt"))
 
 
+@pytest.mark.slow
 def test_cli_resume_rules(data, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--data", str(data), "--model", "ghostnet_050", "--model-kwargs", "{stem_stride: 1}",

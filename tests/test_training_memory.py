@@ -39,6 +39,7 @@ def test_ghostnet_stages_and_what_checkpointing_saves():
     assert ckpt.peak_bytes < plain.peak_bytes
 
 
+@pytest.mark.slow
 def test_mixed_precision_saves_half_width_activations():
     import torch
 
