@@ -152,4 +152,6 @@ def test_under_torchrun_a_refused_run_stops_on_every_rank(data, tmp_path):
     finally:
         lock.release()
     refusals = [line for line in done.stderr.splitlines() if f"in use by another run (pid {os.getpid()}" in line]
-    assert done.returncode != 0 and len(refusals) == 2, done.stderr[-3000:]
+    # Every rank gets rank 0's answer, but torchrun ends the others as soon as one rank fails, so whether the second
+    # one's line is printed first is a race: at least one, and the run ended (within the timeout) without writing.
+    assert done.returncode != 0 and 1 <= len(refusals) <= 2, done.stderr[-3000:]
