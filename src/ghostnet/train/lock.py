@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from ..utils import PathLike
 from .distributed import DistInfo, all_gather_objects
 
 LOCK_NAME = ".lock"
@@ -51,7 +52,7 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def acquire_run_lock(folder: os.PathLike | str, log: Callable[[str], None] = _warn) -> RunLock:
+def acquire_run_lock(folder: PathLike, log: Callable[[str], None] = _warn) -> RunLock:
     """Take `folder`'s lock (making the folder if needed); RunLockedError if another live run holds it."""
     folder = Path(folder)
     created = not folder.exists()
@@ -139,7 +140,7 @@ def _held_message(path: Path, holder: Optional[dict[str, Any]]) -> str:
 
 
 @contextlib.contextmanager
-def hold_run_lock(folder: os.PathLike | str, dist: DistInfo, log: Callable[[str], None] = _warn
+def hold_run_lock(folder: PathLike, dist: DistInfo, log: Callable[[str], None] = _warn
                   ) -> Iterator[Optional[RunLock]]:
     """Hold `folder`'s lock for the block: rank 0 takes it, every rank learns whether it got it (a refused run stops
     on every rank at once), rank 0 releases it at the end, on an error and on Ctrl-C."""
