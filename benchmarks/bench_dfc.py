@@ -26,7 +26,7 @@ from ghostnet.deploy.align import align_channels, resolve_alignment
 from ghostnet.deploy.bench_config import BenchConfig, PreparedModel, build_model
 from ghostnet.deploy.bench_timing import measure_interleaved
 from ghostnet.deploy.dfc import use_training_form_dfc
-from ghostnet.deploy.export import export_onnx, onnx_session
+from ghostnet.deploy.onnx_io import export_onnx, onnx_session
 from ghostnet.deploy.machine import environment, load_average
 from ghostnet.utils import atomic_write
 

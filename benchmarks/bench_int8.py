@@ -36,7 +36,7 @@ import torch
 from ghostnet.data import TransformConfig
 from ghostnet.deploy import fuse
 from ghostnet.deploy.align import align_channels, nchwc_block_size
-from ghostnet.deploy.export import export_onnx, onnx_session
+from ghostnet.deploy.onnx_io import export_onnx, onnx_session
 from ghostnet.deploy.machine import environment
 from ghostnet.deploy.quantize import calibration_batches, load_images, onnx_accuracy, quantize_onnx
 from ghostnet.train import load_recipe, train
@@ -110,7 +110,7 @@ def session_call(session, x: np.ndarray) -> Callable[[], object]:
 def executorch_rows(fused: torch.nn.Module, calibration: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                     work_dir: Path, threads: int, batch: int = 100) -> list[dict]:
     """fp32 and int8 ExecuTorch (XNNPACK) programs of `fused`: top-1 on the test set and batch-1 latency."""
-    from ghostnet.deploy.export import executorch_method, export_executorch, set_executorch_threads
+    from ghostnet.deploy.runtimes.executorch import executorch_method, export_executorch, set_executorch_threads
 
     set_executorch_threads(threads)  # before any program is loaded
     rows, methods = [], {}
@@ -119,10 +119,11 @@ def executorch_rows(fused: torch.nn.Module, calibration: torch.Tensor, test_x: t
         stem = work_dir / ("xnnpack_int8" if calib else "xnnpack_fp32")
         start = time.time()
         accuracy_program = executorch_method(export_executorch(fused, stem.with_suffix(".b100.pte"),
-                                                               test_x[:batch], calib))
+                                                               test_x[:batch], calibration=calib))
         correct = sum(int((accuracy_program.execute([x.contiguous()])[0].argmax(1) == y).sum())
                       for x, y in zip(test_x.split(batch), test_y.split(batch)) if len(x) == batch)
-        methods[label] = executorch_method(export_executorch(fused, stem.with_suffix(".b1.pte"), test_x[:1], calib))
+        methods[label] = executorch_method(export_executorch(fused, stem.with_suffix(".b1.pte"), test_x[:1],
+                                                                     calibration=calib))
         rows.append({"setting": label, "top1": 100.0 * correct / (len(test_x) // batch * batch),
                      "export_s": time.time() - start})
     x = [test_x[:1].contiguous()]

@@ -21,7 +21,7 @@ from ghostnet.analysis.macs import count_macs
 from ghostnet.deploy import fuse
 from ghostnet.deploy.bench_config import BenchConfig, PreparedModel
 from ghostnet.deploy.bench_timing import measure_interleaved
-from ghostnet.deploy.export import export_onnx, onnx_session
+from ghostnet.deploy.onnx_io import export_onnx, onnx_session
 from ghostnet.deploy.machine import environment, load_average
 from ghostnet.layers.dynamic_conv import CondConv2d
 from ghostnet.utils import atomic_write

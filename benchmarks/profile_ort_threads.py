@@ -31,7 +31,7 @@ from ghostnet import create_model
 from ghostnet.deploy import fuse
 from ghostnet.deploy.align import align_channels, resolve_alignment
 from ghostnet.deploy.dfc import use_training_form_dfc
-from ghostnet.deploy.export import export_onnx
+from ghostnet.deploy.onnx_io import export_onnx
 from ghostnet.deploy.machine import environment
 from ghostnet.models.spec import create_from_spec as create_spec
 from ghostnet.utils import atomic_write

@@ -12,9 +12,10 @@ import torch
 import ghostnet
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy.bench import BenchConfig, build_model, count_macs, run_benchmark, to_markdown, write_report
-from ghostnet.deploy.bench_backends import _alignment, _onnx_file
+from ghostnet.deploy.bench_backends import _alignment, _exported_file
 from ghostnet.deploy.bench_config import PreparedModel
 from ghostnet.deploy.bench_timing import measure_interleaved
+from ghostnet.deploy.runtimes import get_runtime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +30,7 @@ def test_macs_match_the_facts_file(name, macs_m):
 def test_candidates_take_turns_in_rotating_order():
     calls: list[str] = []
     prep = PreparedModel("m", "ghostnet", torch.nn.Identity(), 0, 0)
-    runners = [(prep, name, (lambda n=name: calls.append(n))) for name in ("a", "b", "c")]
+    runners = [(prep, name, (lambda n=name: calls.append(n)), "eager") for name in ("a", "b", "c")]
     cfg = BenchConfig(rounds=3, reps=2, warmup=1)
     rows = measure_interleaved(runners, cfg, threads=1, progress=None)
     assert calls[:3] == ["a", "b", "c"]  # warm-up, once each
@@ -146,12 +147,11 @@ def test_int8_backend_quantizes_the_aligned_export(tmp_path):
     pytest.importorskip("onnxruntime")
     label, source, model = build_model("ghostnet_050")
     prep = PreparedModel(label, source, model, macs=0, params=0)
-    int8 = _onnx_file(prep, torch.randn(1, 3, 32, 32), tmp_path, "int8", 16)
-    assert set(prep.export_files) == {"fp32", "int8"}  # quantized from the onnxruntime backend's own export
-    fp32_ops = [n.op_type for n in onnx.load(str(prep.export_files["fp32"])).graph.node]
+    int8 = _exported_file(prep, get_runtime("onnxruntime"), torch.randn(1, 3, 32, 32), tmp_path, 16, int8=True)
+    assert set(prep.export_files) == {"onnxruntime-int8"}
     int8_ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
-    assert fp32_ops.count("Concat") < 32  # channel-aligned: single-path Ghost modules dropped some of the 32
-    assert int8_ops.count("QuantizeLinear") > 0 and int8_ops.count("Concat") == fp32_ops.count("Concat")
+    # quantized from the deployment form: channel-aligned, single-path Ghost modules dropped some of the 32 concats
+    assert 0 < int8_ops.count("Concat") < 32 and int8_ops.count("QuantizeLinear") > 0
 
 
 # --- channel alignment picked from the CPU (align.nchwc_block_size) ------------------------------------------------
@@ -164,7 +164,7 @@ def test_int8_backend_quantizes_the_aligned_export(tmp_path):
     ({"fp", "asimd"}, "aarch64", "aarch64", 0),  # no NCHWc kernels to align for
 ])
 def test_auto_alignment_follows_the_cpu_flags(monkeypatch, flags, machine_name, isa, block):
-    from ghostnet.deploy import machine
+    from ghostnet import hardware as machine
     from ghostnet.deploy.align import nchwc_block_size, resolve_alignment
 
     monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset(flags))
@@ -190,9 +190,9 @@ def test_bad_alignments_are_refused():
 def test_benchmark_records_the_alignment_it_used(monkeypatch, tmp_path):
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    from ghostnet.deploy import machine
+    from ghostnet import hardware
 
-    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"sse2", "avx", "avx2"}))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"sse2", "avx", "avx2"}))
     cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["onnxruntime"], threads=[1], image_size=32,
                       rounds=1, reps=1, warmup=1)
     result = run_benchmark(cfg)
@@ -201,8 +201,8 @@ def test_benchmark_records_the_alignment_it_used(monkeypatch, tmp_path):
     assert "our GhostNet exports aligned to 8 channels (auto: the CPU's NCHWc block)" in to_markdown(result)
     # ... and the file it timed is aligned to 8: every conv's output channels a multiple of 8, not all of 16
     label, source, model = build_model("ghostnet_050")
-    path = _onnx_file(PreparedModel(label, source, model, 0, 0), torch.randn(1, 3, 32, 32), tmp_path,
-                            "fp32", _alignment(cfg))
+    path = _exported_file(PreparedModel(label, source, model, 0, 0), get_runtime("onnxruntime"),
+                          torch.randn(1, 3, 32, 32), tmp_path, _alignment(cfg), int8=False)
     proto = onnx.load(str(path))
     weights = {init.name: init.dims for init in proto.graph.initializer}
     outs = [weights[node.input[1]][0] for node in proto.graph.node

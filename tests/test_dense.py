@@ -191,7 +191,7 @@ def test_every_ghostnet_family_is_a_backbone(name):
 def test_segmenters_fuse_and_export_to_onnx(build, tmp_path):
     """Deployable like the classifiers: fused (torchvision's ASPP pooling keeps its resize) and run in onnxruntime."""
     from ghostnet.deploy import fuse
-    from ghostnet.deploy.export import export_onnx, onnx_session
+    from ghostnet.deploy.onnx_io import export_onnx, onnx_session
 
     model = randomize_bn(build(num_classes=5, backbone=NAME)).eval()
     x = torch.randn(1, 3, 128, 160)

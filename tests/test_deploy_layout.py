@@ -28,10 +28,10 @@ def test_fuse_is_the_function_and_no_module_of_that_name_remains():
 def test_bench_exposes_the_harness_and_the_split_modules_hold_the_rest():
     assert all(hasattr(bench, name) for name in bench.__all__)
     assert {"BenchConfig", "BenchResult", "BenchRow", "run_benchmark", "write_report"} <= set(bench.__all__)
-    from ghostnet.deploy.bench_config import (BACKENDS, EXECUTORCH_BACKENDS, MODES,  # noqa: F401
-                                              OWN_ONLY_BACKENDS, BackendUnavailable, PreparedModel)
+    from ghostnet.deploy.bench_config import (MODES, OWN_ONLY_BACKENDS, PreparedModel,  # noqa: F401
+                                              RuntimeUnavailable, known_backends)
     from ghostnet.deploy.bench_timing import measure_interleaved  # noqa: F401
-    assert bench.BACKENDS is BACKENDS and bench.BenchConfig.__module__ == "ghostnet.deploy.bench_config"
+    assert bench.known_backends is known_backends and bench.BenchConfig.__module__ == "ghostnet.deploy.bench_config"
 
 
 def test_one_mac_counter_for_bench_profile_and_its_modules():
@@ -68,7 +68,8 @@ def test_export_pipeline_returns_what_it_wrote(tmp_path):
     assert export.path == tmp_path / "g.pt" and export.path.is_file()
     assert export.form == "torchscript, fused, 32 single-path Ghost modules"
     check = export.check()
-    assert check.passed and check.batch_size == 3 and check.limit == 1e-4  # a batch size the trace did not see
+    # a batch size the trace did not see, held to what float32 rounding explains (far below the old fixed 1e-4)
+    assert check.passed and check.batch_size == 3 and 0 < check.limit < 1e-4
     with pytest.raises(ValueError, match="need the fused model"):
         export_for_deployment("ghostnet_050", tmp_path / "h.pt", "torchscript", fused=False, single_path="all")
     with pytest.raises(ValueError, match="single_path must be one of"):
@@ -88,7 +89,7 @@ def test_an_export_without_dynamic_batch_is_for_batch_one(tmp_path):
 
 def test_a_failed_check_says_by_how_much():
     ExportCheck(1e-5, 2, 1e-4).raise_if_failed()
-    with pytest.raises(ValueError, match=r"differs from the eager model by 0.5 \(> 0.0001\)"):
+    with pytest.raises(ValueError, match=r"differs from the model by 0.5 \(> 0.0001, what float32 rounding explains\)"):
         ExportCheck(0.5, 2, 1e-4).raise_if_failed()
 
 
@@ -101,7 +102,7 @@ def test_a_failed_check_says_by_how_much():
 def test_export_aligns_to_the_cpu_it_runs_on(monkeypatch, tmp_path, flags, form, block):
     """`ghostnet export --align-channels auto`: the NCHWc block of this CPU, read from its flags (monkeypatched)."""
     onnx = pytest.importorskip("onnx")
-    from ghostnet.deploy import machine
+    from ghostnet import hardware as machine
 
     monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(machine.platform, "machine", lambda: "aarch64" if "asimd" in flags else "x86_64")

@@ -104,7 +104,7 @@ def test_pool_kernel_skips_one_pixel_sides():
 
 def _export(model: nn.Module, path, size: tuple[int, int], align: int = 0):
     from ghostnet.deploy.align import align_channels
-    from ghostnet.deploy.export import export_onnx
+    from ghostnet.deploy.onnx_io import export_onnx
 
     x = torch.randn(1, 3, *size)
     fused = fuse(model, example_input=x)
@@ -115,7 +115,7 @@ def _export(model: nn.Module, path, size: tuple[int, int], align: int = 0):
 @pytest.mark.parametrize("align", [0, 16], ids=["plain", "aligned"])
 def test_onnx_at_an_odd_non_square_size_matches_float64(align, tmp_path):
     pytest.importorskip("onnxruntime")
-    from ghostnet.deploy.export import onnx_session, run_onnx
+    from ghostnet.deploy.onnx_io import onnx_session, run_onnx
 
     torch.manual_seed(0)
     model = randomize_bn(ghostnet.create_model("ghostnetv2_100")).eval()

@@ -14,7 +14,8 @@ import ghostnet
 from ghostnet.cli import main
 from ghostnet.deploy import fuse
 from ghostnet.deploy.bench import BenchConfig, run_benchmark
-from ghostnet.deploy.export import export_executorch, load_exported
+from ghostnet.deploy.export import load_exported
+from ghostnet.deploy.runtimes.executorch import export_executorch
 
 from support.common import randomize_bn
 
@@ -50,13 +51,13 @@ def test_int8_program_follows_the_float_model(tmp_path):
     generator = torch.Generator().manual_seed(0)
     calibration = [torch.randn(8, 3, 64, 64, generator=generator) for _ in range(2)]
     x = calibration[0][:1]
-    path = export_executorch(fused, tmp_path / "q.pte", x, calibration)
+    path = export_executorch(fused, tmp_path / "q.pte", x, calibration=calibration)
     with torch.no_grad():
         expected = model(x)
     error = (load_exported(path)(x) - expected).abs().max() / expected.abs().max()
     assert 0 < error <= 0.25  # quantized (not bit-equal) and not broken
     with pytest.raises(ValueError, match=r"no calibration batch of shape \(1, 3, 32, 32\)"):
-        export_executorch(fused, tmp_path / "r.pte", torch.randn(1, 3, 32, 32), calibration)
+        export_executorch(fused, tmp_path / "r.pte", torch.randn(1, 3, 32, 32), calibration=calibration)
 
 
 @needs_executorch
@@ -74,7 +75,7 @@ def test_bench_times_executorch_at_each_thread_count():
 def test_export_without_executorch_is_a_one_line_error(tmp_path, capsys):
     assert main(["export", "ghostnet_050", "--format", "executorch", "-o", str(tmp_path / "g.pte")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "ghostnet export: error: ExecuTorch is not installed: pip install 'ghostnet-torch[executorch]'"
+    assert err == "ghostnet export: error: executorch is not installed: pip install 'ghostnet-torch[executorch]'"
     assert not (tmp_path / "g.pte").exists()
 
 

@@ -9,8 +9,10 @@ from support.common import randomize_bn
 import ghostnet
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
-from ghostnet.deploy.export import (export_model, export_onnx, export_program, export_torchscript, load_exported,
-                                    onnx_session, run_onnx)
+from ghostnet.deploy.export import export_model, load_exported
+from ghostnet.deploy.onnx_io import export_onnx, onnx_session, run_onnx
+from ghostnet.deploy.runtimes.torch_export import export_program
+from ghostnet.deploy.runtimes.torchscript import export_torchscript
 from support.numerics import assert_float32_parity, corrupt_one_weight, eager_and_reference, float32_parity
 
 onnx = pytest.importorskip("onnx")
@@ -189,7 +191,7 @@ def test_export_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown ONNX exporter"):
         export_onnx(model, tmp_path / "m.onnx", _images(1), exporter="tf2onnx")
     with pytest.raises(ValueError, match="unknown export format"):
-        export_model(model, tmp_path / "m.x", _images(1), "tflite")
+        export_model(model, tmp_path / "m.x", _images(1), "caffe")
     with pytest.raises(ValueError, match="eval mode"):
         export_onnx(model.train(), tmp_path / "m.onnx", _images(1))
     with pytest.raises(FileNotFoundError):

@@ -248,7 +248,9 @@ def test_static_batch_exports_mix_one_kernel_per_sample(tmp_path):
     function (the dynamic-batch exports: tests/test_export.py)."""
     from ghostnet.analysis.macs import count_macs
     from ghostnet.deploy import fuse
-    from ghostnet.deploy.export import export_onnx, export_program, load_exported, onnx_session, run_onnx
+    from ghostnet.deploy.export import load_exported
+    from ghostnet.deploy.onnx_io import export_onnx, onnx_session, run_onnx
+    from ghostnet.deploy.runtimes.torch_export import export_program
     from support.numerics import assert_float32_parity, eager_and_reference
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import torch.nn as nn
 import ghostnet
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
-from ghostnet.deploy.export import export_onnx, onnx_session, run_onnx
+from ghostnet.deploy.onnx_io import export_onnx, onnx_session, run_onnx
 from ghostnet.deploy.quantize import (calibration_batches, depthwise_conv_nodes, load_calibration_images,
                                       load_images, quantize_onnx)
 

@@ -31,6 +31,10 @@ def _alignment(text: str):
     return value
 
 
+#: `ghostnet export --format auto`: the fastest exact file on this machine (`deploy.autotune`).
+AUTO_FORMAT = "auto"
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `export`, `quantize` and `bench`."""
     _add_export(subparsers)
@@ -39,32 +43,39 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
-    from ..deploy.export import DEFAULT_OPSET, EXPORT_FORMATS, ONNX_EXPORTERS
+    from ..deploy.export import export_formats
+    from ..deploy.forms import SINGLE_PATH_CHOICES
     from ..deploy.hub_export import HF_FORMAT
-    from ..deploy.pipeline import SINGLE_PATH_CHOICES
+    from ..deploy.onnx_io import ONNX_EXPORTERS
+    from ..deploy.runtimes.openvino import SOURCES
 
-    p = subparsers.add_parser("export", help="export a model (fused by default) to ONNX, TorchScript, torch.export "
-                              "or ExecuTorch, or as a Hugging Face Hub folder", description="Export a registered "
-                              "model, fused for inference by default. ONNX files have a dynamic batch dimension and "
-                              "are checked against onnxruntime with --check; ExecuTorch files (XNNPACK, for phones) "
-                              "take batch 1. --format hf writes a folder in timm's Hugging Face Hub layout "
-                              "(config.json, model.safetensors, a README.md model card; unfused) that "
+    p = subparsers.add_parser("export", help="export a model (fused by default) to ONNX, OpenVINO, ExecuTorch, "
+                              "TorchScript or torch.export, the fastest exact file for this machine (--format auto), "
+                              "or a Hugging Face Hub folder", description="Export a registered model, fused for "
+                              "inference by default. --format auto tries every installed runtime and exact form on "
+                              "this machine, checks each against the model, times them and writes the fastest as "
+                              "OUTPUT.<suffix> with a record OUTPUT.json (cached per CPU). ONNX and OpenVINO files "
+                              "have a dynamic batch dimension unless --no-dynamic-batch; ExecuTorch files (XNNPACK, "
+                              "for phones) take batch 1. --format hf writes a folder in timm's Hugging Face Hub "
+                              "layout (config.json, model.safetensors, a README.md model card; unfused) that "
                               "timm.create_model('local-dir:DIR') and ghostnet load.")
     p.add_argument("model", help="registered model name (ghostnet models lists them)")
     p.add_argument("--weights", help="checkpoint file to load (default: random weights)")
-    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS + (HF_FORMAT,))
+    p.add_argument("--format", default="onnx", choices=export_formats() + (AUTO_FORMAT, HF_FORMAT))
     p.add_argument("--output", "-o", type=Path, help="output file (default: MODEL + the format's suffix; "
-                   "--format hf: a folder, default MODEL-hf)")
+                   "--format auto: a stem, default MODEL; --format hf: a folder, default MODEL-hf)")
     p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
                    help="fold batch norms, re-parameterize v3 and use the lean Ghost blocks first")
     p.add_argument("--num-classes", type=int, help="classifier size (must match --weights)")
     p.add_argument("--image-size", type=int, help="export image size (default: the model's input size)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
-    p.add_argument("--exporter", default="torchscript", choices=ONNX_EXPORTERS,
-                   help="torch.onnx exporter (dynamo: smaller graphs, 10x slower export)")
-    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
-                   help="ONNX and torch.export: a dynamic batch dimension (default); --no-dynamic-batch writes a "
-                   "file for batch 1 only (for ParameterNet also a faster one)")
+    p.add_argument("--opset", type=int, help="ONNX opset (>= 17; default 18)")
+    p.add_argument("--exporter", choices=ONNX_EXPORTERS,
+                   help="torch.onnx exporter (default torchscript; dynamo: smaller graphs, 10x slower export)")
+    p.add_argument("--source", choices=SOURCES, help="OpenVINO: convert from the ONNX file (default) or from the "
+                   "PyTorch module directly")
+    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=None,
+                   help="a dynamic batch dimension (the default, where the format has one); --no-dynamic-batch "
+                   "writes a file for batch 1 only (often faster). --format auto tries both unless told")
     p.add_argument("--align-channels", type=_alignment, default=0, metavar="N|auto",
                    help="pad a fused GhostNet's channels to multiples of N for onnxruntime's blocked CPU kernels "
                    "(16 with AVX-512, 8 with AVX2; 0: off; auto: the block of the CPU this runs on)")
@@ -72,9 +83,15 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                    help="Ghost modules without their concat (primary outputs duplicated, identity kernels in the "
                    "cheap conv): auto = where it pays with channel alignment (only with --align-channels), "
                    "all = every module that allows it, none = keep the concat")
+    p.add_argument("--split", action="store_true", help="no concat between a Ghost bottleneck's two modules (each "
+                   "consumer takes the halves separately; exact)")
+    p.add_argument("--threads", type=int, default=1, help="--format auto: the thread count to choose for")
+    p.add_argument("--runtimes", type=_csv(str), help="--format auto: only these runtimes (comma-separated)")
+    p.add_argument("--retune", action="store_true", help="--format auto: measure again even if this machine's "
+                   "choice is cached")
     p.add_argument("--check", action="store_true", help="run the written file and compare it with the model")
     p.add_argument("--int8-calibration-data", metavar="DATA",
-                   help="executorch only: quantize to int8 (XNNPACK, per-channel weights), calibrating on real "
+                   help="quantize to int8 (ONNX: onnxruntime's QDQ; ExecuTorch: XNNPACK), calibrating on real "
                    "images from this ImageFolder root or folder of .npz shards (its train split)")
     p.add_argument("--num-images", type=int, default=256, help="calibration images for --int8-calibration-data")
     p.add_argument("--latency", action="store_true",
@@ -111,7 +128,7 @@ def _add_quantize(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     from ..constants import DTYPES
-    from ..deploy.bench_config import BACKENDS, DEFAULT_PEERS, MODES
+    from ..deploy.bench_config import DEFAULT_PEERS, MODES, known_backends
     from ..deploy.bench_report import DEFAULT_REFERENCE
 
     p = subparsers.add_parser("bench", help="latency and throughput against timm/torchvision peers",
@@ -124,8 +141,9 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated model specs of peers (same grammar; empty string for none; default "
                    f"{','.join(DEFAULT_PEERS)}; with --front: every peer listed with a published top-1)")
     p.add_argument("--backends", type=_csv(str), default=None,
-                   help=f"comma-separated, from {','.join(BACKENDS)} (default eager,fused,onnxruntime; with "
-                   "--front: onnxruntime on a CPU that has it, and each model keeps its fastest backend)")
+                   help=f"comma-separated, from {','.join(known_backends())} (default eager,fused,onnxruntime; "
+                   "best: each model, ours and peers, in its fastest exact form and runtime here; with --front: "
+                   "best on a CPU with a file runtime, and each model keeps its fastest backend)")
     p.add_argument("--front", action="store_true",
                    help="accuracy per millisecond: published ImageNet top-1 against measured latency, with the "
                    "Pareto front (writes NAME.md, NAME.json, NAME.png; see docs/deployment.md)")
@@ -143,8 +161,9 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs (CUDA only)")
     p.add_argument("--mode", default="infer", choices=MODES)
     p.add_argument("--align-channels", type=_alignment, default="auto", metavar="N|auto",
-                   help="onnxruntime and ExecuTorch backends: pad our GhostNets' channels to multiples of N (default "
-                   "auto: the CPU's NCHWc block, 16 with AVX-512, 8 with AVX2; 0: off)")
+                   help="backends of runtimes with blocked kernels (onnxruntime, ExecuTorch): pad our GhostNets' "
+                   "channels to multiples of N (default auto: the CPU's NCHWc block, 16 with AVX-512, 8 with AVX2; "
+                   "0: off)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE,
                    help="MODEL/BACKEND the ratio column divides by")
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"))
@@ -165,9 +184,36 @@ def _check_hf_flags(args: argparse.Namespace, hf: bool) -> None:
         raise ValueError("--latency and --license go with --format hf")
 
 
+def _export_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The runtime options given on the command line (the runtime refuses those it does not take)."""
+    given = {"opset": args.opset, "exporter": args.exporter, "source": args.source}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _run_export_auto(args: argparse.Namespace) -> int:
+    from ..deploy.autotune import export_fastest
+
+    fixed = [flag for flag, used in (("--no-fuse", not args.fuse), ("--align-channels", args.align_channels),
+                                     ("--single-path", args.single_path != "auto"), ("--split", args.split),
+                                     ("--int8-calibration-data", args.int8_calibration_data),
+                                     ("--opset/--exporter/--source", _export_options(args))) if used]
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)}: --format auto chooses the form itself (give a format to fix it)")
+    stem = args.output or Path(args.model)
+    ensure_writable(stem.with_name(stem.name + ".json"), "--output")
+    result = export_fastest(args.model, stem, threads=args.threads, weights=args.weights,
+                            num_classes=args.num_classes, image_size=args.image_size, runtimes=args.runtimes,
+                            dynamic_batch=args.dynamic_batch, retune=args.retune, progress=print)
+    record = result.record
+    how = "cached choice" if result.cached else f"fastest of {len(record['candidates'])} candidates"
+    print(f"wrote {result.path} ({record['runtime']}, {record['describe']}; {how}: {record['latency_ms']:.2f} ms "
+          f"at {args.threads} thread(s)) and {result.record_path}")
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     """`ghostnet export`: write the deployment form of a model, and with --check compare it with the model."""
-    from ..deploy.export import FORMAT_SUFFIX
+    from ..deploy.export import format_suffix
     from ..deploy.hub_export import HF_FORMAT, export_hf
     from ..deploy.pipeline import export_for_deployment
 
@@ -178,16 +224,19 @@ def run_export(args: argparse.Namespace) -> int:
                   license=args.license)
         print(f"wrote {folder} (config.json, model.safetensors, README.md)")
         return 0
-    output = ensure_writable(args.output or Path(args.model + FORMAT_SUFFIX[args.format]), "--output")
+    if args.format == AUTO_FORMAT:
+        return _run_export_auto(args)
+    output = ensure_writable(args.output or Path(args.model + format_suffix(args.format)), "--output")
     export = export_for_deployment(
         args.model, output, args.format, weights=args.weights, num_classes=args.num_classes,
-        image_size=args.image_size, fused=args.fuse, opset=args.opset, exporter=args.exporter,
-        dynamic_batch=args.dynamic_batch, align_channels=args.align_channels, single_path=args.single_path,
-        int8_calibration_data=args.int8_calibration_data, num_images=args.num_images)
+        image_size=args.image_size, fused=args.fuse, dynamic_batch=args.dynamic_batch is not False,
+        align_channels=args.align_channels, single_path=args.single_path, split=args.split,
+        int8_calibration_data=args.int8_calibration_data, num_images=args.num_images, **_export_options(args))
     print(f"wrote {export.path} ({export.form})")
     if args.check:
         check = export.check()
-        print(f"max abs difference against the eager model on a batch of {check.batch_size}: {check.difference:.3g}")
+        print(f"max abs difference from the model's float64 output on a batch of {check.batch_size}: "
+              f"{check.difference:.3g} (limit {check.limit:.3g})")
         check.raise_if_failed()
     return 0
 

@@ -14,7 +14,6 @@ call per backend), `bench_timing` (the interleaved rounds), `machine` (CPU, vers
 """
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -25,15 +24,16 @@ import torch.nn as nn
 
 from ..analysis.macs import count_macs as _count_macs
 from ..models.registry import input_size_of
-from .bench_backends import _alignment, make_runner
-from .bench_config import (BACKENDS, DEFAULT_PEERS, EXECUTORCH_BACKENDS, OWN_ONLY_BACKENDS, BackendUnavailable,
-                           BenchConfig, BenchResult, BenchRow, PreparedModel, build_model)
+from .bench_backends import _alignment, best_candidates, make_runner
+from .bench_config import (BEST, DEFAULT_PEERS, FORM_BACKENDS, INT8_SUFFIX, OWN_ONLY_BACKENDS, BenchConfig,
+                           BenchResult, BenchRow, PreparedModel, RuntimeUnavailable, build_model, known_backends)
 from .bench_report import plot_latency_vs_macs, to_markdown, write_report
 from .bench_timing import Runner, measure_interleaved
 from .machine import environment, load_average
+from .runtimes import list_runtimes
 
-__all__ = ["BACKENDS", "BenchConfig", "BenchResult", "BenchRow", "DEFAULT_PEERS", "build_model", "count_macs",
-           "environment", "plot_latency_vs_macs", "run_benchmark", "to_markdown", "write_report"]
+__all__ = ["BenchConfig", "BenchResult", "BenchRow", "DEFAULT_PEERS", "build_model", "count_macs",
+           "environment", "known_backends", "plot_latency_vs_macs", "run_benchmark", "to_markdown", "write_report"]
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -47,7 +47,7 @@ def _prepare(cfg: BenchConfig, generator: torch.Generator, skipped: list[str]) -
     for spec in list(cfg.models) + list(cfg.peers):
         try:
             label, source, model = build_model(spec)
-        except BackendUnavailable as exc:
+        except RuntimeUnavailable as exc:
             skipped.append(f"{spec}: {exc}")
             continue
         chans = input_size_of(model)[0]
@@ -55,6 +55,15 @@ def _prepare(cfg: BenchConfig, generator: torch.Generator, skipped: list[str]) -
         prepared.append(PreparedModel(label, source, model, _count_macs(model, x1),
                                       sum(p.numel() for p in model.parameters())))
     return prepared
+
+
+def _candidates(prep: PreparedModel, backend: str, x: torch.Tensor, cfg: BenchConfig, threads: int,
+                workdir: Path) -> list[Runner]:
+    """The runners of one model and backend: one, or for "best" one per runtime it is tried in."""
+    if backend == BEST:
+        return [(prep, BEST, call, runtime) for runtime, call in best_candidates(prep, x, cfg, threads, workdir)]
+    runtime = FORM_BACKENDS.get(backend, backend.removesuffix(INT8_SUFFIX))
+    return [(prep, backend, make_runner(backend, prep, x, cfg, threads, workdir), runtime)]
 
 
 def _runners(prepared: list[PreparedModel], x: torch.Tensor, cfg: BenchConfig, threads: int, workdir: Path,
@@ -66,12 +75,37 @@ def _runners(prepared: list[PreparedModel], x: torch.Tensor, cfg: BenchConfig, t
             if backend in OWN_ONLY_BACKENDS and prep.source != "ghostnet":
                 continue
             try:
-                runners.append((prep, backend, make_runner(backend, prep, x, cfg, threads, workdir)))
-            except BackendUnavailable as exc:
+                runners += _candidates(prep, backend, x, cfg, threads, workdir)
+            except RuntimeUnavailable as exc:
                 note = f"{prep.label} / {backend}: {exc}"
                 if note not in skipped:
                     skipped.append(note)
     return runners
+
+
+def _keep_best(rows: list[BenchRow]) -> None:
+    """Of each model's "best" rows at one thread count (one per runtime tried), the fastest stays "best"; the others
+    are relabelled "best-candidate" (kept in the report: the peers' time in every runtime)."""
+    fastest: dict[tuple[str, int], BenchRow] = {}
+    for row in rows:
+        key = (row.model, row.threads)
+        if row.backend == BEST and (key not in fastest or row.median_ms < fastest[key].median_ms):
+            fastest[key] = row
+    for row in rows:
+        if row.backend == BEST and fastest[(row.model, row.threads)] is not row:
+            row.backend = BEST + "-candidate"
+
+
+def _size_thread_pools(cfg: BenchConfig, threads: int) -> None:
+    """Size the process-wide pools of the runtimes this run uses, once per thread count before anything loads (a
+    resize strands ExecuTorch programs loaded before it)."""
+    torch.set_num_threads(threads)
+    names = {FORM_BACKENDS.get(b, b.removesuffix(INT8_SUFFIX)) for b in cfg.backends if b != BEST}
+    if BEST in cfg.backends:
+        names |= {r.name for r in list_runtimes(files=True) if r.tunable}
+    for runtime in list_runtimes(available=True):
+        if runtime.name in names and runtime.set_threads is not None:
+            runtime.set_threads(threads)
 
 
 def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = None) -> BenchResult:
@@ -89,15 +123,12 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for threads in cfg.threads:
-                torch.set_num_threads(threads)
-                if set(EXECUTORCH_BACKENDS) & set(cfg.backends) and importlib.util.find_spec("executorch"):
-                    from .export import set_executorch_threads
-
-                    set_executorch_threads(threads)  # once per count: a resize strands programs loaded before it
+                _size_thread_pools(cfg, threads)
                 runners = _runners(prepared, x, cfg, threads, Path(tmp), result.skipped)
                 if progress:
                     progress(f"threads={threads}: timing {len(runners)} candidates")
                 result.rows.extend(measure_interleaved(runners, cfg, threads, progress))
+            _keep_best(result.rows)
     finally:
         torch.set_num_threads(previous_threads)
     result.environment["load_average_after"] = load_average()

@@ -1,15 +1,20 @@
 """The harness's backends: how each candidate (model x backend) becomes a zero-argument call to time.
 
-PyTorch backends (eager, fused, single-path, torchscript, compile, and training steps) run in this process on the
-configured device; onnxruntime, int8 and ExecuTorch backends run a file exported once per model and kept for every
-thread count. On CUDA, models run channels-last in the requested dtype, and `cuda_graphs=True` replays a captured
-graph instead of launching kernels one by one.
+A backend is a registered runtime (`deploy/runtimes`) run on a form of the model:
+
+- in-process runtimes ("eager", "compile") run the PyTorch module on the configured device, and the aliases
+  "fused" and "single-path" are the eager runtime on those forms of our models; on CUDA, models run channels-last
+  in the requested dtype, and `cuda_graphs=True` replays a captured graph instead of launching kernels one by one;
+- file runtimes ("onnxruntime", "openvino", "executorch", "torchscript", "torch.export") run a file exported once
+  per model and kept for every thread count: ours in their default deployment form (fused, channels aligned as
+  configured), peers as they are (runtimes fold batch norms themselves); "NAME-int8" is the runtime's int8 file;
+- "best" runs each model in its fastest exact form here: ours through `--format auto`'s search (cached per CPU),
+  peers as a user exports them (plainly, batch 1; timm models re-parameterized where timm offers it) in every
+  installed runtime, the fastest kept (`bench.run_benchmark` relabels the others "best-candidate").
 """
 from __future__ import annotations
 
 import copy
-import importlib.util
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,17 +23,22 @@ import torch.nn as nn
 
 from ..constants import DTYPES
 from ..layers.folded_conv import compile_settings
-from .align import resolve_alignment
-from .bench_config import EXECUTORCH_BACKENDS, BackendUnavailable, BenchConfig, PreparedModel
+from .align import can_align, resolve_alignment
+from .bench_config import BEST, FORM_BACKENDS, INT8_SUFFIX, RuntimeUnavailable, BenchConfig, PreparedModel
 from .fusion import fuse, single_path_ghost_modules
+from .runtimes import Runtime, get_runtime, list_runtimes
 
-__all__ = ["make_runner"]
+__all__ = ["best_candidates", "make_runner"]
+
+#: A candidate's call, and the runtime it ran in.
+Call = Callable[[], Any]
 
 
 def _deploy_form(prep: PreparedModel, x: torch.Tensor, align: int) -> nn.Module:
-    """What our exports run: fused and, for blocked CPU kernels, channel-aligned (what `ghostnet export
-    --align-channels` writes); peers as they are, since onnxruntime and XNNPACK fold their batch norms themselves."""
-    from .align import align_channels, can_align
+    """What our exports run: fused and, for runtimes with blocked CPU kernels (`Runtime.blocked_layout`; the caller
+    passes `align` 0 for the others), channel-aligned (what `ghostnet export --align-channels` writes); peers as
+    they are, since the runtimes fold their batch norms themselves."""
+    from .align import align_channels
 
     if prep.source != "ghostnet":
         return prep.model
@@ -52,41 +62,80 @@ def _timing_calibration(shape: torch.Size, batches: int) -> list[torch.Tensor]:
     return [torch.randn(shape, generator=generator) for _ in range(batches)]
 
 
-def _pte_file(prep: PreparedModel, x: torch.Tensor, workdir: Path, align: int, int8: bool) -> Path:
-    """The ExecuTorch (XNNPACK) program of `prep`, fp32 or int8, for inputs shaped like `x`, exported once and kept."""
-    from .export import export_executorch
+def _file_runtime(name: str, cfg: BenchConfig) -> Runtime:
+    runtime = get_runtime(name)
+    if torch.device(cfg.device).type not in runtime.devices or cfg.mode == "train":
+        raise RuntimeUnavailable(f"{name} is measured for {'/'.join(runtime.devices)} inference only")
+    if not runtime.available():
+        raise RuntimeUnavailable(f"{name} is not installed (pip install 'ghostnet-torch[{runtime.extra}]')")
+    return runtime
 
-    key = "pte-int8" if int8 else "pte"
+
+def _exported_file(prep: PreparedModel, runtime: Runtime, x: torch.Tensor, workdir: Path, align: int,
+                   int8: bool) -> Path:
+    """`prep`'s file for `runtime` (int8 or float), in its default deployment form, exported once and kept."""
+    key = f"{runtime.name}{INT8_SUFFIX if int8 else ''}"
     if key not in prep.export_files:
-        path = workdir / (prep.label.replace("/", "_") + (".int8.pte" if int8 else ".pte"))
-        calibration = _timing_calibration(x.shape, 4) if int8 else None
-        prep.export_files[key] = export_executorch(_deploy_form(prep, x, align), path, x, calibration)
+        stem = workdir / f"{prep.label.replace('/', '_').replace(':', '_')}.{key}"
+        path = stem.with_name(stem.name + (runtime.suffix or ""))
+        form = _deploy_form(prep, x, align)
+        if int8:
+            prep.export_files[key] = runtime.export_int8(form, path, x[:1], _timing_calibration(x[:8].shape, 2))
+        else:
+            dynamic = "dynamic" in runtime.batch_modes
+            prep.export_files[key] = runtime.export(form, path, x[:1], dynamic_batch=dynamic)
     return prep.export_files[key]
 
 
-def _onnx_file(prep: PreparedModel, x: torch.Tensor, workdir: Path, variant: str, align: int) -> Path:
-    """The ONNX file of `prep` for the "onnxruntime" (fp32) or "int8" backend, exported once and kept."""
-    from .export import export_onnx
-    from .quantize import quantize_onnx
-
-    if variant in prep.export_files:
-        return prep.export_files[variant]
-    stem = workdir / prep.label.replace("/", "_")
-    if variant == "int8":
-        # Quantized from the fp32 graph the "onnxruntime" backend runs (for ours: channel-aligned, single-path
-        # modules), which onnxruntime's int8 kernels run 25-35% faster than the plain export's.
-        calibration = _timing_calibration(x[:8].shape, 2)
-        # The fastest int8 graph onnxruntime runs here: every op quantized, depthwise convs included (per-channel
-        # weights, uint8 activations); benchmarks/bench_int8.py measures its accuracy.
-        path = quantize_onnx(_onnx_file(prep, x, workdir, "fp32", align), stem.with_suffix(".int8.onnx"),
-                             calibration, keep_depthwise_float=False, op_types=None)
-    else:
-        path = export_onnx(_deploy_form(prep, x, align), stem.with_suffix(f".{variant}.onnx"), x[:1])
-    prep.export_files[variant] = path
-    return path
+def _file_runner(backend: str, prep: PreparedModel, x: torch.Tensor, cfg: BenchConfig, threads: int,
+                 workdir: Path) -> Call:
+    """One call of `prep`'s file in a file runtime ("openvino", "onnxruntime-int8", ...)."""
+    int8 = backend.endswith(INT8_SUFFIX)
+    runtime = _file_runtime(backend[: -len(INT8_SUFFIX)] if int8 else backend, cfg)
+    if int8 and runtime.export_int8 is None:
+        raise RuntimeUnavailable(f"{runtime.name} has no int8 export")
+    device = torch.device(cfg.device)
+    if device.type != "cpu":  # torchscript / torch.export on CUDA: traced on the device, in its dtype
+        prep = PreparedModel(prep.label, prep.source, _torch_model("compile", prep, x, device, DTYPES[cfg.dtype],
+                                                                   _memory_format(cfg)), prep.macs, prep.params,
+                             prep.export_files)
+        x = x.to(device, DTYPES[cfg.dtype])
+    path = _exported_file(prep, runtime, x, workdir, _alignment(cfg) if runtime.blocked_layout else 0, int8)
+    return runtime.load(path, threads=threads).bind(x)
 
 
-def _cuda_graph_runner(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Callable[[], Any]:
+def best_candidates(prep: PreparedModel, x: torch.Tensor, cfg: BenchConfig, threads: int,
+                    workdir: Path) -> list[tuple[str, Call]]:
+    """(runtime, call) for each way "best" runs `prep`: ours, the `--format auto` choice for this CPU and thread
+    count (measured once, then cached); peers, their plain batch-1 export in every installed runtime."""
+    if torch.device(cfg.device).type != "cpu" or cfg.mode == "train":
+        raise RuntimeUnavailable("best is chosen among CPU inference runtimes")
+    runtimes = [r for r in list_runtimes(available=True, files=True) if r.tunable]
+    if not runtimes:
+        raise RuntimeUnavailable("no CPU file runtime is installed (onnxruntime, openvino, ...)")
+    if prep.source == "ghostnet":
+        from .autotune import export_fastest
+
+        key = f"best-{threads}"
+        if key not in prep.export_files:
+            stem = workdir / f"{prep.label}.best{threads}"
+            prep.export_files[key] = export_fastest(prep.label, stem, threads=threads, image_size=cfg.image_size,
+                                                    dynamic_batch=True if cfg.batch_size > 1 else None).path
+        path = prep.export_files[key]
+        runtime = next(r for r in runtimes if r.suffix and path.name.endswith(r.suffix))
+        return [(runtime.name, runtime.load(path, threads=threads).bind(x))]
+    calls = []
+    for runtime in runtimes:
+        key = f"plain-{runtime.name}"
+        if key not in prep.export_files:
+            path = workdir / f"{prep.label.replace('/', '_').replace(':', '_')}.plain{runtime.suffix}"
+            dynamic = cfg.batch_size > 1 or "static" not in runtime.batch_modes
+            prep.export_files[key] = runtime.export(prep.model, path, x[:1], dynamic_batch=dynamic)
+        calls.append((runtime.name, runtime.load(prep.export_files[key], threads=threads).bind(x)))
+    return calls
+
+
+def _cuda_graph_runner(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Call:
     static_x = x.clone()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -100,7 +149,7 @@ def _cuda_graph_runner(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Ca
     return graph.replay
 
 
-def _train_step(model: nn.Module, x: torch.Tensor, compiled: bool) -> Callable[[], Any]:
+def _train_step(model: nn.Module, x: torch.Tensor, compiled: bool) -> Call:
     """One SGD step on `x` (float32 weights; bfloat16 autocast when `x` is bfloat16, as mixed-precision training)."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -127,45 +176,15 @@ def _train_step(model: nn.Module, x: torch.Tensor, compiled: bool) -> Callable[[
     return step
 
 
-def _onnxruntime_runner(backend: str, prep: PreparedModel, x: torch.Tensor, cfg: BenchConfig, threads: int,
-                        workdir: Path) -> Callable[[], Any]:
-    """One call of the fp32 ("onnxruntime") or quantized ("int8") ONNX file in an onnxruntime session."""
-    if torch.device(cfg.device).type != "cpu":
-        raise BackendUnavailable("onnxruntime is measured on CPU only")
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise BackendUnavailable("onnxruntime is not installed")
-    from .export import onnx_session
-
-    path = _onnx_file(prep, x, workdir, "int8" if backend == "int8" else "fp32", _alignment(cfg))
-    session = onnx_session(path, threads=threads)
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
-
-
-def _executorch_runner(backend: str, prep: PreparedModel, x: torch.Tensor, cfg: BenchConfig,
-                       workdir: Path) -> Callable[[], Any]:
-    """One call of the fp32 or int8 ExecuTorch (XNNPACK) program in ExecuTorch's Python runtime."""
-    if torch.device(cfg.device).type != "cpu" or cfg.mode == "train":
-        raise BackendUnavailable("ExecuTorch (XNNPACK) is measured for CPU inference only")
-    if importlib.util.find_spec("executorch") is None:
-        raise BackendUnavailable("executorch is not installed (pip install 'ghostnet-torch[executorch]')")
-    from .export import executorch_method
-
-    # The thread pool was sized for this thread count before any program of it was loaded (run_benchmark).
-    method = executorch_method(_pte_file(prep, x, workdir, _alignment(cfg), int8=backend == "executorch-int8"))
-    inputs = [x.contiguous()]
-    return lambda: method.execute(inputs)
-
-
 def _torch_model(backend: str, prep: PreparedModel, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
                  memory_format: torch.memory_format) -> nn.Module:
-    """The module a PyTorch inference backend runs, on `device` in `dtype`."""
+    """The module an in-process backend runs, on `device` in `dtype`."""
     if backend == "eager":
         # Peers run the way their users run them: as created, contiguous (NCHW) weights on CPU; channels-last on
         # CUDA, where every published GPU figure (timm's included) uses it.
         eager_format = memory_format if device.type == "cuda" else torch.contiguous_format
         return copy.deepcopy(prep.model).to(device, dtype, memory_format=eager_format)
-    if backend in ("fused", "single-path"):
+    if backend in FORM_BACKENDS:
         model = fuse(prep.model, example_input=x[:1].to(next(prep.model.parameters()).dtype))
         if backend == "single-path":  # no concats: duplicated primary outputs (see FusedGhostModule.to_single_path)
             single_path_ghost_modules(model)
@@ -174,41 +193,31 @@ def _torch_model(backend: str, prep: PreparedModel, x: torch.Tensor, device: tor
     return base.to(device, dtype, memory_format=memory_format)
 
 
-def _torch_runner(backend: str, prep: PreparedModel, x: torch.Tensor, cfg: BenchConfig) -> Callable[[], Any]:
-    """One inference call with a PyTorch backend: eager, fused, single-path, torchscript or compile."""
+def _torch_runner(backend: str, prep: PreparedModel, x: torch.Tensor, cfg: BenchConfig) -> Call:
+    """One inference call of an in-process runtime ("eager", "compile") or form ("fused", "single-path")."""
     device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]
     memory_format = _memory_format(cfg)
     model = _torch_model(backend, prep, x, device, dtype, memory_format)
     xd = x.to(device, dtype)
     if device.type == "cuda":
         xd = xd.contiguous(memory_format=memory_format)
-    if backend == "torchscript":
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings on shape checks; torch.jit's deprecation notice
-            model = torch.jit.freeze(torch.jit.trace(model, xd))
-    elif backend == "compile":
-        torch._dynamo.reset()  # Inductor's CPU kernels bake in the thread count: compile afresh per count
-        model = torch.compile(model, options={"freezing": True} if device.type == "cpu" else {})
-
-    def forward(inp: torch.Tensor) -> Any:
-        with torch.inference_mode():
-            return model(inp)
-
+    session = get_runtime(FORM_BACKENDS.get(backend, backend)).load(model)
     if cfg.cuda_graphs and backend != "compile":
-        return _cuda_graph_runner(forward, xd)
-    return lambda: forward(xd)
+        return _cuda_graph_runner(session, xd)
+    return session.bind(xd)
 
 
 def make_runner(backend: str, prep: PreparedModel, x: torch.Tensor, cfg: BenchConfig, threads: int,
-                workdir: Path) -> Callable[[], Any]:
-    """A zero-argument callable doing one measured call of `prep.model` on `x` with `backend`."""
-    if backend in ("onnxruntime", "int8"):
-        return _onnxruntime_runner(backend, prep, x, cfg, threads, workdir)
-    if backend in EXECUTORCH_BACKENDS:
-        return _executorch_runner(backend, prep, x, cfg, workdir)
+                workdir: Path) -> Call:
+    """A zero-argument callable doing one measured call of `prep.model` on `x` with `backend` (not "best":
+    `best_candidates` gives its calls)."""
+    if backend == BEST:
+        raise ValueError("the best backend has one call per runtime: use best_candidates")
     if cfg.mode == "train":
         device = torch.device(cfg.device)
         memory_format = _memory_format(cfg)
         model = copy.deepcopy(prep.model).to(device, dtype=torch.float32, memory_format=memory_format)
         return _train_step(model, x.to(device, DTYPES[cfg.dtype]), compiled=backend == "compile")
-    return _torch_runner(backend, prep, x, cfg)
+    if not backend.endswith(INT8_SUFFIX) and get_runtime(FORM_BACKENDS.get(backend, backend)).in_process:
+        return _torch_runner(backend, prep, x, cfg)
+    return _file_runner(backend, prep, x, cfg, threads, workdir)

@@ -12,20 +12,28 @@ import torch.nn as nn
 
 from ..constants import DTYPES
 
-BACKENDS = ("eager", "fused", "single-path", "torchscript", "compile", "onnxruntime", "int8", "executorch",
-            "executorch-int8")
-EXECUTORCH_BACKENDS = ("executorch", "executorch-int8")
+from .runtimes import RuntimeUnavailable, list_runtimes
+
+#: Backends that are a form of our models run in the eager runtime (peers have no Ghost-aware fusion).
+FORM_BACKENDS = {"fused": "eager", "single-path": "eager"}
+OWN_ONLY_BACKENDS = tuple(FORM_BACKENDS)
+#: A runtime's int8 file: "onnxruntime-int8", "executorch-int8".
+INT8_SUFFIX = "-int8"
+#: Each model in its fastest exact form and runtime here (ours: `--format auto`; peers: plain export, every runtime).
+BEST = "best"
 MODES = ("infer", "train")
-#: Backends that only make sense for our own models (peers have no Ghost-aware fusion).
-OWN_ONLY_BACKENDS = ("fused", "single-path")
 DEFAULT_PEERS = ("timm:ghostnet_100", "timm:mobilenetv3_large_100", "torchvision:mobilenet_v3_large")
 
-__all__ = ["BACKENDS", "DEFAULT_PEERS", "EXECUTORCH_BACKENDS", "MODES", "OWN_ONLY_BACKENDS",
-           "BackendUnavailable", "BenchConfig", "BenchResult", "BenchRow", "PreparedModel", "build_model"]
+__all__ = ["BEST", "DEFAULT_PEERS", "FORM_BACKENDS", "INT8_SUFFIX", "MODES", "OWN_ONLY_BACKENDS",
+           "BenchConfig", "BenchResult", "BenchRow", "PreparedModel", "RuntimeUnavailable", "build_model",
+           "known_backends"]
 
 
-class BackendUnavailable(RuntimeError):
-    """A backend that cannot run here (missing package, no CUDA provider, ...); the candidate is skipped."""
+def known_backends() -> tuple[str, ...]:
+    """Every backend name: each registered runtime, its int8 form where it has one, the form aliases and "best"."""
+    names = [r.name for r in list_runtimes()]
+    names += [r.name + INT8_SUFFIX for r in list_runtimes() if r.export_int8 is not None]
+    return tuple(names) + OWN_ONLY_BACKENDS + (BEST,)
 
 
 @dataclass
@@ -52,9 +60,9 @@ class BenchConfig:
 
     def validate(self) -> None:
         """Raise ValueError for settings the harness cannot run."""
-        unknown = [b for b in self.backends if b not in BACKENDS]
+        unknown = [b for b in self.backends if b not in known_backends()]
         if unknown:
-            raise ValueError(f"unknown backend(s) {unknown}; expected some of {BACKENDS}")
+            raise ValueError(f"unknown backend(s) {unknown}; expected some of {known_backends()}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "train" and set(self.backends) - {"eager", "compile"}:
@@ -106,6 +114,7 @@ class BenchRow:
     macs: int
     params: int
     calls: int
+    runtime: str = ""  # the runtime the backend ran in, where that is not its name ("best": the one chosen)
 
 
 @dataclass
@@ -142,6 +151,6 @@ def build_model(spec: str, num_classes: Optional[int] = None) -> tuple[str, str,
 
     parsed = parse_model_spec(spec)
     if parsed.source == "timm" and importlib.util.find_spec("timm") is None:
-        raise BackendUnavailable("timm is not installed")
+        raise RuntimeUnavailable("timm is not installed")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return parsed.label, parsed.source, create_from_spec(parsed, **kwargs).eval()

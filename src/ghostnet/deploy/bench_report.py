@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from ..utils import PathLike, atomic_write
 from ..viz.figure import new_figure, save_png
-from .bench_config import BACKENDS, BenchResult, BenchRow
+from .bench_config import BenchResult, BenchRow, known_backends
 
 #: The candidate ("model/backend") the ratio column divides by: the official GhostNet as timm runs it.
 DEFAULT_REFERENCE = "timm/ghostnet_100/eager"
@@ -82,7 +82,7 @@ def _fmt_load(load: Optional[Sequence[float]]) -> str:
 def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
     """PNG of best-round latency against MACs, one panel per thread count, one marker per backend."""
     colors = {"ghostnet": "tab:blue", "timm": "tab:orange", "torchvision": "tab:green"}
-    markers = dict(zip(BACKENDS, "osXD^vP*h"))
+    markers = dict(zip(known_backends(), "osXD^vP*hd<>p"))
     thread_counts = sorted({r.threads for r in result.rows})
     fig = new_figure(figsize=(6 * len(thread_counts), 4.5))
     from matplotlib.lines import Line2D  # after new_figure, which says how to install matplotlib
@@ -91,7 +91,8 @@ def plot_latency_vs_macs(result: BenchResult, path: PathLike) -> Path:
     axes = fig.subplots(1, len(thread_counts), squeeze=False)[0]
     for ax, threads in zip(axes, thread_counts):
         for row in (r for r in result.rows if r.threads == threads):
-            ax.scatter(row.macs / 1e6, row.best_round_ms, marker=markers[row.backend], color=colors[row.source])
+            ax.scatter(row.macs / 1e6, row.best_round_ms, marker=markers.get(row.backend, "."),
+                       color=colors[row.source])
             ax.annotate(f"{row.model} {row.backend}", (row.macs / 1e6, row.best_round_ms),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")
         first = result.rows[0]

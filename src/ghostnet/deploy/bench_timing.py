@@ -15,10 +15,10 @@ import torch
 
 from .bench_config import BenchConfig, BenchRow, PreparedModel
 
-#: A candidate: the model, the backend's name, and one measured call.
-Runner = tuple[PreparedModel, str, Callable[[], Any]]
+#: A candidate: the model, the backend's name, one measured call, and the runtime it runs in.
+Runner = tuple[PreparedModel, str, Callable[[], Any], str]
 
-__all__ = ["Runner", "measure_interleaved"]
+__all__ = ["Runner", "measure_interleaved", "median_ms", "time_interleaved"]
 
 
 def _time_calls(fn: Callable[[], Any], reps: int, device: str) -> tuple[list[float], float]:
@@ -46,7 +46,7 @@ def _quantile(values: Sequence[float], q: float) -> float:
 
 
 def _row(prep: PreparedModel, backend: str, rounds: list[list[float]], cpu: list[float], cfg: BenchConfig,
-         threads: int) -> BenchRow:
+         threads: int, runtime: str = "") -> BenchRow:
     """The row of one candidate from its per-round call times and per-round CPU milliseconds per call."""
     every = [t for round_times in rounds for t in round_times]
     median = statistics.median(every)
@@ -55,24 +55,47 @@ def _row(prep: PreparedModel, backend: str, rounds: list[list[float]], cpu: list
         image_size=cfg.image_size, device=cfg.device, dtype=cfg.dtype, mode=cfg.mode, median_ms=median,
         p25_ms=_quantile(every, 0.25), p75_ms=_quantile(every, 0.75),
         best_round_ms=min(statistics.median(t) for t in rounds), cpu_ms=statistics.median(cpu),
-        images_per_s=cfg.batch_size * 1e3 / median, macs=prep.macs, params=prep.params, calls=len(every))
+        images_per_s=cfg.batch_size * 1e3 / median, macs=prep.macs, params=prep.params, calls=len(every),
+        runtime=runtime)
+
+
+#: One call's timings: per-round lists of call milliseconds, and per-round CPU milliseconds per call.
+Samples = tuple[list[list[float]], list[float]]
+
+
+def time_interleaved(calls: Sequence[Callable[[], Any]], rounds: int, reps: int, warmup: int, device: str = "cpu",
+                     after_round: Optional[Callable[[int], None]] = None) -> list[Samples]:
+    """Warm every call up, then time them in `rounds` rounds of `reps` calls each, rotating who goes first; per call:
+    (per-round lists of call milliseconds, per-round CPU milliseconds per call)."""
+    for fn in calls:
+        for _ in range(warmup):
+            fn()
+    samples: list[Samples] = [([], []) for _ in calls]
+    for r in range(rounds):
+        order = list(range(len(calls)))
+        order = order[r % len(order):] + order[: r % len(order)]  # rotate who goes first each round
+        for i in order:
+            times, cpu_ms = _time_calls(calls[i], reps, device)
+            samples[i][0].append(times)
+            samples[i][1].append(cpu_ms)
+        if after_round:
+            after_round(r)
+    return samples
+
+
+def median_ms(per_round: list[list[float]]) -> float:
+    """The median call time over every round."""
+    return statistics.median(t for round_times in per_round for t in round_times)
 
 
 def measure_interleaved(runners: list[Runner], cfg: BenchConfig, threads: int,
                         progress: Optional[Callable[[str], None]]) -> list[BenchRow]:
-    """Warm every candidate up, then time them in `cfg.rounds` rounds, rotating who goes first; one row each."""
-    for _, _, fn in runners:
-        for _ in range(cfg.warmup):
-            fn()
-    samples: dict[int, list[list[float]]] = {i: [] for i in range(len(runners))}
-    cpu: dict[int, list[float]] = {i: [] for i in range(len(runners))}
-    for r in range(cfg.rounds):
-        order = list(range(len(runners)))
-        order = order[r % len(order):] + order[: r % len(order)]  # rotate who goes first each round
-        for i in order:
-            times, cpu_ms = _time_calls(runners[i][2], cfg.reps, cfg.device)
-            samples[i].append(times)
-            cpu[i].append(cpu_ms)
+    """Time the candidates in `cfg.rounds` interleaved rounds (`time_interleaved`); one row each."""
+    def report(r: int) -> None:
         if progress:
             progress(f"threads={threads} round {r + 1}/{cfg.rounds} done")
-    return [_row(prep, backend, samples[i], cpu[i], cfg, threads) for i, (prep, backend, _) in enumerate(runners)]
+
+    samples = time_interleaved([runner[2] for runner in runners], cfg.rounds, cfg.reps, cfg.warmup, cfg.device,
+                               report)
+    return [_row(prep, backend, rounds, cpu, cfg, threads, runtime)
+            for (prep, backend, _, runtime), (rounds, cpu) in zip(runners, samples)]

@@ -3,8 +3,9 @@
 `run_front` times every model of the weights table that has a published top-1 (ours: the weights `pretrained=True`
 loads) and the peers of `FRONT_PEERS` (timm models, each with the top-1 timm publishes for one of its weights), all
 in one interleaved run of the latency harness (`bench.run_benchmark`), each on its fastest backend measured here:
-with several backends given, every one is timed and the fastest kept per model; by default onnxruntime on CPUs
-(ours fused and channel-aligned, peers as exported) and the fused (ours) or eager (peers) PyTorch model elsewhere.
+with several backends given, every one is timed and the fastest kept per model; by default "best" on CPUs (ours in
+the form and runtime `--format auto` chooses, peers plainly exported in every installed runtime) and the fused
+(ours) or eager (peers) PyTorch model elsewhere.
 Several accuracy entries may share one architecture (timm's newer training recipes): the architecture is timed
 once and each entry becomes a point.
 
@@ -14,7 +15,6 @@ machine in the caption) and JSON. `ghostnet bench --front` is the command.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,8 +23,9 @@ from typing import Any, Callable, Optional, Sequence
 from ..utils import PathLike, atomic_write
 from ..viz.figure import new_figure, save_png
 from .bench import run_benchmark
-from .bench_config import BenchConfig, BenchResult
+from .bench_config import BEST, BenchConfig, BenchResult
 from .bench_report import _fmt_load
+from .runtimes import list_runtimes
 
 __all__ = ["FRONT_PEERS", "FrontPoint", "FrontResult", "PublishedAccuracy", "default_front_backends",
            "front_entries", "front_markdown", "front_points", "our_published", "pareto_front", "peers_published",
@@ -97,9 +98,10 @@ def front_entries(models: Optional[Sequence[str]] = None,
 
 
 def default_front_backends(device: str = "cpu") -> list[str]:
-    """The fastest backend available here: onnxruntime on a CPU where it is installed, else fused/eager PyTorch."""
-    if device == "cpu" and importlib.util.find_spec("onnxruntime") is not None:
-        return ["onnxruntime"]
+    """Each model at its fastest here: "best" (its fastest exact form and runtime) on a CPU with a file runtime
+    installed, else fused/eager PyTorch."""
+    if device == "cpu" and any(r.tunable for r in list_runtimes(available=True, files=True)):
+        return [BEST]
     return ["fused", "eager"]
 
 

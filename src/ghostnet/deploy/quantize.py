@@ -159,7 +159,7 @@ def load_images(data: PathLike, transform_config: TransformConfig, split: str = 
 
 def onnx_accuracy(session, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
     """Top-1 accuracy (percent) of an onnxruntime session on preprocessed images and integer labels."""
-    from .export import run_onnx
+    from .onnx_io import run_onnx
 
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (got {len(images)} images, {len(labels)} labels)")
