@@ -3,7 +3,7 @@ one)."""
 # Imported in the order `list_runtimes` gives them: PyTorch first, then the file runtimes.
 from . import eager, onnxruntime, openvino, executorch, torchscript, torch_export  # noqa: F401 - they register
 from .base import (MissingRuntime, Runtime, RuntimeUnavailable, Session, TorchSession, get_runtime, list_runtimes,
-                   register_runtime, runtime_for_file, runtime_for_format)
+                   register_runtime, runtime_for_file, runtime_for_format, unregister_runtime)
 
 __all__ = ["MissingRuntime", "Runtime", "RuntimeUnavailable", "Session", "TorchSession", "get_runtime",
-           "list_runtimes", "register_runtime", "runtime_for_file", "runtime_for_format"]
+           "list_runtimes", "register_runtime", "runtime_for_file", "runtime_for_format", "unregister_runtime"]

@@ -22,7 +22,7 @@ import torch.nn as nn
 from ...utils import PathLike
 
 __all__ = ["MissingRuntime", "Runtime", "RuntimeUnavailable", "Session", "TorchSession", "as_output", "get_runtime",
-           "list_runtimes", "register_runtime", "runtime_for_file", "runtime_for_format"]
+           "list_runtimes", "register_runtime", "runtime_for_file", "runtime_for_format", "unregister_runtime"]
 
 Output = Union[torch.Tensor, list[torch.Tensor]]
 
@@ -137,6 +137,11 @@ def register_runtime(runtime: Runtime, replace: bool = False) -> Runtime:
         raise ValueError(f"runtime {runtime.name!r}: a file runtime needs a format, a suffix and an export function")
     _REGISTRY[runtime.name] = runtime
     return runtime
+
+
+def unregister_runtime(name: str) -> Runtime:
+    """Remove a registered runtime (a plug-in's tests, a replaced runtime); KeyError if there is none of that name."""
+    return _REGISTRY.pop(name)
 
 
 def list_runtimes(*, available: Optional[bool] = None, files: Optional[bool] = None) -> list[Runtime]:
