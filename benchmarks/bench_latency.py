@@ -2,7 +2,7 @@
 
 CPU preset (the issue's targets: 2 threads, batch 1, 224x224):
 
-    python benchmarks/bench_latency.py --out results/latency            # eager, fused, torchscript, onnxruntime, int8
+    python benchmarks/bench_latency.py --out results/latency  # eager, fused, torchscript, onnxruntime, onnxruntime-int8
     python benchmarks/bench_latency.py --compile --out results/compile  # torch.compile (Inductor, freezing) as well
 
 GPU preset (batch 256, bf16, channels-last, CUDA graphs; inference and training):
@@ -99,7 +99,8 @@ def main() -> None:
                             threads=[1], batch_size=256, rounds=args.rounds, reps=args.reps, device="cuda",
                             dtype="bfloat16", mode="train")]
     else:
-        backends = ["eager", "compile"] if args.compile else ["eager", "fused", "torchscript", "onnxruntime", "int8"]
+        backends = (["eager", "compile"] if args.compile
+                    else ["eager", "fused", "torchscript", "onnxruntime", "onnxruntime-int8"])
         runs = [BenchConfig(models=args.models, peers=PEERS, backends=backends, threads=[1, 2], batch_size=1,
                             rounds=args.rounds, reps=args.reps)]
         if args.throughput_batch and not args.compile:

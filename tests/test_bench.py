@@ -208,3 +208,37 @@ def test_benchmark_records_the_alignment_it_used(monkeypatch, tmp_path):
     outs = [weights[node.input[1]][0] for node in proto.graph.node
             if node.op_type == "Conv" and node.input[1] in weights]
     assert outs and all(c % 8 == 0 for c in outs[1:]) and not all(c % 16 == 0 for c in outs)
+
+
+def test_best_keeps_each_models_fastest_runtime():
+    from ghostnet.deploy.bench import _keep_best
+    from ghostnet.deploy.bench_config import BenchRow
+
+    def row(model, runtime, ms, threads=1, backend="best"):
+        return BenchRow(model, "timm", backend, threads, 1, 32, "cpu", "float32", "infer", ms, ms, ms, ms, ms,
+                        1e3 / ms, 0, 0, 1, runtime)
+
+    rows = [row("a", "onnxruntime", 3.0), row("a", "openvino", 2.0), row("a", "openvino", 5.0, threads=2),
+            row("a", "onnxruntime", 4.0, threads=2), row("b", "onnxruntime", 1.0, backend="onnxruntime")]
+    _keep_best(rows)
+    assert [(r.backend, r.runtime, r.threads) for r in rows] == [
+        ("best-candidate", "onnxruntime", 1), ("best", "openvino", 1), ("best-candidate", "openvino", 2),
+        ("best", "onnxruntime", 2), ("onnxruntime", "onnxruntime", 1)]
+
+
+@pytest.mark.slow
+def test_best_runs_ours_as_chosen_and_peers_in_every_runtime():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("timm")
+    from ghostnet.deploy.runtimes import list_runtimes
+
+    runtimes = {r.name for r in list_runtimes(available=True, files=True) if r.tunable}
+    cfg = BenchConfig(models=["ghostnet_050"], peers=["timm:mobilenetv3_small_100"], backends=["best"], threads=[1],
+                      image_size=32, rounds=1, reps=2, warmup=1)
+    rows = run_benchmark(cfg).rows
+    ours = [r for r in rows if r.model == "ghostnet_050"]
+    peer = [r for r in rows if r.source == "timm"]
+    assert [r.backend for r in ours] == ["best"] and ours[0].runtime in runtimes
+    assert {r.runtime for r in peer} == runtimes and [r.backend for r in peer].count("best") == 1
+    fastest = min(peer, key=lambda r: r.median_ms)
+    assert fastest.backend == "best"

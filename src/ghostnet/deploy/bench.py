@@ -41,6 +41,14 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     return _count_macs(model, x[:1])
 
 
+def _reparameterized(model: nn.Module) -> nn.Module:
+    """A timm model in the inference form timm offers (`reparameterize_model`: GhostNetV3's and RepGhostNet's
+    branches merged), as a timm user deploys it; models without re-parameterizable blocks come back unchanged."""
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(model)
+
+
 def _prepare(cfg: BenchConfig, generator: torch.Generator, skipped: list[str]) -> list[PreparedModel]:
     """Every model and peer that can be built here, with its MACs and parameters; the others noted in `skipped`."""
     prepared = []
@@ -50,6 +58,8 @@ def _prepare(cfg: BenchConfig, generator: torch.Generator, skipped: list[str]) -
         except RuntimeUnavailable as exc:
             skipped.append(f"{spec}: {exc}")
             continue
+        if source == "timm" and cfg.mode == "infer":
+            model = _reparameterized(model)
         chans = input_size_of(model)[0]
         x1 = torch.randn(1, chans, cfg.image_size, cfg.image_size, generator=generator)
         prepared.append(PreparedModel(label, source, model, _count_macs(model, x1),

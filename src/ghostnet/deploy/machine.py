@@ -9,6 +9,7 @@ from typing import Any, Optional
 import torch
 
 from ..hardware import cpu_flags, cpu_isa, cpu_name
+from .runtimes import list_runtimes
 
 __all__ = ["cpu_flags", "cpu_isa", "environment", "load_average"]
 
@@ -37,8 +38,9 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     env = {
         "cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": _version("torchvision"), "timm": _version("timm"), "onnxruntime": _version("onnxruntime"),
-        "onnx": _version("onnx"), "executorch": _version("executorch"), "load_average": load_average(),
+        "torchvision": _version("torchvision"), "timm": _version("timm"), "onnx": _version("onnx"),
+        # every file runtime's version under its name (onnxruntime, openvino, executorch, ...), None if absent
+        **{r.name: r.version() for r in list_runtimes(files=True) if r.package}, "load_average": load_average(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "isa": cpu_isa(),
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "isa_overrides": {name: os.environ[name] for name in ISA_OVERRIDES if name in os.environ},

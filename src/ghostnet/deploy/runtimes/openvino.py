@@ -45,7 +45,8 @@ def _convert(model: nn.Module, example_input: torch.Tensor, source: str, workdir
         return ov.convert_model(str(export_onnx(model, workdir / "model.onnx", example_input, dynamic_batch=False)))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings on the models' shape checks
-        return ov.convert_model(model, example_input=example_input)
+        # the example's shape, fixed (the frontend leaves every dimension dynamic otherwise)
+        return ov.convert_model(model, example_input=example_input, input=[tuple(example_input.shape)])
 
 
 def export_openvino(model: nn.Module, path: PathLike, example_input: torch.Tensor, *, dynamic_batch: bool = True,
