@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ...utils import PathLike
-from ..graph_capture import check_eval
+from ..graph_capture import batch_capture, check_eval, export_batch
 from ..onnx_io import export_onnx
 from .base import Output, Runtime, Session, as_output, register_runtime
 
@@ -38,15 +38,19 @@ def _core():
     return ov.Core()
 
 
-def _convert(model: nn.Module, example_input: torch.Tensor, source: str, workdir: Path):
+def _convert(model: nn.Module, example_input: torch.Tensor, source: str, workdir: Path, dynamic_batch: bool):
     import openvino as ov
 
     if source == "onnx":
-        return ov.convert_model(str(export_onnx(model, workdir / "model.onnx", example_input, dynamic_batch=False)))
-    with warnings.catch_warnings(), torch.no_grad():
+        onnx_file = export_onnx(model, workdir / "model.onnx", example_input, dynamic_batch=dynamic_batch)
+        return ov.convert_model(str(onnx_file))
+    example = export_batch(example_input) if dynamic_batch else example_input
+    shape = [-1, *example.shape[1:]] if dynamic_batch else list(example.shape)
+    # batch_capture: a static graph keeps ParameterNet's one-kernel-per-sample form, a dynamic one must not
+    with warnings.catch_warnings(), torch.no_grad(), batch_capture(dynamic_batch):
         warnings.simplefilter("ignore")  # TracerWarnings on the models' shape checks
-        # the example's shape, fixed (the frontend leaves every dimension dynamic otherwise)
-        return ov.convert_model(model, example_input=example_input, input=[tuple(example_input.shape)])
+        # the shape given, batch dynamic or not (the frontend leaves every dimension dynamic otherwise)
+        return ov.convert_model(model, example_input=example, input=[ov.PartialShape(shape)])
 
 
 def export_openvino(model: nn.Module, path: PathLike, example_input: torch.Tensor, *, dynamic_batch: bool = True,
@@ -67,9 +71,7 @@ def export_openvino(model: nn.Module, path: PathLike, example_input: torch.Tenso
         raise ValueError(f"an OpenVINO IR is written as NAME.xml (+ NAME.bin), got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmp:
-        ov_model = _convert(model, example_input[:1], source, Path(tmp))
-        if dynamic_batch:
-            ov_model.reshape({ov_model.inputs[0]: ov.PartialShape([-1, *example_input.shape[1:]])})
+        ov_model = _convert(model, example_input[:1], source, Path(tmp), dynamic_batch)
         staged = Path(tmp) / path.name
         ov.save_model(ov_model, str(staged), compress_to_fp16=False)
         os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
