@@ -106,7 +106,7 @@ def main() -> None:
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
             runners = [(PreparedModel(label, "ghostnet", torch.nn.Identity(), 0, 0), kind,
-                        runner(kind, what, x, threads)) for label, kind, what in found]
+                        runner(kind, what, x, threads), kind) for label, kind, what in found]
             rows += measure_interleaved(runners, cfg, threads, lambda message: print(message, flush=True))
     env["load_average_after"] = load_average()
     text = report(rows, env, align)

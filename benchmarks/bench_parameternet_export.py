@@ -60,7 +60,7 @@ def main() -> None:
                 session = onnx_session(path, threads=threads)
                 feed = {session.get_inputs()[0].name: x.numpy()}
                 runners.append((PreparedModel(label, "ghostnet", torch.nn.Identity(), macs[label], 0), "onnxruntime",
-                                lambda s=session, f=feed: s.run(None, f)))
+                                lambda s=session, f=feed: s.run(None, f), "onnxruntime"))
             rows += measure_interleaved(runners, cfg, threads, lambda message: print(message, flush=True))
     lines = [f"ParameterNet-600M (fused), onnxruntime, batch 1, 224x224; {env['cpu']} ({env['isa']}), "
              f"onnxruntime {env['onnxruntime']}, torch {env['torch']}; {env['date']}; load average "
