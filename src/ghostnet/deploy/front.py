@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..utils import PathLike, atomic_write
 from ..viz.figure import new_figure, save_png
+from ..viz.labels import place_labels
 from .bench import run_benchmark
 from .bench_config import BEST, BenchConfig, BenchResult
 from .bench_report import _fmt_load
@@ -122,6 +123,7 @@ class FrontPoint:
     macs: int
     params: int
     on_front: bool = False
+    runtime: str = ""  # the runtime the backend ran in ("best": the one chosen for this model)
 
 
 @dataclass
@@ -165,7 +167,8 @@ def front_points(bench: BenchResult, entries: Sequence[PublishedAccuracy]) -> li
                 continue  # skipped: its backend or package is not available here (see bench.skipped)
             row = min(measured, key=lambda r: r.best_round_ms)
             group.append(FrontPoint(label, row.source, entry.weights, entry.top1, entry.source, row.backend, threads,
-                                    row.best_round_ms, row.median_ms, row.cpu_ms, row.macs, row.params))
+                                    row.best_round_ms, row.median_ms, row.cpu_ms, row.macs, row.params,
+                                    runtime=row.runtime or row.backend))
         for i in pareto_front([(p.latency_ms, p.top1) for p in group]):
             group[i].on_front = True
         points += sorted(group, key=lambda p: (p.latency_ms, -p.top1))
@@ -204,8 +207,9 @@ def front_markdown(front: FrontResult) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for p in (p for p in front.points if p.threads == threads):
             name = f"**{p.label}**" if p.on_front else p.label
+            backend = p.backend if p.runtime in (p.backend, "") else f"{p.backend} ({p.runtime})"
             lines.append(f"| {name} | {p.weights} | {p.top1:.2f} | {p.latency_ms:.2f} | {p.cpu_ms:.2f} | "
-                         f"{p.backend} | {p.macs / 1e6:.0f} | {p.params / 1e6:.2f} | {'yes' if p.on_front else ''} |")
+                         f"{backend} | {p.macs / 1e6:.0f} | {p.params / 1e6:.2f} | {'yes' if p.on_front else ''} |")
         lines.append("")
     if front.bench.skipped:
         lines += ["Skipped: " + "; ".join(front.bench.skipped), ""]
@@ -225,8 +229,6 @@ def plot_front(front: FrontResult, path: PathLike) -> Path:
         for p in group:
             ax.scatter(p.latency_ms, p.top1, color=colors.get(p.source, "tab:orange"), s=22, zorder=3,
                        edgecolors="black" if p.on_front else "none")
-            ax.annotate(f"{p.label.removeprefix('timm/')} ({p.weights})", (p.latency_ms, p.top1), fontsize=5.5,
-                        xytext=(3, 2), textcoords="offset points")
         front_line = sorted((p for p in group if p.on_front), key=lambda p: p.latency_ms)
         xs = [p.latency_ms for p in front_line] + [max(p.latency_ms for p in group) * 1.05]
         ys = [p.top1 for p in front_line] + [front_line[-1].top1]
@@ -240,6 +242,10 @@ def plot_front(front: FrontResult, path: PathLike) -> Path:
         ax.set_title(f"{threads} thread(s): ours (blue) and timm peers (orange)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="lower right")
+        # labels last, once the axes' limits and scales are final; front points first (their labels matter most)
+        labelled = sorted(group, key=lambda p: (not p.on_front, p.latency_ms))
+        place_labels(ax, [(p.latency_ms, p.top1, f"{p.label.removeprefix('timm/')} ({p.weights}, {p.runtime})")
+                          for p in labelled], fontsize=5.5)
     fig.text(0.01, 0.005, machine_caption(front), fontsize=6.5)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return save_png(fig, path)

@@ -16,10 +16,13 @@ __all__ = ["new_figure", "save_png"]
 def new_figure(**kwargs: Any):
     """A matplotlib Figure not registered with pyplot (no backend, no global state, safe in threads)."""
     try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # matplotlib is the optional "plot" extra
         raise ImportError("plotting needs matplotlib: pip install 'ghostnet-torch[plot]'") from exc
-    return Figure(**kwargs)
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)  # a renderer of its own, to measure text before saving (viz.labels); still no pyplot
+    return figure
 
 
 def save_png(fig, path: PathLike, dpi: int = 100) -> Path:
