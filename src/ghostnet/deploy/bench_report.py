@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from ..utils import PathLike, atomic_write
 from ..viz.figure import new_figure, save_png
 from .bench_config import BenchResult, BenchRow, known_backends
+from .runtimes import list_runtimes
 
 #: The candidate ("model/backend") the ratio column divides by: the official GhostNet as timm runs it.
 DEFAULT_REFERENCE = "timm/ghostnet_100/eager"
@@ -31,9 +32,9 @@ def to_markdown(result: BenchResult, reference: Optional[str] = DEFAULT_REFERENC
     """A markdown table per (threads, batch size); `reference` ("model/backend") gives the ratio column."""
     env = result.environment
     lines = [f"Machine: {env['cpu']} ({env['cpu_count']} CPUs{', GPU ' + env['gpu'] if 'gpu' in env else ''}); "
-             f"torch {env['torch']}, torchvision {env['torchvision']}, timm {env['timm']}, "
-             f"onnxruntime {env['onnxruntime']}"
-             + (f", executorch {env['executorch']}" if env.get("executorch") else "")
+             f"torch {env['torch']}, torchvision {env['torchvision']}, timm {env['timm']}"
+             # every installed file runtime's version (machine.environment records them under their names)
+             + "".join(f", {r.name} {env[r.name]}" for r in list_runtimes(files=True) if env.get(r.name))
              + f"; {env['date']}; load average before "
              f"{_fmt_load(env.get('load_average'))}, after {_fmt_load(env.get('load_average_after'))}.",
              _isa_line(result), ""]
