@@ -32,7 +32,8 @@ def test_two_gloo_processes_match_one(tmp_path):
                "train", "--data", str(data), "--model", TINY["model"],
                "--model-kwargs", "{stem_stride: 1, drop_rate: 0}",
                "--preset", "cifar", "--img-size", "16", "--epochs", "2", "--batch-size", "8", "--lr", str(TINY["lr"]),
-               "--freeze-bn", "--ema-decay", "0.5", "--color-jitter", "0.4", "--workers", "0", "--no-progress",
+               "--freeze-bn", "--ema-decay", "0.5", "--color-jitter", "0.4", "--channels-last", TINY["channels_last"],
+               "--workers", "0", "--no-progress",
                "--no-plots", "--output", str(tmp_path / "two")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)

@@ -59,7 +59,7 @@ def test_cli_flags_override_the_recipe():
                                       "--milestones", "1,2"])
     cfg, resume = build_train_config(args)
     assert resume is None and (cfg.lr, cfg.epochs, cfg.model_kwargs, cfg.channels_last) == (0.01, 3, {"drop_rate": 0.1},
-                                                                                           False)
+                                                                                           "false")
     assert cfg.optimizer == "rmsproptf" and cfg.milestones == [1, 2]
 
 

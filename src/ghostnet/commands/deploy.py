@@ -155,9 +155,10 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels-last weights for the fused, torchscript and compile backends, and for every "
-                        "model's training steps (--mode train; --no-channels-last trains as `ghostnet train` does)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last weights for the fused, torchscript and compile backends (default on), and "
+                        "for every model's training steps (--mode train; default: the layout `ghostnet train "
+                        "--channels-last auto` chooses, measured)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs (CUDA only)")
     p.add_argument("--mode", default="infer", choices=MODES)
     p.add_argument("--align-channels", type=_alignment, default="auto", metavar="N|auto",

@@ -65,10 +65,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif base is dict:
             kwargs.update(type=_parse_mapping, metavar="MAPPING")
         else:
-            kwargs.update(type=base, metavar=name.split("_")[-1].upper())
+            kwargs.update(type=base, metavar=f.metadata.get("metavar", name.split("_")[-1].upper()))
         if "cli_const" in f.metadata:  # e.g. a bare --pretrained means --pretrained true
             kwargs.update(nargs="?", const=f.metadata["cli_const"])
         group.add_argument(*flags, **kwargs)
+        if "cli_negative" in f.metadata:  # e.g. --no-channels-last means --channels-last false
+            negative = f.metadata["cli_negative"]
+            group.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_const", const=negative,
+                               default=argparse.SUPPRESS, help=f"same as {flags[0]} {negative}")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..analysis.training_layout import Layout, choose_training_layout
 from ..constants import DTYPES
 from ..layers.folded_conv import compile_settings
 from .align import can_align, resolve_alignment
@@ -52,7 +53,7 @@ def _alignment(cfg: BenchConfig) -> int:
 
 
 def _memory_format(cfg: BenchConfig) -> torch.memory_format:
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return torch.contiguous_format if cfg.channels_last is False else torch.channels_last
 
 
 def _timing_calibration(shape: torch.Size, batches: int) -> list[torch.Tensor]:
@@ -176,6 +177,15 @@ def _train_step(model: nn.Module, x: torch.Tensor, compiled: bool) -> Call:
     return step
 
 
+def _train_layout(label: str, model: nn.Module, x: torch.Tensor, cfg: BenchConfig, compiled: bool) -> Layout:
+    """The layout of a training step: the one asked for, or (channels_last None) the one `ghostnet train` would
+    choose (measured, cached per CPU)."""
+    if cfg.channels_last is not None:
+        return Layout(channels_last=cfg.channels_last)
+    amp = "none" if DTYPES[cfg.dtype] == torch.float32 else "bf16"
+    return choose_training_layout(model, x, model_name=label, amp=amp, compiled=compiled).layout
+
+
 def _torch_model(backend: str, prep: PreparedModel, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
                  memory_format: torch.memory_format) -> nn.Module:
     """The module an in-process backend runs, on `device` in `dtype`."""
@@ -215,9 +225,10 @@ def make_runner(backend: str, prep: PreparedModel, x: torch.Tensor, cfg: BenchCo
         raise ValueError("the best backend has one call per runtime: use best_candidates")
     if cfg.mode == "train":
         device = torch.device(cfg.device)
-        memory_format = _memory_format(cfg)
-        model = copy.deepcopy(prep.model).to(device, dtype=torch.float32, memory_format=memory_format)
-        return _train_step(model, x.to(device, DTYPES[cfg.dtype]), compiled=backend == "compile")
+        model = copy.deepcopy(prep.model).to(device, dtype=torch.float32).train()
+        layout = _train_layout(prep.label, model, x.to(device), cfg, compiled=backend == "compile")
+        x = x.to(device, DTYPES[cfg.dtype]).contiguous(memory_format=layout.memory_format)
+        return _train_step(layout.apply(model), x, compiled=backend == "compile")
     if not backend.endswith(INT8_SUFFIX) and get_runtime(FORM_BACKENDS.get(backend, backend)).in_process:
         return _torch_runner(backend, prep, x, cfg)
     return _file_runner(backend, prep, x, cfg, threads, workdir)

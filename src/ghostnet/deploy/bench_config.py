@@ -51,7 +51,8 @@ class BenchConfig:
     warmup: int = 5
     device: str = "cpu"
     dtype: str = "float32"
-    channels_last: bool = True
+    # None: channels-last for inference; in train mode what `ghostnet train --channels-last auto` would choose
+    channels_last: Optional[bool] = None
     cuda_graphs: bool = False
     mode: str = "infer"
     # onnxruntime and executorch backends, our GhostNets: "auto" (or None) = the CPU's NCHWc block, 0 = off

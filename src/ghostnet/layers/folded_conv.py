@@ -112,8 +112,31 @@ def batch_folded_conv(conv: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor
     return folded_conv2d(x, weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, k)
 
 
+#: The attribute `set_batch_fold` sets on a (conv, BN, act) Sequential; unset means on.
+FOLD_ATTR = "batch_fold"
+
+
 def _folding(layers: nn.Module) -> bool:
-    return layers.training and torch.is_grad_enabled() and not torch.jit.is_tracing()
+    return (layers.training and torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and getattr(layers, FOLD_ATTR, True))
+
+
+def _fold_sites(model: nn.Module) -> list[nn.Sequential]:
+    """The (conv, BN, act) Sequentials of `model` whose conv `folded_forward` may fold."""
+    return [m for m in model.modules() if isinstance(m, nn.Sequential) and len(m) and foldable(m[0])]
+
+
+def set_batch_fold(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch the batch fold of `model`'s CPU training on (the default) or off; both compute the same function, and
+    which is faster depends on the CPU (the trainer measures it: `ghostnet.train.layout`). Returns `model`."""
+    for layers in _fold_sites(model):
+        setattr(layers, FOLD_ATTR, bool(enabled))
+    return model
+
+
+def batch_fold_enabled(model: nn.Module) -> bool:
+    """Whether any of `model`'s foldable convolutions has the batch fold on (`set_batch_fold`)."""
+    return any(getattr(layers, FOLD_ATTR, True) for layers in _fold_sites(model))
 
 
 def first_conv_maybe_folded(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

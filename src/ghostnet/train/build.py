@@ -23,6 +23,7 @@ from .config import TrainConfig, effective_warmup_epochs
 from .distill import build_teacher
 from .distributed import DistInfo, log_main
 from .finetune import InitialWeights, create_initialised, freeze_backbone, initial_weights
+from .layout import LayoutChoice, run_layout
 from .optim import build_optimizer
 
 #: Points per epoch of the in-epoch loss/lr log when `log_every_steps` is 0.
@@ -56,6 +57,7 @@ class RunModel:
     teacher: Optional[nn.Module]
     info: dict[str, Any]  # what rebuilds the model from a checkpoint or an export
     memory_format: torch.memory_format
+    layout: LayoutChoice  # the memory format and batch fold the steps run in, and how they were chosen
 
 
 @dataclass
@@ -144,10 +146,11 @@ def build_data(cfg: TrainConfig, dist: DistInfo, weights: Optional[InitialWeight
                    bad_images)
 
 
-def build_model(cfg: TrainConfig, dist: DistInfo, data: RunData, weights: Optional[InitialWeights] = None
-                ) -> RunModel:
+def build_model(cfg: TrainConfig, dist: DistInfo, data: RunData, weights: Optional[InitialWeights] = None,
+                stored_layout: Optional[dict[str, Any]] = None) -> RunModel:
     """The model (initialised from `weights` where given, its classifier sized for the data; the backbone frozen for
-    a linear probe), its EMA, the optimizer, grad scaler, loss and teacher."""
+    a linear probe) in the run's layout (`stored_layout`, a resumed run's; else chosen: layout.py), its EMA, the
+    optimizer, grad scaler, loss and teacher."""
     classes = data.classes
     model_kwargs = {"num_classes": len(classes), **cfg.model_kwargs}
     if model_kwargs["num_classes"] != len(classes):
@@ -163,8 +166,14 @@ def build_model(cfg: TrainConfig, dist: DistInfo, data: RunData, weights: Option
     info = model_info(cfg.model, model_kwargs, classes, data.tcfg.eval_dict())
     if cfg.sync_bn and dist.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(dist.device, memory_format=memory_format)
+    model.to(dist.device)
+    size = data.tcfg.img_size
+    layout = run_layout(cfg.channels_last, dist, model, (data.per_rank_batch, 3, size, size), len(classes),
+                        model_name=cfg.model, amp=cfg.amp, compiled=cfg.compile != "none", stored=stored_layout,
+                        key_extra={"model_kwargs": model_kwargs, "grad_checkpointing": cfg.grad_checkpointing,
+                                   "frozen": cfg.linear_probe or cfg.freeze_bn})
+    memory_format = layout.layout.memory_format
+    layout.layout.apply(model)
     ema = None
     if cfg.ema_decay:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -177,7 +186,7 @@ def build_model(cfg: TrainConfig, dist: DistInfo, data: RunData, weights: Option
     if cfg.teacher:
         teacher = build_teacher(cfg.teacher, cfg.teacher_pretrained, len(classes))
         teacher.to(dist.device, memory_format=memory_format)
-    return RunModel(model, ema, optimizer, scaler, criterion, teacher, info, memory_format)
+    return RunModel(model, ema, optimizer, scaler, criterion, teacher, info, memory_format, layout)
 
 
 def new_state(cfg: TrainConfig, dist: DistInfo, steps_per_epoch: int) -> RunState:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..data.transforms import TransformConfig
 from .finetune import check_pretrained, normalise_pretrained
+from .layout import normalise_channels_last
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -152,7 +153,11 @@ class TrainConfig:
                                       "(0: the first stops it)")
     ema_decay: Optional[float] = _f(None, "keep an EMA of the weights with this decay, e.g. 0.9999")
     amp: str = _f("none", f"mixed precision: {', '.join(AMP_MODES)} (fp16 needs CUDA)")
-    channels_last: bool = _f(False, "channels_last memory format")
+    channels_last: str = _f("auto", "memory layout of the training steps: true (channels-last), false (NCHW), or "
+                                    "auto: the faster of the two (and of the batch fold on or off, for models that "
+                                    "have one) by a few timed steps at the start, cached per CPU, model, batch and "
+                                    "threads (docs/training.md)", cli_const="true", cli_negative="false",
+                                metavar="auto|true|false")
     compile: str = _f("none", f"torch.compile the training model: {', '.join(COMPILE_MODES)} (the first steps "
                                "compile; evaluation runs uncompiled)")
     grad_checkpointing: bool = _f(False, "recompute each stage's activations in the backward pass: less memory, "
@@ -188,6 +193,10 @@ class TrainConfig:
                 raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, "
                                         f"got {getattr(self, name)!r}")
         self._validate_numbers()
+        try:
+            self.channels_last = normalise_channels_last(self.channels_last)
+        except ValueError as exc:
+            raise ConfigError("channels_last", str(exc)) from None
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every}
         if self.log_every_steps < 0:
             raise ConfigError("log_every_steps", f"log_every_steps must be >= 0, got {self.log_every_steps}")
@@ -325,6 +334,8 @@ def make_config(values: dict[str, Any], source: str = "config", overrides: Optio
         if key == "pretrained":
             value = normalise_pretrained(value)  # a YAML `pretrained: true` is the word true
         try:
+            if key == "channels_last":  # recipes and checkpoints before "auto" hold booleans
+                value = normalise_channels_last(value)
             checked[key] = _check_type(key, value)
         except ValueError as exc:
             raise ConfigError(key, f"{blame(key)}: {exc}") from None

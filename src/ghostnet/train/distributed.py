@@ -71,6 +71,15 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's `obj` on every process (picklable; the other ranks' `obj` is ignored)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def log_main(info: DistInfo, message: str) -> None:
     """Print a line on the main process only, above any progress bar."""
     if info.is_main:

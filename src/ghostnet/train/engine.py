@@ -25,7 +25,7 @@ from ..layers.folded_conv import compile_settings
 from ..utils import PathLike, atomic_write
 from .build import (RunData, RunModel, RunState, build_data, build_model, check_run, new_state, resolve_weights,
                     resume_state, seed_and_settle, wrap_for_training)
-from .state import Progress, export_weights, rng_state, save_training_state
+from .state import Progress, export_weights, read_training_state, rng_state, save_training_state
 from .config import TrainConfig
 from .distill import distillation_loss
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup, init_distributed, log_main
@@ -87,7 +87,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, resume: Optional[PathLike], on_step
     cfg = seed_and_settle(cfg, dist)
     weights = resolve_weights(cfg, dist, resume)  # before the data: the weights' data config makes the transforms
     data = build_data(cfg, dist, weights)
-    parts = build_model(cfg, dist, data, weights)
+    stored_layout = read_training_state(resume).get("layout") if resume is not None else None
+    parts = build_model(cfg, dist, data, weights, stored_layout)  # a resumed run keeps its layout
     state = new_state(cfg, dist, data.steps_per_epoch)
     torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; the data order does not use this
     if resume is not None:
@@ -221,17 +222,18 @@ def _check_growth(run: _Run, logged: dict[str, Any]) -> None:
 
 
 def _save(run: _Run, path: Path) -> None:
-    """Write the resumable checkpoint. Collective: every rank contributes its RNG state, running sums and step log;
-    only rank 0 writes. Non-finite weights are never written (every other save copies or exports these weights)."""
+    """Write the resumable checkpoint. Collective: every rank contributes its RNG state, running sums, step log and
+    layout; only rank 0 writes. Non-finite weights are never written (every other save copies or exports these
+    weights)."""
     state, parts = run.state, run.parts
     check_weights([parts.model] + ([parts.ema.module] if parts.ema is not None else []), run.dist, state.progress,
                   path, run.last_good)
     ranks = all_gather_objects({"rng": rng_state(), "sums": state.sums.tolist(), "window": state.window.tolist(),
-                                "steps": state.step_log})
+                                "steps": state.step_log, "layout": parts.layout.layout.name})
     if run.dist.is_main:
         save_training_state(path, model=parts.model, optimizer=parts.optimizer, progress=state.progress,
                             config=run.cfg.to_dict(), model_info=parts.info, ranks=ranks, ema=parts.ema,
-                            scaler=parts.scaler, history=state.history)
+                            scaler=parts.scaler, history=state.history, layout=parts.layout.to_dict())
     run.last_good = path
 
 
@@ -256,6 +258,8 @@ def _end_epoch(run: _Run, epoch: int, lr: float, seen: int, epoch_time: float) -
                            "skipped_steps": progress.skipped_steps - sum(r.get("skipped_steps", 0)
                                                                          for r in state.history),
                            "steps": state.step_log}
+    if not state.history:  # how the layout was chosen, and every candidate's step time: once, in the first row
+        row["layout"] = run.parts.layout.to_dict()
     warnings = [point["warning"] for point in state.step_log if "warning" in point]
     if warnings:
         row["loss_warning"] = warnings[0]
@@ -279,13 +283,14 @@ def _end_epoch(run: _Run, epoch: int, lr: float, seen: int, epoch_time: float) -
 def _evaluate(run: _Run, row: dict[str, Any]) -> EvalResult:
     """Evaluate the model (and its EMA) into `row`; returns the result that scores the epoch (the EMA's, if any)."""
     cfg, dist, parts, data = run.cfg, run.dist, run.parts, run.data
-    result = evaluate(parts.model, data.val_loader, dist.device, len(data.classes), cfg.amp, cfg.channels_last,
+    channels_last = parts.layout.layout.channels_last
+    result = evaluate(parts.model, data.val_loader, dist.device, len(data.classes), cfg.amp, channels_last,
                       progress=cfg.progress and dist.is_main)
     row.update(val_loss=result.loss, val_top1=result.top1, val_top5=result.top5)
     if parts.ema is None:
         return result
     ema_eval = evaluate(parts.ema.module, data.val_loader, dist.device, len(data.classes), cfg.amp,
-                        cfg.channels_last, progress=cfg.progress and dist.is_main, desc="eval (EMA)")
+                        channels_last, progress=cfg.progress and dist.is_main, desc="eval (EMA)")
     row.update(ema_val_loss=ema_eval.loss, ema_val_top1=ema_eval.top1, ema_val_top5=ema_eval.top5)
     return ema_eval
 

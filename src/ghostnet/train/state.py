@@ -75,10 +75,12 @@ class Progress:
 def save_training_state(path: PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                         progress: Progress, config: Mapping[str, Any], model_info: Mapping[str, Any],
                         ranks: list[dict[str, Any]], history: list[dict[str, Any]], ema: Optional[nn.Module] = None,
-                        scaler: Optional[torch.amp.GradScaler] = None) -> Path:
+                        scaler: Optional[torch.amp.GradScaler] = None,
+                        layout: Optional[Mapping[str, Any]] = None) -> Path:
     """Write a resumable checkpoint atomically.
 
-    `ranks` holds each process's RNG state and running sums (in rank order); `history` the metrics rows so far.
+    `ranks` holds each process's RNG state and running sums (in rank order); `history` the metrics rows so far;
+    `layout` the run's training layout and how it was chosen (a resumed run keeps it).
     """
     state = {
         "format": FORMAT_VERSION,
@@ -92,6 +94,7 @@ def save_training_state(path: PathLike, *, model: nn.Module, optimizer: torch.op
         "model_info": dict(model_info),
         "ranks": list(ranks),
         "history": list(history),
+        "layout": dict(layout) if layout is not None else None,
     }
     path = Path(path)
     with atomic_write(path) as tmp:
