@@ -6,6 +6,7 @@ recipes and checkpoints with `channels_last: true/false` keep their meaning.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -267,3 +268,46 @@ def test_ddp_ranks_take_rank_0s_choice(data, tmp_path):
     record = read_training_state(out / "last.pt")["layout"]
     assert record["key"]["input"] == [4, 3, 16, 16]  # measured at the per-process batch
     assert [rank["layout"] for rank in read_training_state(out / "last.pt")["ranks"]] == [record["layout"]] * 2
+
+
+# ----------------------------------------------------------------------------------------------- the Ghost concat
+def test_channels_last_concat_hands_dense_gradients_of_the_same_numbers():
+    from ghostnet.layers.ghost import concat_ghost_maps
+
+    def parts():
+        torch.manual_seed(0)
+        return [torch.randn(4, c, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_() for c in (3, 5)]
+
+    grad = torch.randn(4, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    plain, dense = parts(), parts()
+    handed = {"plain": [], "dense": []}  # the gradients as the concat's backward hands them over (before the leaves)
+    for name, tensors in (("plain", plain), ("dense", dense)):
+        for t in tensors:
+            t.register_hook(lambda g, n=name: handed[n].append(g.is_contiguous(memory_format=torch.channels_last)))
+    torch.cat(plain, 1).backward(grad)
+    out = concat_ghost_maps(*dense)
+    assert torch.equal(out, torch.cat(dense, 1)) and out.grad_fn.name() != "CatBackward0"
+    out.backward(grad)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(plain, dense))
+    assert handed == {"plain": [False, False], "dense": [True, True]}
+    nchw = [p.detach().contiguous().requires_grad_() for p in dense]
+    assert concat_ghost_maps(*nchw).grad_fn.name() == "CatBackward0"  # NCHW keeps the plain concat
+    with torch.no_grad():
+        assert concat_ghost_maps(*dense).grad_fn is None
+
+
+def test_a_ghost_net_trains_the_same_in_every_layout():
+    """One training step's output and gradients in float64, in each candidate layout, against NCHW without the fold
+    (the plain graph)."""
+    torch.manual_seed(0)
+    model = ghostnet.create_model("ghost_resnet20_cifar", num_classes=4).double().train()
+    x, targets = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    results = {}
+    for layout in candidate_layouts(model):
+        trial = layout.apply(copy.deepcopy(model))
+        loss = nn.functional.cross_entropy(trial(x.contiguous(memory_format=layout.memory_format)), targets)
+        loss.backward()
+        results[layout.name] = [loss.detach()] + [p.grad for p in trial.parameters()]
+    for name, values in results.items():
+        for got, expected in zip(values, results["nchw-nofold"]):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=name)
