@@ -92,20 +92,23 @@ def tunable_runtimes(names: Optional[Sequence[str]] = None) -> list[Runtime]:
 
 def candidate_structures(model: nn.Module, example_input: torch.Tensor) -> list[Form]:
     """The exact structures worth timing for `model`: plain fused; split where it has splittable bottlenecks;
-    channels aligned to 8 and to 16 (single-path where it pays) where it can be aligned, plus every module
+    channels aligned to 8 and to 16 (single-path where it pays), split or not, where it can be aligned; every module
     single-path; the DFC's training form where it has DFC gates."""
     from .split import split_ghost_concats
 
     fused = fuse(model, example_input=example_input[:1])
     forms = [Form()]
-    if split_ghost_concats(fuse(model, example_input=example_input[:1])):
+    splits = split_ghost_concats(fuse(model, example_input=example_input[:1])) > 0
+    if splits:
         forms.append(Form(split=True))
     if can_align(fused):
-        forms += [Form(align=block) for block in sorted({8, 16, nchwc_block_size()} - {0})]
+        blocks = sorted({8, 16, nchwc_block_size()} - {0})
+        forms += [Form(align=block, split=split) for block in blocks for split in sorted({False, splits})]
     if any(getattr(m, "can_be_single_path", lambda: False)() for m in fused.modules()):
         forms.append(Form(single_path="all"))
     if has_dfc(fused):
-        forms += [dataclasses.replace(f, dfc="training") for f in forms if not f.align]
+        # the split form computes its gates in a form of its own (SplitDFC), so it has no training-form variant
+        forms += [dataclasses.replace(f, dfc="training") for f in forms if not f.align and not f.split]
     return forms
 
 

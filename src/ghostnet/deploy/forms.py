@@ -7,7 +7,7 @@ Every form computes the model's function; they differ in graph shape only:
 - `align`: channels padded with zeros to multiples of N for blocked CPU kernels (`align.align_channels`), with
   `single_path` choosing where Ghost modules drop their concat ("auto": where it pays, "all", "none");
 - `split`: no concat between a bottleneck's two Ghost modules; each consumer takes the halves separately
-  (`split.split_ghost_concats`);
+  (`split.split_ghost_concats`; with `align`, in the blocks whose first module alignment left with its concat);
 - `dfc`: GhostNetV2's attention gate in its deploy form (constant sizes) or its training form;
 - `dynamic_batch`: a file for any batch size, or for batch 1 only;
 - `options`: the runtime's own export options (OpenVINO's converter source, ...).
@@ -53,8 +53,6 @@ class Form:
         if not self.fused and (self.align or self.single_path == "all" or self.split or self.dfc != "deploy"):
             raise ValueError("--align-channels, --single-path all, --split and the DFC's training form need the fused "
                              "model (drop --no-fuse)")
-        if self.split and self.align:
-            raise ValueError("the split form and channel alignment do not combine (alignment pads the concat)")
         if self.dfc == "training" and self.align:
             raise ValueError("channel alignment rewrites the DFC gate in its deploy form")
 
@@ -103,10 +101,10 @@ def build_form(model: nn.Module, form: Form, example_input: Optional[torch.Tenso
     if form.align:
         from .align import align_channels
 
-        return align_channels(built, form.align, {"auto": None, "all": True, "none": False}[form.single_path])
-    if form.single_path == "all":
+        built = align_channels(built, form.align, {"auto": None, "all": True, "none": False}[form.single_path])
+    elif form.single_path == "all":
         single_path_ghost_modules(built)
-    if form.split:
+    if form.split:  # after alignment: the blocks whose first module kept its concat split (can_split)
         from .split import split_ghost_concats
 
         split_ghost_concats(built)

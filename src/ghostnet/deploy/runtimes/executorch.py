@@ -113,4 +113,6 @@ RUNTIME = register_runtime(Runtime(
     name="executorch", summary="ExecuTorch program lowered to XNNPACK (phones, embedded; static shape)",
     format="executorch", suffix=".pte", export=export_executorch, export_int8=_export_int8,
     load=lambda path, threads=None: ExecuTorchSession(path, threads), package="executorch", extra="executorch",
-    batch_modes=("static",), set_threads=set_executorch_threads))
+    # Not a --format auto candidate unless named (--runtimes executorch): a phone runtime, whose x86 timings here are
+    # a proxy, and each lowering takes 10-20 s where an ONNX export takes one.
+    batch_modes=("static",), set_threads=set_executorch_threads, tunable=False))
