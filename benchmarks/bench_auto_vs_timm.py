@@ -1,23 +1,27 @@
 """`ghostnet export --format auto` against timm's models exported plainly, each in every installed runtime, in one run.
 
     python benchmarks/bench_auto_vs_timm.py [--threads 1,2] [--rounds 9] [--reps 20] [--out results/auto_vs_timm]
+        [--runtimes onnxruntime,openvino]
 
 For each pair (ghostnet_100, ghostnetv2_100, ghostnetv3_100, repghostnet_100 and timm's model of the same name), the
 latency harness runs `--backends best` (deploy/bench_backends.py): ours in the form and runtime `--format auto`
 chooses on this machine (measured, checked against the float64 reference, cached per CPU), timm's as a timm user
 exports it (torch.onnx.export of the model, re-parameterized where timm offers it, batch 1; OpenVINO converts that
 ONNX file) in onnxruntime and in OpenVINO, interleaved with timm's mobilenetv3_large_100 for scale. The ratio column
-divides ours by the faster of timm's runtimes: "ours vs timm" is never ours-tuned against theirs-untuned. Writes
+divides ours by the faster of timm's runtimes: "ours vs timm" is never ours-tuned against theirs-untuned. Only the
+`--runtimes` named take part (default: the two server runtimes the comparison is about). Writes
 NAME.md (the table docs/benchmarks.md quotes) and NAME.json (every row, the machine, the choices' records).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
 
 from ghostnet.deploy.bench import BenchConfig, run_benchmark
+from ghostnet.deploy.runtimes import list_runtimes, register_runtime
 from ghostnet.utils import atomic_write
 
 PAIRS = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100", "repghostnet_100")
@@ -48,7 +52,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("results/auto_vs_timm"))
+    parser.add_argument("--runtimes", default="onnxruntime,openvino")
     args = parser.parse_args()
+    for runtime in list_runtimes(files=True):  # "best" and --format auto choose among tunable runtimes
+        register_runtime(dataclasses.replace(runtime, tunable=runtime.name in args.runtimes.split(",")),
+                         replace=True)
     cfg = BenchConfig(models=list(PAIRS), peers=[f"timm:{n}" for n in PAIRS] + [SCALE], backends=["best"],
                       threads=[int(t) for t in args.threads.split(",")], rounds=args.rounds, reps=args.reps,
                       warmup=5)

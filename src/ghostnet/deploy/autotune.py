@@ -177,11 +177,10 @@ def _time_stage(trial: _Trial, candidates: list[Candidate], rounds: int, reps: i
         candidate.latency_ms = median_ms(per_round)
 
 
-def _search(trial: _Trial, runtimes: list[Runtime], dynamic_batch: Optional[bool], rounds: int, reps: int,
-            progress: Optional[Callable[[str], None]]) -> list[Candidate]:
+def _search(trial: _Trial, structures: list[Form], runtimes: list[Runtime], dynamic_batch: Optional[bool],
+            rounds: int, reps: int, progress: Optional[Callable[[str], None]]) -> list[Candidate]:
     """Stage 1: every runtime x structure at the runtime's preferred batch form and default options. Stage 2: the
     winner with its other batch forms and each other value of its runtime's options."""
-    structures = candidate_structures(trial.model, trial.example)
     stage1 = []
     for runtime in runtimes:
         preferred = _batch_forms(runtime, dynamic_batch)[0]
@@ -226,9 +225,11 @@ def _machine(runtimes: list[Runtime]) -> dict[str, Any]:
 
 
 def _cache_key(model_name: str, image_size: int, threads: int, dynamic_batch: Optional[bool],
-               machine: dict[str, Any]) -> str:
+               machine: dict[str, Any], structures: list[Form]) -> str:
+    # the candidate forms belong to the key: a release that adds a form must not reuse a choice made without it
     return tuning.cache_key({"model": model_name, "image_size": image_size, "threads": threads,
-                             "dynamic_batch": dynamic_batch, **machine})
+                             "dynamic_batch": dynamic_batch, **machine,
+                             "structures": sorted(f.describe() for f in structures)})
 
 
 def export_fastest(model_name: str, stem: PathLike, *, threads: int = 1, weights: Optional[str] = None,
@@ -250,7 +251,8 @@ def export_fastest(model_name: str, stem: PathLike, *, threads: int = 1, weights
     model = create_model(model_name, pretrained=weights, **kwargs).eval()
     example = example_input_for(model, batch_size=1, image_size=image_size)
     machine = _machine(chosen_runtimes)
-    key = _cache_key(model_name, example.shape[-1], threads, dynamic_batch, machine)
+    structures = candidate_structures(model, example)
+    key = _cache_key(model_name, example.shape[-1], threads, dynamic_batch, machine, structures)
     stem = Path(stem)
     cached = None if retune else tuning.load_choice(CACHE_KIND, key)
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,7 +264,7 @@ def export_fastest(model_name: str, stem: PathLike, *, threads: int = 1, weights
             if progress:
                 progress(f"cached choice for this CPU and these versions: {winner.runtime}, {winner.form.describe()}")
         else:
-            candidates = _search(trial, chosen_runtimes, dynamic_batch, rounds, reps, progress)
+            candidates = _search(trial, structures, chosen_runtimes, dynamic_batch, rounds, reps, progress)
             winner = _winner(candidates)
             if winner is None:
                 reasons = "; ".join(f"{c.runtime} {c.form.describe()}: {c.error}" for c in candidates[:4])
