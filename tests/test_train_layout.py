@@ -236,15 +236,26 @@ def test_bench_train_mode_defaults_to_the_trainers_choice(monkeypatch):
         asked.append((kwargs["model_name"], tuple(x.shape), kwargs["compiled"]))
         return LayoutChoice(Layout(False, False), "measured")
 
-    monkeypatch.setattr("ghostnet.deploy.bench_backends.choose_training_layout", choose)
-    cfg = BenchConfig(models=["resnet20_cifar"], peers=[], backends=["eager"], threads=[1], image_size=16,
+    import ghostnet.deploy.bench_backends as backends
+
+    monkeypatch.setattr(backends, "choose_training_layout", choose)
+    real_step, stepped = backends._train_step, []
+
+    def train_step(model, x, compiled):
+        stepped.append((x.is_contiguous(memory_format=torch.channels_last), folded_conv.batch_fold_enabled(model)))
+        return real_step(model, x, compiled)
+
+    monkeypatch.setattr(backends, "_train_step", train_step)
+    cfg = BenchConfig(models=["ghost_resnet20_cifar"], peers=[], backends=["eager"], threads=[1], image_size=16,
                       batch_size=4, rounds=1, reps=1, warmup=1, mode="train")
     assert cfg.channels_last is None
     (row,) = run_benchmark(cfg).rows
-    assert row.images_per_s > 0 and asked == [("resnet20_cifar", (4, 3, 16, 16), False)]
-    cfg.channels_last = False  # a layout asked for is not measured
-    run_benchmark(cfg)
-    assert len(asked) == 1
+    assert row.images_per_s > 0 and asked == [("ghost_resnet20_cifar", (4, 3, 16, 16), False)]
+    assert stepped == [(False, False)]  # NCHW without the fold, as chosen
+    for asked_for, expected in ((True, (True, True)), (False, (False, True))):  # a layout asked for: not measured
+        cfg.channels_last = asked_for
+        run_benchmark(cfg)
+        assert len(asked) == 1 and stepped[-1] == expected
 
 
 @pytest.mark.slow
