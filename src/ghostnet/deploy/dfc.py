@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _disable_current_modes
 
 from ..layers.tracing import is_symbolic_tracing
 
@@ -57,8 +58,11 @@ def upsample_factor(in_size: int, out_size: int) -> Optional[int]:
     factor = out_size // in_size
     if factor < 1 or factor * in_size != out_size:
         return None
-    source = torch.arange(in_size, dtype=torch.float64).view(1, 1, in_size, 1)
-    return factor if torch.equal(_nearest(source, out_size, factor), _nearest(source, out_size, None)) else None
+    # Real tensors even while a graph is captured (torch.export's fake tensors cannot answer torch.equal), and
+    # nothing recorded into that graph: the answer is a constant of it.
+    with _disable_current_modes():
+        source = torch.arange(in_size, dtype=torch.float64).view(1, 1, in_size, 1)
+        return factor if torch.equal(_nearest(source, out_size, factor), _nearest(source, out_size, None)) else None
 
 
 def dfc_pool_kernel(height: int, width: int) -> tuple[int, int]:
