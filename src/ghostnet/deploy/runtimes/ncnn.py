@@ -188,12 +188,15 @@ def _load_net(param: Path, threads: Optional[int] = None, keep_blobs: bool = Fal
 
 
 def export_ncnn_int8(model: nn.Module, path: PathLike, example_input: torch.Tensor,
-                     calibration: Iterable[torch.Tensor], *, method: str = "kl", quantize_depthwise: bool = True,
+                     calibration: Iterable[torch.Tensor], *, method: str = "kl", quantize_depthwise: bool = False,
                      skip: Optional[Iterable[str]] = None) -> Path:
     """Write `model` as ncnn's int8 STEM.param + STEM.bin (`ncnn_int8`: ncnn2table's calibration, KL by default,
     and ncnn2int8's rewrite), calibrated on the images of `calibration` (batches of preprocessed images shaped like
-    `example_input`'s), depthwise convolutions included unless `quantize_depthwise=False`; written as
-    `export_ncnn` writes."""
+    `example_input`'s); written as `export_ncnn` writes.
+
+    Depthwise convolutions stay float32 unless `quantize_depthwise` (ncnn2int8 quantizes them): measured on ncnn's
+    x86 build, int8 depthwise convolutions made ghostnet_100 1.7x slower than float32 (0.95x with them in float32),
+    for no accuracy either way (docs/benchmarks.md)."""
     from .ncnn_int8 import METHODS, calibration_images, quantize_ncnn
 
     check_eval(model)
@@ -217,6 +220,8 @@ def export_ncnn_int8(model: nn.Module, path: PathLike, example_input: torch.Tens
 
 def _export_int8(model: nn.Module, path: PathLike, example_input: torch.Tensor,
                  calibration: Iterable[torch.Tensor]) -> Path:
+    """The registry's int8 export (`--int8-calibration-data`, the ncnn-int8 bench backend): `export_ncnn_int8`'s
+    defaults."""
     return export_ncnn_int8(model, path, example_input, calibration)
 
 

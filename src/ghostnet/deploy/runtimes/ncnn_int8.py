@@ -11,7 +11,9 @@ write, done here because neither ships in the ncnn or pnnx wheels (they are buil
    ConvolutionDepthWise), their weights become int8 (round half away from zero, clamped to +-127; tag 0x000D4B38),
    and the weight scales and input scale follow the bias in the .bin. Other layers keep float32 weights
    (`ncnn2int8` stores them as float16). ncnn quantizes the input of each such layer, runs its int8 kernel and
-   dequantizes the output (the requantize fusion of consecutive int8 convolutions is not applied).
+   dequantizes the output (the requantize fusion of consecutive int8 convolutions is not applied). Depthwise
+   convolutions are left in float32 unless asked for (`ncnn.export_ncnn_int8`: on ncnn's x86 build they ran slower
+   in int8).
 """
 from __future__ import annotations
 
@@ -194,10 +196,10 @@ def calibration_images(calibration: Iterable[torch.Tensor], shape: torch.Size) -
 
 
 def quantize_ncnn(param: Path, weights: Path, net, images: list[np.ndarray], *, method: str = "kl",
-                  quantize_depthwise: bool = True, skip: Optional[Iterable[str]] = None) -> tuple[str, bytes]:
+                  quantize_depthwise: bool = False, skip: Optional[Iterable[str]] = None) -> tuple[str, bytes]:
     """The int8 .param text and .bin bytes of the float32 ncnn model `param` + `weights` (loaded as `net`, a float32
-    ncnn.Net that keeps every blob), calibrated on `images` (see the module docstring). `quantize_depthwise=False`
-    keeps depthwise convolutions in float32; `skip` names further layers to keep in float32."""
+    ncnn.Net that keeps every blob), calibrated on `images` (see the module docstring). Depthwise convolutions are
+    quantized only with `quantize_depthwise`; `skip` names further layers to keep in float32."""
     if method not in METHODS:
         raise ValueError(f"ncnn int8 calibration method must be one of {METHODS}, got {method!r}")
     head, layers = _read_param(param)
