@@ -92,8 +92,10 @@ def test_record_lists_every_candidate_and_the_machine(tmp_path):
                                                (s.__class__(**{**s.to_dict(), "options": (),
                                                                "dynamic_batch": False}) for s in structures)}
     assert all(c["latency_ms"] > 0 and c["error"] is None for c in record["candidates"])
-    assert min(c["latency_ms"] for c in record["candidates"] if c["stage"] == max(
-        d["stage"] for d in record["candidates"])) == record["latency_ms"]
+    # at one thread the winner is the last stage's lowest CPU time per call (steady on a shared machine)
+    last = [c for c in record["candidates"] if c["stage"] == max(d["stage"] for d in record["candidates"])]
+    winner = min(last, key=lambda c: c["cpu_ms"])
+    assert (winner["latency_ms"], winner["form"]) == (record["latency_ms"], record["form"])
     assert result.path.is_file() and record["parity"].startswith("error")
 
 

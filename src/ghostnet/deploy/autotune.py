@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .bench_timing import median_ms, time_interleaved
 from .exactness import eager_and_reference, float32_parity
 from .forms import Form, build_form, has_dfc
 from .fusion import example_input_for, fuse
+from .machine import load_average
 from .runtimes import Runtime, get_runtime, list_runtimes
 
 CACHE_KIND = "export"
@@ -54,6 +56,7 @@ class Candidate:
     latency_ms: Optional[float] = None
     parity: Optional[str] = None
     error: Optional[str] = None
+    cpu_ms: Optional[float] = None  # the process's CPU time per call
 
     @property
     def ok(self) -> bool:
@@ -63,7 +66,8 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the record."""
         return {"runtime": self.runtime, "form": self.form.to_dict(), "describe": self.form.describe(),
-                "stage": self.stage, "latency_ms": self.latency_ms, "parity": self.parity, "error": self.error}
+                "stage": self.stage, "latency_ms": self.latency_ms, "cpu_ms": self.cpu_ms, "parity": self.parity,
+                "error": self.error}
 
 
 @dataclass
@@ -173,8 +177,9 @@ def _time_stage(trial: _Trial, candidates: list[Candidate], rounds: int, reps: i
         if call is not None:
             ready.append((candidate, call))
     samples = time_interleaved([call for _, call in ready], rounds, reps, warmup=3)
-    for (candidate, _), (per_round, _) in zip(ready, samples):
+    for (candidate, _), (per_round, cpu) in zip(ready, samples):
         candidate.latency_ms = median_ms(per_round)
+        candidate.cpu_ms = statistics.median(cpu)
 
 
 def _search(trial: _Trial, structures: list[Form], runtimes: list[Runtime], dynamic_batch: Optional[bool],
@@ -190,7 +195,7 @@ def _search(trial: _Trial, structures: list[Form], runtimes: list[Runtime], dyna
     if progress:
         progress(f"stage 1: {len(stage1)} candidates ({', '.join(r.name for r in runtimes)})")
     _time_stage(trial, stage1, rounds, reps, progress)
-    best = _fastest(stage1)
+    best = _fastest(stage1, trial.threads)
     if best is None:
         return stage1
     runtime = get_runtime(best.runtime)
@@ -208,15 +213,20 @@ def _search(trial: _Trial, structures: list[Form], runtimes: list[Runtime], dyna
     return stage1 + stage2
 
 
-def _fastest(candidates: list[Candidate]) -> Optional[Candidate]:
+def _fastest(candidates: list[Candidate], threads: int = 1) -> Optional[Candidate]:
+    """The fastest that passed. At one thread by CPU time per call: on a shared machine it does not count time spent
+    descheduled, so it ranks candidates the same whatever else runs (wall time is what more threads are for)."""
     passed = [c for c in candidates if c.ok]
-    return min(passed, key=lambda c: c.latency_ms) if passed else None
+    if not passed:
+        return None
+    use_cpu = threads == 1 and all(c.cpu_ms is not None for c in passed)
+    return min(passed, key=lambda c: c.cpu_ms if use_cpu else c.latency_ms)
 
 
-def _winner(candidates: list[Candidate]) -> Optional[Candidate]:
+def _winner(candidates: list[Candidate], threads: int) -> Optional[Candidate]:
     """The fastest of the last stage that ran (whose timings were taken side by side)."""
     last = max(c.stage for c in candidates)
-    return _fastest([c for c in candidates if c.stage == last]) or _fastest(candidates)
+    return _fastest([c for c in candidates if c.stage == last], threads) or _fastest(candidates, threads)
 
 
 def _machine(runtimes: list[Runtime]) -> dict[str, Any]:
@@ -260,12 +270,12 @@ def export_fastest(model_name: str, stem: PathLike, *, threads: int = 1, weights
         if cached is not None:
             winner = Candidate(cached["runtime"], Form.from_dict(cached["form"]), latency_ms=cached["latency_ms"])
             candidates = [Candidate(c["runtime"], Form.from_dict(c["form"]), c["stage"], c["latency_ms"],
-                                    c["parity"], c["error"]) for c in cached["candidates"]]
+                                    c["parity"], c["error"], c.get("cpu_ms")) for c in cached["candidates"]]
             if progress:
                 progress(f"cached choice for this CPU and these versions: {winner.runtime}, {winner.form.describe()}")
         else:
             candidates = _search(trial, structures, chosen_runtimes, dynamic_batch, rounds, reps, progress)
-            winner = _winner(candidates)
+            winner = _winner(candidates, threads)
             if winner is None:
                 reasons = "; ".join(f"{c.runtime} {c.form.describe()}: {c.error}" for c in candidates[:4])
                 raise ValueError(f"no candidate form of {model_name} exported and passed its check here ({reasons})")
@@ -276,7 +286,8 @@ def export_fastest(model_name: str, stem: PathLike, *, threads: int = 1, weights
               "file": str(path), "latency_ms": winner.latency_ms, "threads": threads,
               "image_size": int(example.shape[-1]), "form": winner.form.to_dict(), "describe": winner.form.describe(),
               "parity": final.parity, "machine": machine, "cached": cached is not None,
-              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "candidates": [c.to_dict() for c in candidates]}
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": load_average(),
+              "candidates": [c.to_dict() for c in candidates]}
     if cached is None:
         tuning.store_choice(CACHE_KIND, key, {k: record[k] for k in ("runtime", "form", "latency_ms", "candidates")})
     record_path = stem.with_name(stem.name + ".json")
