@@ -231,5 +231,5 @@ RUNTIME = register_runtime(Runtime(
     load=lambda path, threads=None: NcnnSession(path, threads),
     package="ncnn", extra="ncnn", batch_modes=("static",),
     # Not a --format auto candidate unless named (--runtimes ncnn): a phone runtime whose x86 timings are a proxy, and
-    # on this x86 build 1.3x slower than onnxruntime for each one's fastest form of ghostnet_100 (docs/deployment.md)
+    # on this x86 build 1.4x slower than onnxruntime for each one's fastest form of ghostnet_100 (docs/deployment.md)
     tunable=False))
