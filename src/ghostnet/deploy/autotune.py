@@ -119,10 +119,7 @@ def candidate_structures(model: nn.Module, example_input: torch.Tensor) -> list[
 def _batch_forms(runtime: Runtime, dynamic_batch: Optional[bool]) -> list[bool]:
     """The batch forms to try in `runtime`, preferred first: static (batch 1) where allowed, then dynamic."""
     allowed = [mode == "dynamic" for mode in ("static", "dynamic") if mode in runtime.batch_modes]
-    chosen = [d for d in allowed if dynamic_batch is None or d == dynamic_batch]
-    if not chosen:
-        raise ValueError(f"{runtime.name} files take no {'dynamic' if dynamic_batch else 'static'} batch")
-    return chosen
+    return [d for d in allowed if dynamic_batch is None or d == dynamic_batch]  # empty: the runtime sits out
 
 
 class _Trial:
@@ -188,6 +185,10 @@ def _search(trial: _Trial, structures: list[Form], runtimes: list[Runtime], dyna
     winner with its other batch forms and each other value of its runtime's options."""
     stage1 = []
     for runtime in runtimes:
+        if not _batch_forms(runtime, dynamic_batch):
+            if progress:
+                progress(f"  {runtime.name}: its files take no {'dynamic' if dynamic_batch else 'static'} batch")
+            continue
         preferred = _batch_forms(runtime, dynamic_batch)[0]
         defaults = tuple(sorted((key, values[0]) for key, values in runtime.options.items()))
         stage1 += [Candidate(runtime.name, dataclasses.replace(s, dynamic_batch=preferred, options=defaults))
