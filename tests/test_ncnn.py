@@ -17,7 +17,7 @@ from ghostnet.deploy import fuse
 from ghostnet.deploy.export import load_exported
 from ghostnet.deploy.forms import Form, build_form
 from support.conditioned import conditioned_model, sample_images
-from support.numerics import assert_float32_parity, corrupt_one_weight, eager_and_reference, float32_parity
+from support.numerics import assert_file_parity, corrupt_one_weight, eager_and_reference, float32_parity
 
 ncnn = pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
@@ -36,13 +36,6 @@ NOT_CONVERTIBLE = {name: "Tensor.slice" for name in (
     "ghost_resnet110_cifar")}
 
 
-def _parity(model, path, x, what):
-    eager, reference = eager_and_reference(model, x)
-    got = load_exported(path, threads=1)(x)
-    assert got.shape == eager.shape
-    return assert_float32_parity(got, eager, reference, what=what)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ghostnet.list_models())
 def test_ncnn_matches_the_model_for_every_model_it_can_express(name, tmp_path):
@@ -57,7 +50,7 @@ def test_ncnn_matches_the_model_for_every_model_it_can_express(name, tmp_path):
     path = export_ncnn(fuse(model, example_input=x), tmp_path / f"{name}.param", x)
     assert path.with_suffix(".bin").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [
         f"{name}.bin", f"{name}.param"]
-    _parity(model, path, sample_images(3), f"ncnn, {name}")
+    assert_file_parity(model, path, sample_images(3), f"ncnn, {name}")
 
 
 def test_ghostnet_matches_in_ncnn_in_float32_image_by_image(tmp_path):
@@ -68,7 +61,7 @@ def test_ghostnet_matches_in_ncnn_in_float32_image_by_image(tmp_path):
     x = sample_images(1)
     path = export_ncnn(fuse(model, example_input=x), tmp_path / "g.param", x)
     assert {"Concat", "ConvolutionDepthWise", "HardSigmoid"} <= {kind for kind, _ in ncnn_layers(path)}
-    _parity(model, path, sample_images(2), "ncnn, ghostnet_100")
+    assert_file_parity(model, path, sample_images(2), "ncnn, ghostnet_100")
     session = NcnnSession(path, threads=1)
     assert all(getattr(session.net.opt, flag) is False for flag in OFF) and session.net.opt.num_threads == 1
     batch = sample_images(2)
@@ -87,7 +80,7 @@ def test_deployment_forms_match_in_ncnn(name, form, tmp_path):
     model = conditioned_model(name)
     x = sample_images(1)
     path = export_ncnn(build_form(model, form, x), tmp_path / "f.param", x)
-    _parity(model, path, sample_images(2), f"ncnn {form.describe()}, {name}")
+    assert_file_parity(model, path, sample_images(2), f"ncnn {form.describe()}, {name}")
 
 
 def test_a_corrupted_weight_is_caught(tmp_path):

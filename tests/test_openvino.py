@@ -12,19 +12,12 @@ from ghostnet.deploy import fuse
 from ghostnet.deploy.export import load_exported
 from ghostnet.deploy.runtimes.openvino import compile_config, export_openvino
 from support.conditioned import conditioned_model, sample_images
-from support.numerics import assert_float32_parity, corrupt_one_weight, eager_and_reference, float32_parity
+from support.numerics import assert_file_parity, corrupt_one_weight, eager_and_reference, float32_parity
 
 ov = pytest.importorskip("openvino")
 pytest.importorskip("onnx")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _parity(model, path, x, what):
-    eager, reference = eager_and_reference(model, x)
-    got = load_exported(path, threads=1)(x)
-    assert got.shape == eager.shape
-    return assert_float32_parity(got, eager, reference, what=what)
 
 
 @pytest.mark.slow
@@ -34,7 +27,7 @@ def test_openvino_matches_the_model_for_every_model(name, tmp_path):
     model = conditioned_model(name)
     path = export_openvino(fuse(model, example_input=sample_images(1)), tmp_path / f"{name}.xml", sample_images(1))
     assert path.with_suffix(".bin").is_file()
-    _parity(model, path, sample_images(3), f"openvino, {name}")
+    assert_file_parity(model, path, sample_images(3), f"openvino, {name}")
 
 
 @pytest.mark.parametrize("name", ["ghostnet_100"] + [pytest.param(n, marks=pytest.mark.slow)
@@ -45,7 +38,7 @@ def test_both_converters_static_batch(name, source, tmp_path):
     x = sample_images(1)
     path = export_openvino(fuse(model, example_input=x), tmp_path / "m.xml", x, dynamic_batch=False, source=source)
     assert list(ov.Core().read_model(str(path)).inputs[0].get_partial_shape()) == [1, 3, 32, 32]
-    _parity(model, path, x, f"openvino {source}, {name}")
+    assert_file_parity(model, path, x, f"openvino {source}, {name}")
 
 
 def test_a_corrupted_weight_is_caught(tmp_path):

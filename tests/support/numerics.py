@@ -62,6 +62,16 @@ def assert_float32_parity(candidate: torch.Tensor, eager: torch.Tensor, referenc
     return parity
 
 
+def assert_file_parity(model: nn.Module, path, x: torch.Tensor, what: str) -> Parity:
+    """An exported file, loaded by its runtime at one thread, computes `model` on `x` within float32 rounding."""
+    from ghostnet.deploy.export import load_exported
+
+    eager, reference = eager_and_reference(model, x)
+    got = load_exported(path, threads=1)(x)
+    assert got.shape == eager.shape
+    return assert_float32_parity(got, eager, reference, what=what)
+
+
 def float64_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     """max |got - expected| relative to max |expected|."""
     return max_error(got, expected) / max(max_abs(expected), 1e-300)
