@@ -1,10 +1,11 @@
 """LiteRT (formerly TensorFlow Lite), the runtime Android ships, through litert-torch (the optional `litert` extra).
 
-Export: `litert_torch.convert` captures the model with torch.export at the example's shape (static: batch 1),
-lowers it to TFLite ops in NHWC and writes a .tflite flatbuffer whose interface keeps the model's NCHW input and
-output (the converter adds the transposes at the edges). Run: ai_edge_litert's `Interpreter`, whose default op
-resolver hands the graph to the XNNPACK delegate (the CPU kernels ExecuTorch runs too) with `num_threads` threads.
-The same file runs on Android and iOS; timed here it is a proxy for a phone, never a phone figure.
+Export: the model is captured with torch.export at the example's shape (static: batch 1), its size-based nearest
+resizes made exact (`exact_nearest_resizes`), and `litert_torch.convert` lowers the graph to TFLite ops in NHWC: a
+.tflite flatbuffer whose interface keeps the model's NCHW input (the converter adds a transpose after it). Run:
+ai_edge_litert's `Interpreter`, whose default op resolver hands the graph to the XNNPACK delegate (the CPU kernels
+ExecuTorch runs too) with `num_threads` threads. The same file runs on Android and iOS; timed here it is a proxy
+for a phone, never a phone figure.
 
 int8 (`export_litert_int8`), two ways, both calibrated on real images and run by XNNPACK's int8 kernels:
 PyTorch 2 export quantization with litert-torch's quantizer (`method="pt2e"`, the default: symmetric per-channel
@@ -302,5 +303,5 @@ RUNTIME = register_runtime(Runtime(
     format="litert", suffix=".tflite", export=export_litert, export_int8=_export_int8,
     load=lambda path, threads=None: LiteRtSession(path, threads), package="litert_torch", extra="litert",
     # Not a --format auto candidate unless named (--runtimes litert): a phone runtime, whose x86 timings here are a
-    # proxy, and each conversion takes 5-15 s of CPU (10-30 s on the shared 2-core machine) where ONNX takes one.
+    # proxy, and a conversion takes 8-22 s at 224x224 on a 2-core machine (seven forms a model) where ONNX takes one.
     batch_modes=("static",), tunable=False))
