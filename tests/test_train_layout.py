@@ -298,6 +298,7 @@ def test_channels_last_concat_hands_dense_gradients_of_the_same_numbers():
     torch.cat(plain, 1).backward(grad)
     out = concat_ghost_maps(*dense)
     assert torch.equal(out, torch.cat(dense, 1)) and out.grad_fn.name() != "CatBackward0"
+    assert out.is_contiguous(memory_format=torch.channels_last) and out._base is None  # no view: in-place ops follow
     out.backward(grad)
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(plain, dense))
     assert handed == {"plain": [False, False], "dense": [True, True]}

@@ -34,6 +34,7 @@ from .. import tuning
 from .._version import __version__
 from ..hardware import cpu_name
 from ..layers.folded_conv import has_folded_convs, set_batch_fold
+from ..layers.folded_norm import set_norm_fold
 
 CACHE_KIND = "train-layout"
 #: Timed steps per candidate after the warm-up (the median is compared), and warm-up steps.
@@ -63,8 +64,10 @@ class Layout:
         return "channels-last" if self.channels_last else "nchw" if self.batch_fold else "nchw-nofold"
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Put `model` (in place) in this layout; returns it."""
-        return set_batch_fold(model.to(memory_format=self.memory_format), self.batch_fold)
+        """Put `model` (in place) in this layout; returns it. Channels-last also folds the channels of its
+        BatchNorms where ATen's channels-last kernel is slow (`ghostnet.layers.folded_norm`)."""
+        model = set_norm_fold(model.to(memory_format=self.memory_format), self.channels_last)
+        return set_batch_fold(model, self.batch_fold)
 
     @classmethod
     def from_name(cls, name: str) -> "Layout":

@@ -126,7 +126,13 @@ class _ConcatDenseGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         ctx.split = x1.shape[1]
-        return torch.cat([x1, x2], dim=1)
+        # The copy torch.cat(dim=1) makes, 4x faster: as a cat along the last dim of the (N, H, W, C) views (torch's
+        # CPU cat of channels-last maps along C is slow). Written into `out`, which is no view (in-place ops follow).
+        n, _, h, w = x1.shape
+        out = torch.empty((n, x1.shape[1] + x2.shape[1], h, w), dtype=x1.dtype, device=x1.device,
+                          memory_format=torch.channels_last)
+        torch.cat([x1.permute(0, 2, 3, 1), x2.permute(0, 2, 3, 1)], dim=3, out=out.permute(0, 2, 3, 1))
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

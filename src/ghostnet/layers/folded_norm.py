@@ -1,0 +1,141 @@
+"""Channel-folded BatchNorm: channels-last CPU training of a BatchNorm whose channel count is no multiple of 16.
+
+ATen's channels-last BatchNorm kernels vectorize along the channels, and a channel count that is no multiple of the
+vector (16 floats on AVX-512) drops them onto a path 5-15x slower (torch 2.14, 2 threads, 128x8x32x32: backward
+9.0 ms against 0.6 ms for the same number of values in 16 channels; forward of 4 or 12 channels 6-20x slower). That
+is most of what made channels-last Ghost-ResNet-56 train at 0.55x its NCHW speed: the 8-channel BatchNorms of its
+first stage (docs/training.md, "The training layout").
+
+A channels-last map (N, C, H, W) is (N*H*W, C) in memory. Viewed as (N*H*W/k, kC), with kC the least common multiple
+of C and 16, it is a map of kC channels in which channel j holds channel j % C of every k-th position: a free view,
+on which ATen's fast kC-channel kernels run. The batch statistics of channel c are those of its k folded channels
+combined; normalizing with them is ATen's inference kernel on the view, and the backward's per-channel sums are its
+training backward on the view (summed over the k copies), the rest two elementwise passes. The same function as
+`nn.BatchNorm2d` (checked in float64 in tests/test_folded_norm.py), running statistics included. `set_norm_fold` puts it
+in a model's BatchNorms; the trainer does for channels-last training.
+"""
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn as nn
+
+#: The channel multiple ATen's channels-last BatchNorm kernels need to be fast (AVX-512's float vector; AVX2's 8
+#: divides it).
+NORM_BLOCK = 16
+
+
+def norm_fold_factor(bn: nn.Module, x: torch.Tensor) -> int:
+    """k for `bn(x)` run channel-folded, or 0 where plain is as fast or the fold does not apply: `bn` a training
+    BatchNorm2d (plain or `FoldingBatchNorm2d`), `x` a channels-last (not also NCHW) CPU map of its weights' dtype
+    whose channels are no multiple of 16, and k dividing N*H*W; not while torch.compile traces (Inductor writes its
+    own BatchNorm)."""
+    if (type(bn) not in (nn.BatchNorm2d, FoldingBatchNorm2d) or not bn.training or x.device.type != "cpu"
+            or x.dim() != 4 or x.shape[1] % NORM_BLOCK == 0 or x.is_contiguous()
+            or not x.is_contiguous(memory_format=torch.channels_last)
+            or (bn.weight is not None and x.dtype != bn.weight.dtype) or torch.compiler.is_compiling()):
+        return 0
+    k = NORM_BLOCK // math.gcd(x.shape[1], NORM_BLOCK)
+    return k if (x.shape[0] * x.shape[2] * x.shape[3]) % k == 0 else 0
+
+
+def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The channels-last map `x` as the (N*H*W/k, kC) view of its memory (channel j: channel j % C)."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n * h * w // k, k * c)
+
+
+def _per_row(k: int, *vectors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-channel vectors repeated k times, for the folded view's kC channels (one `repeat` for all)."""
+    return tuple(torch.stack(vectors).repeat(1, k).unbind(0))
+
+
+class _FoldedBatchNorm(torch.autograd.Function):
+    """Training BatchNorm of a channels-last map on its channel-folded view; returns the output and the batch's mean
+    and (biased) variance, for the caller's running statistics."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, k: int):
+        c = x.shape[1]
+        rows = _rows(x, k)
+        # ATen's channels-last statistics kernel on the folded channels (torch.var_mean over the rows is 15x slower)
+        mean_k, var_k = torch.batch_norm_update_stats(rows.view(*rows.shape, 1, 1), None, None, 0.0)
+        mean_k, var_k = mean_k.view(k, c), var_k.view(k, c)
+        mean = mean_k.mean(0)
+        # Equal counts in each folded channel: the variance is the mean of theirs plus that of their means.
+        var = (var_k + (mean_k - mean) ** 2).mean(0)
+        invstd = torch.rsqrt(var + eps)
+        scale = weight * invstd
+        scale_k, shift_k = _per_row(k, scale, bias - mean * scale)
+        y = torch.empty_like(x, memory_format=torch.channels_last)  # no view: in-place activations follow
+        torch.addcmul(shift_k, rows, scale_k, out=_rows(y, k))  # as ATen's inference kernel: x * scale + shift
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.k = k
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _mean_grad, _var_grad):
+        x, weight, mean, invstd = ctx.saved_tensors
+        k, c = ctx.k, x.shape[1]
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        rows, grad_rows = _rows(x, k), _rows(grad, k)
+        weight_k, mean_k, invstd_k = _per_row(k, weight, mean, invstd)
+        # sum(g * xhat) and sum(g) of each folded channel, by ATen's channels-last training backward.
+        _, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
+            grad_rows.view(*rows.shape, 1, 1), rows.view(*rows.shape, 1, 1), weight_k, None, None, mean_k, invstd_k,
+            True, 0.0, [False, True, True])
+        sum_gx, sum_g = sum_gx.view(k, c).sum(0), sum_g.view(k, c).sum(0)
+        count = x.numel() // c
+        # dx = w * invstd * (g - sum_g / count - (x - mean) * invstd * sum_gx / count), as ATen computes it
+        scale = weight * invstd
+        scale_k, xscale_k, shift_k = _per_row(k, scale, -scale * invstd * sum_gx / count, -scale * sum_g / count)
+        grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+        grad_x_rows = torch.sub(rows, mean_k, out=_rows(grad_x, k))
+        torch.addcmul(shift_k, grad_x_rows, xscale_k, out=grad_x_rows).addcmul_(grad_rows, scale_k)
+        return grad_x, sum_gx, sum_g, None, None
+
+
+def folded_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, k: int) -> torch.Tensor:
+    """`bn(x)` in training mode, computed channel-folded by k (`norm_fold_factor`), running statistics updated as
+    `nn.BatchNorm2d` updates them."""
+    weight = bn.weight if bn.weight is not None else x.new_ones(x.shape[1])
+    bias = bn.bias if bn.bias is not None else x.new_zeros(x.shape[1])
+    y, mean, var = _FoldedBatchNorm.apply(x, weight, bias, bn.eps, k)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            count = x.numel() // x.shape[1]
+            bn.running_mean.lerp_(mean, factor)
+            bn.running_var.lerp_(var * (count / max(count - 1, 1)), factor)
+    return y
+
+
+def norm_maybe_folded(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`bn(x)`, channel-folded where channels-last CPU training makes ATen's kernel slow (module docstring). One
+    opaque node in a `torch.fx` graph: whether to fold depends on the map's layout, which a graph only knows when it
+    runs."""
+    k = norm_fold_factor(bn, x)
+    return folded_batch_norm(bn, x, k) if k else nn.BatchNorm2d.forward(bn, x)
+
+
+torch.fx.wrap("norm_maybe_folded")
+
+
+class FoldingBatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d that trains channel-folded where that is faster (`norm_maybe_folded`); the same parameters,
+    buffers and state_dict. `set_norm_fold` turns a model's BatchNorm2d modules into these and back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return norm_maybe_folded(self, x)
+
+
+def set_norm_fold(model: nn.Module, enabled: bool) -> nn.Module:
+    """Make every plain `nn.BatchNorm2d` of `model` a `FoldingBatchNorm2d` (in place: the same modules, parameters
+    and buffers; only their class changes), or turn them back. The trainer does it for channels-last CPU training
+    (`ghostnet.analysis.training_layout.Layout.apply`); a training loop of your own can call it. Returns `model`."""
+    for module in model.modules():
+        if type(module) in (nn.BatchNorm2d, FoldingBatchNorm2d):
+            module.__class__ = FoldingBatchNorm2d if enabled else nn.BatchNorm2d
+    return model
