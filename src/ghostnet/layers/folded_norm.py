@@ -1,41 +1,45 @@
-"""Channel-folded BatchNorm: channels-last CPU training of a BatchNorm whose channel count is no multiple of 16.
+"""Channel-folded BatchNorm: channels-last CPU training of a BatchNorm whose channels are no multiple of the vector.
 
 ATen's channels-last BatchNorm kernels vectorize along the channels, and a channel count that is no multiple of the
-vector (16 floats on AVX-512) drops them onto a path 5-15x slower (torch 2.14, 2 threads, 128x8x32x32: backward
-9.0 ms against 0.6 ms for the same number of values in 16 channels; forward of 4 or 12 channels 6-20x slower). That
-is most of what made channels-last Ghost-ResNet-56 train at 0.55x its NCHW speed: the 8-channel BatchNorms of its
-first stage (docs/training.md, "The training layout").
+float vector (16 with AVX-512 kernels, 8 with AVX2) drops them onto a path 3-15x slower (torch 2.14, 2 threads,
+128x8x32x32 on AVX-512: forward and backward 11.7 ms, against 1.0 ms for the same values in 16 channels). That made
+channels-last Ghost-ResNet-56 train at 0.55x ResNet-56's speed: the 8-channel BatchNorms of its first stage took
+half of its step (docs/training.md, "The training layout").
 
 A channels-last map (N, C, H, W) is (N*H*W, C) in memory. Viewed as (N*H*W/k, kC), with kC the least common multiple
-of C and 16, it is a map of kC channels in which channel j holds channel j % C of every k-th position: a free view,
-on which ATen's fast kC-channel kernels run. The batch statistics of channel c are those of its k folded channels
-combined; normalizing with them is ATen's inference kernel on the view, and the backward's per-channel sums are its
-training backward on the view (summed over the k copies), the rest two elementwise passes. The same function as
-`nn.BatchNorm2d` (checked in float64 in tests/test_folded_norm.py), running statistics included. `set_norm_fold` puts it
-in a model's BatchNorms; the trainer does for channels-last training.
+of C and the vector (`norm_block`), it is a map of kC channels in which channel j holds channel j % C of every k-th
+position: a free view, on which ATen's fast kernels run. The statistics of channel c are those of its k folded
+channels combined (ATen's statistics kernel on the view); the backward's per-channel sums are ATen's training
+backward on the view, summed over the k copies; normalizing and the input gradient are elementwise passes on the
+view. The same function as `nn.BatchNorm2d`, running statistics included (float64 checks in
+tests/test_folded_norm.py). `set_norm_fold` puts it in a model's BatchNorms; the trainer's channels-last layout does.
 """
 from __future__ import annotations
 
+import functools
 import math
 import torch
 import torch.nn as nn
 
-#: The channel multiple ATen's channels-last BatchNorm kernels need to be fast (AVX-512's float vector; AVX2's 8
-#: divides it).
-NORM_BLOCK = 16
+@functools.lru_cache(maxsize=None)
+def norm_block() -> int:
+    """The channel multiple ATen's channels-last BatchNorm kernels need to be fast: its float vector, 16 with AVX-512
+    kernels, 8 otherwise (AVX2, and ATen's 256-bit default elsewhere). Measured under `ATEN_CPU_CAPABILITY=avx2`:
+    24 and 40 channels run faster plain than folded to 48 and 80, 4, 8 and 12 faster folded."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
 
 def norm_fold_factor(bn: nn.Module, x: torch.Tensor) -> int:
     """k for `bn(x)` run channel-folded, or 0 where plain is as fast or the fold does not apply: `bn` a training
     BatchNorm2d (plain or `FoldingBatchNorm2d`), `x` a channels-last (not also NCHW) CPU map of its weights' dtype
-    whose channels are no multiple of 16, and k dividing N*H*W; not while torch.compile traces (Inductor writes its
+    whose channels are no multiple of `norm_block()`, and k dividing N*H*W; not while torch.compile traces (Inductor writes its
     own BatchNorm)."""
     if (type(bn) not in (nn.BatchNorm2d, FoldingBatchNorm2d) or not bn.training or x.device.type != "cpu"
-            or x.dim() != 4 or x.shape[1] % NORM_BLOCK == 0 or x.is_contiguous()
+            or x.dim() != 4 or x.shape[1] % norm_block() == 0 or x.is_contiguous()
             or not x.is_contiguous(memory_format=torch.channels_last)
             or (bn.weight is not None and x.dtype != bn.weight.dtype) or torch.compiler.is_compiling()):
         return 0
-    k = NORM_BLOCK // math.gcd(x.shape[1], NORM_BLOCK)
+    k = norm_block() // math.gcd(x.shape[1], norm_block())
     return k if (x.shape[0] * x.shape[2] * x.shape[3]) % k == 0 else 0
 
 
