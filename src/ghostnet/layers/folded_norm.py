@@ -32,8 +32,8 @@ def norm_block() -> int:
 def norm_fold_factor(bn: nn.Module, x: torch.Tensor) -> int:
     """k for `bn(x)` run channel-folded, or 0 where plain is as fast or the fold does not apply: `bn` a training
     BatchNorm2d (plain or `FoldingBatchNorm2d`), `x` a channels-last (not also NCHW) CPU map of its weights' dtype
-    whose channels are no multiple of `norm_block()`, and k dividing N*H*W; not while torch.compile traces (Inductor writes its
-    own BatchNorm)."""
+    whose channels are no multiple of `norm_block()`, and k dividing N*H*W; not while torch.compile traces
+    (Inductor writes its own BatchNorm)."""
     if (type(bn) not in (nn.BatchNorm2d, FoldingBatchNorm2d) or not bn.training or x.device.type != "cpu"
             or x.dim() != 4 or x.shape[1] % norm_block() == 0 or x.is_contiguous()
             or not x.is_contiguous(memory_format=torch.channels_last)
