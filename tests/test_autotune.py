@@ -123,6 +123,27 @@ def test_a_cached_choice_is_reused_without_measuring(tmp_path, monkeypatch):
                                 **{**FAST, "threads": 2})
 
 
+def test_a_cached_choice_that_fails_now_is_measured_again(tmp_path, monkeypatch):
+    """What passed when it was cached may not pass now (a converter that fails in this process, a changed package):
+    the choice is measured again instead of the export failing."""
+    autotune.export_fastest("ghostnet_050", tmp_path / "a", runtimes=["onnxruntime"], **FAST)
+    real_export, calls = autotune._Trial.export, []
+
+    def export_fails_once(self, candidate, path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise RuntimeError("Tracing failed sanity checks!\nGraphs differed across invocations")
+        return real_export(self, candidate, path)
+
+    monkeypatch.setattr(autotune._Trial, "export", export_fails_once)
+    messages = []
+    result = autotune.export_fastest("ghostnet_050", tmp_path / "b", runtimes=["onnxruntime"], progress=messages.append,
+                                     **FAST)
+    assert not result.cached and result.path.is_file() and len(calls) > 2
+    assert any("cached choice failed here (RuntimeError: Tracing failed sanity checks!); measuring again" in m
+               for m in messages)
+
+
 def test_cli_format_auto(tmp_path, capsys):
     assert cli_main(["export", "ghostnet_050", "--format", "auto", "--image-size", "32", "--runtimes", "onnxruntime",
                      "-o", str(tmp_path / "g")]) == 0

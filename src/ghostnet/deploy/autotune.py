@@ -243,6 +243,14 @@ def _cache_key(model_name: str, image_size: int, threads: int, dynamic_batch: Op
                              "structures": sorted(f.describe() for f in structures)})
 
 
+def _write_checked(trial: _Trial, winner: Candidate, stem: Path) -> tuple[Path, Candidate]:
+    """Write `winner`'s form as STEM.<suffix> and check the written file like every candidate."""
+    path = stem.with_name(stem.name + get_runtime(winner.runtime).suffix)
+    final = Candidate(winner.runtime, winner.form)
+    trial.load_checked(final, trial.export(final, path))
+    return path, final
+
+
 def export_fastest(model_name: str, stem: PathLike, *, threads: int = 1, weights: Optional[str] = None,
                    num_classes: Optional[int] = None, image_size: Optional[int] = None,
                    runtimes: Optional[Sequence[str]] = None, dynamic_batch: Optional[bool] = None,
@@ -274,15 +282,21 @@ def export_fastest(model_name: str, stem: PathLike, *, threads: int = 1, weights
                                     c["parity"], c["error"], c.get("cpu_ms")) for c in cached["candidates"]]
             if progress:
                 progress(f"cached choice for this CPU and these versions: {winner.runtime}, {winner.form.describe()}")
-        else:
+            try:
+                written = _write_checked(trial, winner, stem)
+            except Exception as exc:  # noqa: BLE001 - what passed when cached may fail now: measure again
+                if progress:
+                    progress(f"the cached choice failed here ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); "
+                             "measuring again")
+                cached = None
+        if cached is None:
             candidates = _search(trial, structures, chosen_runtimes, dynamic_batch, rounds, reps, progress)
             winner = _winner(candidates, threads)
             if winner is None:
                 reasons = "; ".join(f"{c.runtime} {c.form.describe()}: {c.error}" for c in candidates[:4])
                 raise ValueError(f"no candidate form of {model_name} exported and passed its check here ({reasons})")
-        path = stem.with_name(stem.name + get_runtime(winner.runtime).suffix)
-        final = Candidate(winner.runtime, winner.form)
-        trial.load_checked(final, trial.export(final, path))  # the written file is checked like every candidate
+            written = _write_checked(trial, winner, stem)
+        path, final = written
     record = {"model": model_name, "runtime": winner.runtime, "format": get_runtime(winner.runtime).format,
               "file": str(path), "latency_ms": winner.latency_ms, "threads": threads,
               "image_size": int(example.shape[-1]), "form": winner.form.to_dict(), "describe": winner.form.describe(),

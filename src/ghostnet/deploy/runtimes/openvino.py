@@ -49,8 +49,12 @@ def _convert(model: nn.Module, example_input: torch.Tensor, source: str, workdir
     # batch_capture: a static graph keeps ParameterNet's one-kernel-per-sample form, a dynamic one must not
     with warnings.catch_warnings(), torch.no_grad(), batch_capture(dynamic_batch):
         warnings.simplefilter("ignore")  # TracerWarnings on the models' shape checks
+        # Traced here without torch.jit's check: the frontend's own trace re-traces to check, and in a process that
+        # has traced the model's classes before, the two graphs differ in TorchScript's mangled class names
+        # ("Graphs differed across invocations"), failing a correct model. The file is checked against the model.
+        traced = torch.jit.trace(model, example, check_trace=False, strict=False)
         # the shape given, batch dynamic or not (the frontend leaves every dimension dynamic otherwise)
-        return ov.convert_model(model, example_input=example, input=[ov.PartialShape(shape)])
+        return ov.convert_model(traced, example_input=example, input=[ov.PartialShape(shape)])
 
 
 def export_openvino(model: nn.Module, path: PathLike, example_input: torch.Tensor, *, dynamic_batch: bool = True,
