@@ -286,8 +286,8 @@ def export_fastest(model_name: str, stem: PathLike, *, threads: int = 1, weights
                 written = _write_checked(trial, winner, stem)
             except Exception as exc:  # noqa: BLE001 - what passed when cached may fail now: measure again
                 if progress:
-                    progress(f"the cached choice failed here ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); "
-                             "measuring again")
+                    first_line = (str(exc).splitlines() or [""])[0]
+                    progress(f"the cached choice failed here ({type(exc).__name__}: {first_line}); measuring again")
                 cached = None
         if cached is None:
             candidates = _search(trial, structures, chosen_runtimes, dynamic_batch, rounds, reps, progress)
