@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
 import time
@@ -35,18 +34,10 @@ from ghostnet.deploy.exactness import eager_and_reference, float32_parity
 from ghostnet.deploy.forms import Form, build_form
 from ghostnet.deploy.machine import environment, load_average
 from ghostnet.deploy.runtimes.litert import LiteRtSession, export_litert, export_litert_int8
-from ghostnet.utils import atomic_write
+from bench_common import timm_model, write
 
 MODELS = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100", "repghostnet_100")
 SCALE = "mobilenetv3_large_100"
-
-
-def timm_model(name: str) -> torch.nn.Module:
-    """timm's model as its users deploy it: random weights (latency does not depend on them), re-parameterized."""
-    import timm
-    from timm.utils.model import reparameterize_model
-
-    return reparameterize_model(timm.create_model(name).eval())
 
 
 def our_candidates(name: str, x: torch.Tensor, workdir: Path) -> list[dict]:
@@ -189,17 +180,6 @@ def _version(distribution: str) -> str:
     from importlib.metadata import version
 
     return version(distribution)
-
-
-def write(out: Path, lines: list[str], data: dict) -> None:
-    """OUT.md (the tables) and OUT.json (everything)."""
-    print("\n".join(lines))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out.with_suffix(".md")) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    with atomic_write(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
 import time
@@ -37,7 +36,7 @@ from ghostnet.deploy.exactness import eager_and_reference, float32_parity
 from ghostnet.deploy.forms import Form, build_form
 from ghostnet.deploy.machine import environment, load_average
 from ghostnet.deploy.runtimes.ncnn import NcnnSession, export_ncnn
-from ghostnet.utils import atomic_write
+from bench_common import timm_model, write
 
 MODELS = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100", "repghostnet_100")
 SCALE = "mobilenetv3_large_100"
@@ -48,14 +47,6 @@ def our_forms(model: torch.nn.Module, x: torch.Tensor) -> list[Form]:
     forms = candidate_structures(model, x)
     forms += [dataclasses.replace(f, align=4) for f in forms if f.align == 8]
     return [dataclasses.replace(f, dynamic_batch=False) for f in forms]
-
-
-def timm_model(name: str) -> torch.nn.Module:
-    """timm's model as its users deploy it: random weights (latency does not depend on them), re-parameterized."""
-    import timm
-    from timm.utils.model import reparameterize_model
-
-    return reparameterize_model(timm.create_model(name).eval())
 
 
 def candidates(name: str, x: torch.Tensor, workdir: Path) -> list[dict]:
@@ -267,17 +258,6 @@ def main() -> None:
         lines += ["", f"load average before/after: {table['load_average']}", ""] + markdown(table)
         lines += [""] + profile_markdown(table) if profile_markdown(table) else []
     write(args.out, lines, {"environment": env, "tables": tables})
-
-
-def write(out: Path, lines: list[str], data: dict) -> None:
-    """OUT.md (the tables) and OUT.json (everything)."""
-    print("\n".join(lines))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out.with_suffix(".md")) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    with atomic_write(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import ghostnet
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
 from ghostnet.deploy.export import load_exported
-from support.conditioned import conditioned_model, sample_images
+from support.conditioned import BrokenModel, ConvDepthwiseLinear, conditioned_model, sample_images
 from support.numerics import assert_file_parity, corrupt_one_weight, eager_and_reference, float32_parity
 
 pytest.importorskip("litert_torch")
@@ -128,12 +128,8 @@ def test_what_litert_torch_cannot_convert_is_one_line_naming_the_op(tmp_path):
 
 
 def test_failed_or_misnamed_export_leaves_nothing(tmp_path):
-    class Broken(torch.nn.Module):
-        def forward(self, x):
-            raise RuntimeError("broken model")
-
     with pytest.raises(RuntimeError, match="broken model"):  # the model's own error, as it is
-        export_litert(Broken().eval(), tmp_path / "m.tflite", torch.randn(1, 3, 8, 8))
+        export_litert(BrokenModel().eval(), tmp_path / "m.tflite", torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"NAME\.tflite"):
         export_litert(conditioned_model("resnet20_cifar"), tmp_path / "m.onnx", sample_images(1))
     with pytest.raises(ValueError, match="static input shape"):
@@ -142,22 +138,11 @@ def test_failed_or_misnamed_export_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-class _ConvDepthwiseLinear(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, 2, 1)
-        self.dw = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8)
-        self.fc = torch.nn.Linear(8, 5)
-
-    def forward(self, x):
-        return self.fc(self.dw(torch.relu(self.conv(x))).mean((2, 3)))
-
-
 @pytest.mark.parametrize("method,quantize_depthwise", [("pt2e", True), ("ai-edge-quantizer", True),
                                                        ("ai-edge-quantizer", False)])
 def test_int8_computes_the_model_in_int8(method, quantize_depthwise, tmp_path):
     torch.manual_seed(0)
-    model = _ConvDepthwiseLinear().eval()
+    model = ConvDepthwiseLinear().eval()
     calibration = torch.rand(16, 3, 16, 16)  # in [0, 1): the int8 input's zero point is -128, far from 0
     path = export_litert_int8(model, tmp_path / "q.tflite", calibration[:1], [calibration], method=method,
                               quantize_depthwise=quantize_depthwise)
@@ -174,7 +159,7 @@ def test_int8_computes_the_model_in_int8(method, quantize_depthwise, tmp_path):
 
 
 def test_int8_is_pt2e_by_default_and_needs_calibration_of_the_input_shape(tmp_path):
-    model = _ConvDepthwiseLinear().eval()
+    model = ConvDepthwiseLinear().eval()
     calibration = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     default = export_litert_int8(model, tmp_path / "p.tflite", calibration[:1], [calibration])
     for method, same in (("pt2e", True), ("ai-edge-quantizer", False)):

@@ -16,7 +16,7 @@ from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
 from ghostnet.deploy.export import load_exported
 from ghostnet.deploy.forms import Form, build_form
-from support.conditioned import conditioned_model, sample_images
+from support.conditioned import BrokenModel, ConvDepthwiseLinear, conditioned_model, sample_images
 from support.numerics import assert_file_parity, corrupt_one_weight, eager_and_reference, float32_parity
 
 ncnn = pytest.importorskip("ncnn")
@@ -122,12 +122,8 @@ def test_cli_names_the_op_ncnn_cannot_express(tmp_path, capsys):
 
 
 def test_failed_or_misnamed_export_leaves_nothing(tmp_path):
-    class Broken(torch.nn.Module):
-        def forward(self, x):
-            raise RuntimeError("broken model")
-
     with pytest.raises(RuntimeError, match="broken model"):
-        export_ncnn(Broken().eval(), tmp_path / "m.param", torch.randn(1, 3, 8, 8))
+        export_ncnn(BrokenModel().eval(), tmp_path / "m.param", torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"STEM.param"):
         export_ncnn(conditioned_model("ghostnet_050"), tmp_path / "m.bin", sample_images(1))
     assert list(tmp_path.iterdir()) == []
@@ -251,22 +247,11 @@ def _int8(model, tmp_path, x, **kwargs):
     return fp32, int8
 
 
-class _ConvDepthwiseLinear(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, 2, 1)
-        self.dw = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8)
-        self.fc = torch.nn.Linear(8, 5)
-
-    def forward(self, x):
-        return self.fc(self.dw(torch.relu(self.conv(x))).mean((2, 3)))
-
-
 def test_int8_computes_what_ncnn2int8s_scales_mean(tmp_path):
     """Each int8 layer: the input quantized with 127 / max|input| over the calibration images (minmax), weights
     with 127 / max|w| per output channel, rounded half away from zero; the int8 sum dequantized, plus the bias."""
     torch.manual_seed(0)
-    model = _ConvDepthwiseLinear().eval()
+    model = ConvDepthwiseLinear().eval()
     calibration = torch.randn(4, 3, 16, 16)
     path = export_ncnn_int8(model, tmp_path / "q.param", calibration[:1], [calibration], method="minmax",
                             quantize_depthwise=True)

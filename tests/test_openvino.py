@@ -11,7 +11,7 @@ from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
 from ghostnet.deploy.export import load_exported
 from ghostnet.deploy.runtimes.openvino import compile_config, export_openvino
-from support.conditioned import conditioned_model, sample_images
+from support.conditioned import BrokenModel, conditioned_model, sample_images
 from support.numerics import assert_file_parity, corrupt_one_weight, eager_and_reference, float32_parity
 
 ov = pytest.importorskip("openvino")
@@ -71,12 +71,8 @@ def test_cli_export_and_check(tmp_path, capsys):
 
 
 def test_failed_or_misnamed_export_leaves_nothing(tmp_path):
-    class Broken(torch.nn.Module):
-        def forward(self, x):
-            raise RuntimeError("broken model")
-
     with pytest.raises(RuntimeError, match="broken model"):
-        export_openvino(Broken().eval(), tmp_path / "m.xml", torch.randn(1, 3, 8, 8))
+        export_openvino(BrokenModel().eval(), tmp_path / "m.xml", torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"NAME.xml"):
         export_openvino(conditioned_model("resnet20_cifar"), tmp_path / "m.bin", sample_images(1))
     assert list(tmp_path.iterdir()) == []

@@ -37,3 +37,24 @@ def conditioned_model(name: str) -> nn.Module:
 
 def sample_images(batch: int, size: int = 32) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+
+
+class ConvDepthwiseLinear(nn.Module):
+    """conv, ReLU, depthwise conv, mean, linear: the smallest net with every op an int8 export quantizes (the int8
+    tests of each runtime)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+        self.dw = nn.Conv2d(8, 8, 3, 1, 1, groups=8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dw(torch.relu(self.conv(x))).mean((2, 3)))
+
+
+class BrokenModel(nn.Module):
+    """A model whose forward fails: an export of it must fail and leave no file behind."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("broken model")
