@@ -4,6 +4,7 @@ the converter's refusal is one line naming the op; a corrupted weight is caught;
 (ai-edge-quantizer and PT2E), atomic writes."""
 from __future__ import annotations
 
+import json
 import pytest
 import torch
 
@@ -206,3 +207,14 @@ def test_cli_bench_litert_and_int8_rows(tmp_path, capsys):
     for model in ("ghostnet_050", "timm/mobilenetv3_small_100"):
         for backend in ("litert", "litert-int8"):
             assert f"| {model} | {backend} |" in table
+
+
+@pytest.mark.slow
+def test_front_runs_on_litert(tmp_path):
+    pytest.importorskip("timm")
+    assert cli_main(["bench", "--front", "ghostnet_050", "--peers", "timm:mobilenetv3_small_100", "--backends",
+                     "litert", "--threads", "1", "--image-size", "32", "--rounds", "1", "--reps", "2", "--warmup", "1",
+                     "--out-dir", str(tmp_path), "--name", "front", "--no-plot"]) == 0
+    points = json.loads((tmp_path / "front.json").read_text())["points"]
+    assert {(p["label"], p["backend"]) for p in points} == {("ghostnet_050", "litert"),
+                                                          ("timm/mobilenetv3_small_100", "litert")}

@@ -30,7 +30,7 @@ from .runtimes import list_runtimes
 
 __all__ = ["FRONT_PEERS", "FrontPoint", "FrontResult", "PublishedAccuracy", "default_front_backends",
            "front_entries", "front_markdown", "front_points", "our_published", "pareto_front", "peers_published",
-           "plot_front", "run_front", "write_front"]
+           "draw_front", "plot_front", "run_front", "write_front"]
 
 
 @dataclass(frozen=True)
@@ -187,12 +187,15 @@ def run_front(cfg: BenchConfig, entries: Sequence[PublishedAccuracy],
 
 
 def machine_caption(front: FrontResult) -> str:
-    """CPU model, ISA, thread counts, batch, image size and versions: written beside every figure."""
+    """CPU model, ISA, thread counts, batch, image size and versions (of every runtime a point ran in): written
+    beside every figure."""
     env, cfg = front.bench.environment, front.bench.config
     threads = ", ".join(str(t) for t in cfg["threads"])
+    runtimes = sorted({p.runtime for p in front.points if p.runtime} - {"eager"}) or ["onnxruntime"]
+    versions = "".join(f", {runtime} {env.get(runtime, 'n/a')}" for runtime in runtimes)
     return (f"{env['cpu']} ({env.get('isa', 'n/a')}), {threads} thread(s), batch {cfg['batch_size']}, "
-            f"{cfg['image_size']}x{cfg['image_size']}; torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
-            f"timm {env['timm']}; {env['date']}")
+            f"{cfg['image_size']}x{cfg['image_size']}; torch {env['torch']}{versions}, timm {env['timm']}; "
+            f"{env['date']}")
 
 
 def front_markdown(front: FrontResult) -> str:
@@ -216,39 +219,69 @@ def front_markdown(front: FrontResult) -> str:
     return "\n".join(lines)
 
 
-def plot_front(front: FrontResult, path: PathLike) -> Path:
-    """PNG of published top-1 against measured latency, one panel per thread count, the front as a step line."""
+#: Marker of each runtime in the front's plot (the runtime each point ran in; others get a diamond).
+RUNTIME_MARKERS = {"onnxruntime": "o", "openvino": "s", "ncnn": "^", "litert": "v", "executorch": "P",
+                   "eager": "X", "compile": "*"}
+
+
+def draw_front(front: FrontResult):
+    """The figure of published top-1 against measured latency, one panel per thread count, the front as a step line,
+    ours blue and peers orange, each runtime its marker, every point numbered (no label over another or over a
+    point) and named in a key beside the axes."""
     thread_counts = sorted({p.threads for p in front.points})
-    fig = new_figure(figsize=(10 * len(thread_counts), 6.5))
-    from matplotlib.ticker import FormatStrFormatter  # after new_figure, which says how to install matplotlib
+    fig = new_figure(figsize=(11 * len(thread_counts), 8))
+    from matplotlib.lines import Line2D  # after new_figure, which says how to install matplotlib
+    from matplotlib.ticker import FormatStrFormatter
 
     axes = fig.subplots(1, len(thread_counts), squeeze=False)[0]
     colors = {"ghostnet": "tab:blue"}
+    groups = []
     for ax, threads in zip(axes, thread_counts):
         group = [p for p in front.points if p.threads == threads]
+        groups.append(group)
         for p in group:
-            ax.scatter(p.latency_ms, p.top1, color=colors.get(p.source, "tab:orange"), s=22, zorder=3,
-                       edgecolors="black" if p.on_front else "none")
+            ax.scatter(p.latency_ms, p.top1, color=colors.get(p.source, "tab:orange"), s=24, zorder=3,
+                       marker=RUNTIME_MARKERS.get(p.runtime, "D"), edgecolors="black" if p.on_front else "none")
         front_line = sorted((p for p in group if p.on_front), key=lambda p: p.latency_ms)
         xs = [p.latency_ms for p in front_line] + [max(p.latency_ms for p in group) * 1.05]
         ys = [p.top1 for p in front_line] + [front_line[-1].top1]
-        ax.step(xs, ys, where="post", color="tab:red", linewidth=1, label="Pareto front")
+        ax.step(xs, ys, where="post", color="tab:red", linewidth=1)
         ax.set_xscale("log")
         for axis_format in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
             axis_format(FormatStrFormatter("%.3g"))  # plain milliseconds, not powers of ten
         ax.tick_params(axis="x", which="both", labelsize=7)
         ax.set_xlabel("latency, best-round median (ms, log scale)")
         ax.set_ylabel("published ImageNet top-1 (%)")
-        ax.set_title(f"{threads} thread(s): ours (blue) and timm peers (orange)", fontsize=9)
+        ax.set_title(f"{threads} thread(s): ours (blue) and timm peers (orange), each in its runtime", fontsize=9)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
-        # labels last, once the axes' limits and scales are final; front points first (their labels matter most)
-        labelled = sorted(group, key=lambda p: (not p.on_front, p.latency_ms))
-        place_labels(ax, [(p.latency_ms, p.top1, f"{p.label.removeprefix('timm/')} ({p.weights}, {p.runtime})")
-                          for p in labelled], fontsize=5.5)
+        runtimes = sorted({p.runtime for p in group})
+        ax.legend([Line2D([], [], color="tab:red", linewidth=1)]
+                  + [Line2D([], [], linestyle="", marker=RUNTIME_MARKERS.get(r, "D"), color="gray") for r in runtimes],
+                  ["Pareto front"] + runtimes, fontsize=7, loc="lower right")
+        ax.margins(x=0.08, y=0.08)
+        # Each point is numbered (short labels find room even in the crowd between 2 and 12 ms) and the key beside
+        # the axes names it; numbers in latency order, so the key reads as the table does.
+        numbered = sorted(group, key=lambda p: (p.latency_ms, -p.top1))
+        key = [f"{n:>2}{'*' if p.on_front else ' '} {p.label.removeprefix('timm/')} ({p.weights}, {p.runtime})"
+               for n, p in enumerate(numbered, 1)]
+        ax.text(1.01, 1.0, "\n".join(["* on the front", *key]), transform=ax.transAxes, va="top", ha="left",
+                fontsize=6.5, family="monospace")
     fig.text(0.01, 0.005, machine_caption(front), fontsize=6.5)
+    # Labels last, in display pixels: the layout and the axes' limits must be final first (tight_layout moves the
+    # axes, and autoscaled limits are only computed when asked for), so fix both, then place.
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    return save_png(fig, path)
+    for ax, group in zip(axes, groups):
+        ax.set_xlim(ax.get_xlim())
+        ax.set_ylim(ax.get_ylim())
+        numbers = {id(p): n for n, p in enumerate(sorted(group, key=lambda p: (p.latency_ms, -p.top1)), 1)}
+        labelled = sorted(group, key=lambda p: (not p.on_front, p.latency_ms))  # front labels matter most
+        place_labels(ax, [(p.latency_ms, p.top1, str(numbers[id(p)])) for p in labelled], fontsize=7)
+    return fig
+
+
+def plot_front(front: FrontResult, path: PathLike) -> Path:
+    """`draw_front` saved as a PNG at `path`."""
+    return save_png(draw_front(front), path)
 
 
 def write_front(front: FrontResult, out_dir: PathLike, name: str = "front", plot: bool = True) -> list[Path]:
