@@ -1,8 +1,9 @@
 """The memory layout a model trains fastest in on this machine, chosen by timing a few real SGD steps.
 
-Which layout trains fastest depends on the model and the CPU: channels-last made ResNet-56's step 1.3x faster and
-Ghost-ResNet-56's 0.7x as fast (8-channel BatchNorms and concats are slow in it; the batch fold needs NCHW), and
-the batch fold (`ghostnet.layers.folded_conv`) that won on an AMD EPYC may lose on an Intel Xeon. So
+Which layout trains fastest depends on the model and the CPU: channels-last made ResNet-56's step 1.3x faster and,
+before its BatchNorms were folded (`ghostnet.layers.folded_norm`), Ghost-ResNet-56's 0.7x as fast; the batch fold
+of small convolutions (`ghostnet.layers.folded_conv`, NCHW only) won on an AMD EPYC and loses to channels-last on
+an Intel Xeon with AVX-512, and to plain NCHW there with PyTorch held to AVX2. So
 `choose_training_layout` times each candidate (NCHW or channels-last; for a model with foldable convolutions, NCHW
 with and without the fold): a copy of the model and its own optimizer per candidate, so that the caller's model,
 optimizer and RNG streams are untouched; one warm-up step each, then rounds in which every candidate takes one step
