@@ -76,7 +76,8 @@ def test_a_wrong_combination_is_caught():
                          nn.BatchNorm2d(8).double().train()(x).var(dim=(0, 2, 3), unbiased=False))
 
 
-@pytest.mark.parametrize("case", ["nchw", "16 channels", "eval", "odd count", "bfloat16 map (autocast)", "subclass"])
+@pytest.mark.parametrize("case", ["nchw", "16 channels", "eval", "odd count", "bfloat16 map (autocast)",
+                                  "bfloat16 map, no affine", "subclass"])
 def test_fold_applies_only_where_it_pays(case):
     bn, x = nn.BatchNorm2d(8).train(), _map((2, 8, 4, 4), torch.float32)
     if case == "nchw":
@@ -89,6 +90,8 @@ def test_fold_applies_only_where_it_pays(case):
         x = _map((1, 8, 3, 3), torch.float32)
     elif case == "bfloat16 map (autocast)":
         x = x.bfloat16()
+    elif case == "bfloat16 map, no affine":  # float32 running statistics all the same
+        bn, x = nn.BatchNorm2d(8, affine=False).train(), x.bfloat16()
     else:
         bn = type("MyNorm", (nn.BatchNorm2d,), {})(8).train()
     assert norm_fold_factor(bn, x) == 0

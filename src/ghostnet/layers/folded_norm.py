@@ -37,7 +37,8 @@ def norm_fold_factor(bn: nn.Module, x: torch.Tensor) -> int:
     if (type(bn) not in (nn.BatchNorm2d, FoldingBatchNorm2d) or not bn.training or x.device.type != "cpu"
             or x.dim() != 4 or x.shape[1] % norm_block() == 0 or x.is_contiguous()
             or not x.is_contiguous(memory_format=torch.channels_last)
-            or (bn.weight is not None and x.dtype != bn.weight.dtype) or torch.compiler.is_compiling()):
+            or any(t is not None and t.dtype != x.dtype for t in (bn.weight, bn.running_mean))
+            or torch.compiler.is_compiling()):
         return 0
     k = norm_block() // math.gcd(x.shape[1], norm_block())
     return k if (x.shape[0] * x.shape[2] * x.shape[3]) % k == 0 else 0
