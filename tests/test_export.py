@@ -201,3 +201,19 @@ def test_cli_export_bad_input(tmp_path, capsys):
     assert cli_main(["export", "no_such_model", "-o", str(tmp_path / "x.onnx")]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert cli_main(["export", "ghostnet_050", "--weights", str(tmp_path / "missing.pth")]) == 2
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "g.onnx"), ("openvino", "g.xml"), ("ncnn", "g.param"),
+                                       ("torchscript", "g.pt"), ("torch.export", "g.pt2")])
+def test_cli_export_to_a_relative_path(fmt, name, tmp_path, monkeypatch, capsys):
+    """`-o out/g.param` from the working folder, as a user types it (ncnn's converter runs in a folder of its own,
+    where a relative path pointed elsewhere)."""
+    from ghostnet.deploy.runtimes import get_runtime
+
+    runtime = get_runtime(fmt if fmt != "onnx" else "onnxruntime")
+    if not runtime.available():
+        pytest.skip(f"{runtime.name} is not installed")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["export", "ghostnet_050", "--format", fmt, "--image-size", "32", "--check", "-o",
+                     f"out/{name}"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / name).is_file() and "limit" in capsys.readouterr().out

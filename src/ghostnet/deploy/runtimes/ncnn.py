@@ -87,6 +87,7 @@ def _pnnx_attributes(param: Path, name: str) -> str:
 
 def pnnx_convert(model: nn.Module, x: torch.Tensor, workdir: Path) -> Path:
     """Trace `model` at `x`'s shape and convert it with pnnx in `workdir`; the .ncnn.param written there."""
+    workdir = Path(workdir).resolve()  # pnnx runs in workdir: a relative path would point below it
     with warnings.catch_warnings(), torch.no_grad(), batch_capture(False):
         warnings.simplefilter("ignore")  # TracerWarnings on the models' shape checks, torch.jit's deprecation
         traced = torch.jit.trace(model, x, check_trace=False)
