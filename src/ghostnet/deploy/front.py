@@ -238,7 +238,9 @@ def draw_front(front: FrontResult):
     groups = []
     for ax, threads in zip(axes, thread_counts):
         group = [p for p in front.points if p.threads == threads]
-        groups.append(group)
+        # Numbers in latency order, so that the key reads as the table does.
+        numbered = sorted(group, key=lambda p: (p.latency_ms, -p.top1))
+        groups.append((group, numbered))
         for p in group:
             ax.scatter(p.latency_ms, p.top1, color=colors.get(p.source, "tab:orange"), s=24, zorder=3,
                        marker=RUNTIME_MARKERS.get(p.runtime, "D"), edgecolors="black" if p.on_front else "none")
@@ -260,8 +262,7 @@ def draw_front(front: FrontResult):
                   ["Pareto front"] + runtimes, fontsize=7, loc="lower right")
         ax.margins(x=0.08, y=0.08)
         # Each point is numbered (short labels find room even in the crowd between 2 and 12 ms) and the key beside
-        # the axes names it; numbers in latency order, so the key reads as the table does.
-        numbered = sorted(group, key=lambda p: (p.latency_ms, -p.top1))
+        # the axes names it.
         key = [f"{n:>2}{'*' if p.on_front else ' '} {p.label.removeprefix('timm/')} ({p.weights}, {p.runtime})"
                for n, p in enumerate(numbered, 1)]
         ax.text(1.01, 1.0, "\n".join(["* on the front", *key]), transform=ax.transAxes, va="top", ha="left",
@@ -270,10 +271,10 @@ def draw_front(front: FrontResult):
     # Labels last, in display pixels: the layout and the axes' limits must be final first (tight_layout moves the
     # axes, and autoscaled limits are only computed when asked for), so fix both, then place.
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    for ax, group in zip(axes, groups):
+    for ax, (group, numbered) in zip(axes, groups):
         ax.set_xlim(ax.get_xlim())
         ax.set_ylim(ax.get_ylim())
-        numbers = {id(p): n for n, p in enumerate(sorted(group, key=lambda p: (p.latency_ms, -p.top1)), 1)}
+        numbers = {id(p): n for n, p in enumerate(numbered, 1)}
         labelled = sorted(group, key=lambda p: (not p.on_front, p.latency_ms))  # front labels matter most
         place_labels(ax, [(p.latency_ms, p.top1, str(numbers[id(p)])) for p in labelled], fontsize=7)
     return fig
