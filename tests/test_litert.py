@@ -4,16 +4,16 @@ the converter's refusal is one line naming the op; a corrupted weight is caught;
 (ai-edge-quantizer and PT2E), atomic writes."""
 from __future__ import annotations
 
-import json
 import pytest
 import torch
 
 import ghostnet
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
-from ghostnet.deploy.export import load_exported
 from support.conditioned import BrokenModel, ConvDepthwiseLinear, conditioned_model, sample_images
-from support.numerics import assert_file_parity, corrupt_one_weight, eager_and_reference, float32_parity
+from support.numerics import assert_file_parity
+from support.runtime_checks import (assert_bench_backend_times, assert_cli_bench_rows,
+                                    assert_corrupted_weight_caught, assert_front_runs_on)
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -107,13 +107,7 @@ def test_cli_export_and_check(tmp_path, capsys):
 
 
 def test_a_corrupted_weight_is_caught(tmp_path):
-    model = conditioned_model("ghostnet_050")
-    x = sample_images(2)
-    eager, reference = eager_and_reference(model, x)
-    broken = fuse(model, example_input=x[:1])
-    corrupt_one_weight(broken)
-    path = export_litert(broken, tmp_path / "b.tflite", x[:1])
-    assert not float32_parity(load_exported(path, threads=1)(x), eager, reference).ok
+    assert_corrupted_weight_caught(export_litert, tmp_path / "b.tflite", "ghostnet_050", batch=2)
 
 
 class _Cumprod(torch.nn.Module):
@@ -188,33 +182,14 @@ def test_cli_int8_export_on_real_images(shared_data, tmp_path, capsys):
 
 
 def test_bench_litert_backend():
-    from ghostnet.deploy.bench import BenchConfig, run_benchmark
-
-    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["litert"], threads=[1], image_size=32, rounds=1,
-                      reps=2, warmup=1)
-    rows = run_benchmark(cfg).rows
-    assert [(r.model, r.backend, r.runtime) for r in rows] == [("ghostnet_050", "litert", "litert")]
-    assert rows[0].median_ms > 0
+    assert_bench_backend_times("litert")
 
 
 @pytest.mark.slow
 def test_cli_bench_litert_and_int8_rows(tmp_path, capsys):
-    pytest.importorskip("timm")
-    assert cli_main(["bench", "ghostnet_050", "--peers", "timm:mobilenetv3_small_100", "--backends",
-                     "litert,litert-int8", "--threads", "1", "--image-size", "32", "--rounds", "1", "--reps", "2",
-                     "--warmup", "1", "--out-dir", str(tmp_path), "--no-plot"]) == 0
-    table = capsys.readouterr().out
-    for model in ("ghostnet_050", "timm/mobilenetv3_small_100"):
-        for backend in ("litert", "litert-int8"):
-            assert f"| {model} | {backend} |" in table
+    assert_cli_bench_rows(["litert", "litert-int8"], tmp_path, capsys)
 
 
 @pytest.mark.slow
 def test_front_runs_on_litert(tmp_path):
-    pytest.importorskip("timm")
-    assert cli_main(["bench", "--front", "ghostnet_050", "--peers", "timm:mobilenetv3_small_100", "--backends",
-                     "litert", "--threads", "1", "--image-size", "32", "--rounds", "1", "--reps", "2", "--warmup", "1",
-                     "--out-dir", str(tmp_path), "--name", "front", "--no-plot"]) == 0
-    points = json.loads((tmp_path / "front.json").read_text())["points"]
-    assert {(p["label"], p["backend"]) for p in points} == {("ghostnet_050", "litert"),
-                                                          ("timm/mobilenetv3_small_100", "litert")}
+    assert_front_runs_on("litert", tmp_path)

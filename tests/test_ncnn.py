@@ -4,7 +4,6 @@ corrupted weight is caught; the CLI, `--format auto --runtimes ncnn`, the bench 
 rewrite (ncnn2table's KL calibration, ncnn2int8's layout)."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -14,10 +13,11 @@ import torch
 import ghostnet
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
-from ghostnet.deploy.export import load_exported
 from ghostnet.deploy.forms import Form, build_form
 from support.conditioned import BrokenModel, ConvDepthwiseLinear, conditioned_model, sample_images
-from support.numerics import assert_file_parity, corrupt_one_weight, eager_and_reference, float32_parity
+from support.numerics import assert_file_parity
+from support.runtime_checks import (assert_bench_backend_times, assert_cli_bench_rows,
+                                    assert_corrupted_weight_caught, assert_front_runs_on)
 
 ncnn = pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
@@ -84,13 +84,7 @@ def test_deployment_forms_match_in_ncnn(name, form, tmp_path):
 
 
 def test_a_corrupted_weight_is_caught(tmp_path):
-    model = conditioned_model("ghostnet_100")
-    x = sample_images(3)
-    eager, reference = eager_and_reference(model, x)
-    broken = fuse(model, example_input=x[:1])
-    corrupt_one_weight(broken)
-    path = export_ncnn(broken, tmp_path / "b.param", x[:1])
-    assert not float32_parity(load_exported(path)(x), eager, reference).ok
+    assert_corrupted_weight_caught(export_ncnn, tmp_path / "b.param", "ghostnet_100", batch=3)
 
 
 def test_output_names_and_stems(tmp_path):
@@ -142,36 +136,17 @@ def test_format_auto_with_ncnn_named(tmp_path):
 
 
 def test_bench_ncnn_backend():
-    from ghostnet.deploy.bench import BenchConfig, run_benchmark
-
-    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["ncnn"], threads=[1], image_size=32,
-                      rounds=1, reps=2, warmup=1)
-    rows = run_benchmark(cfg).rows
-    assert [(r.model, r.backend, r.runtime) for r in rows] == [("ghostnet_050", "ncnn", "ncnn")]
-    assert rows[0].median_ms > 0
+    assert_bench_backend_times("ncnn")
 
 
 @pytest.mark.slow
 def test_cli_bench_ncnn_and_int8_rows(tmp_path, capsys):
-    pytest.importorskip("timm")
-    assert cli_main(["bench", "ghostnet_050", "--peers", "timm:mobilenetv3_small_100", "--backends", "ncnn,ncnn-int8",
-                     "--threads", "1", "--image-size", "32", "--rounds", "1", "--reps", "2", "--warmup", "1",
-                     "--out-dir", str(tmp_path), "--no-plot"]) == 0
-    table = capsys.readouterr().out
-    for model in ("ghostnet_050", "timm/mobilenetv3_small_100"):
-        for backend in ("ncnn", "ncnn-int8"):
-            assert f"| {model} | {backend} |" in table
+    assert_cli_bench_rows(["ncnn", "ncnn-int8"], tmp_path, capsys)
 
 
 @pytest.mark.slow
 def test_front_runs_on_ncnn(tmp_path):
-    pytest.importorskip("timm")
-    assert cli_main(["bench", "--front", "ghostnet_050", "--peers", "timm:mobilenetv3_small_100", "--backends", "ncnn",
-                     "--threads", "1", "--image-size", "32", "--rounds", "1", "--reps", "2", "--warmup", "1",
-                     "--out-dir", str(tmp_path), "--name", "front", "--no-plot"]) == 0
-    points = json.loads((tmp_path / "front.json").read_text())["points"]
-    assert {(p["label"], p["backend"]) for p in points} == {("ghostnet_050", "ncnn"),
-                                                          ("timm/mobilenetv3_small_100", "ncnn")}
+    assert_front_runs_on("ncnn", tmp_path)
 
 
 # int8 ---------------------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ import torch
 import ghostnet
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy import fuse
-from ghostnet.deploy.export import load_exported
 from ghostnet.deploy.runtimes.openvino import compile_config, export_openvino
 from support.conditioned import BrokenModel, conditioned_model, sample_images
-from support.numerics import assert_file_parity, corrupt_one_weight, eager_and_reference, float32_parity
+from support.numerics import assert_file_parity
+from support.runtime_checks import assert_bench_backend_times, assert_corrupted_weight_caught
 
 ov = pytest.importorskip("openvino")
 pytest.importorskip("onnx")
@@ -42,13 +42,7 @@ def test_both_converters_static_batch(name, source, tmp_path):
 
 
 def test_a_corrupted_weight_is_caught(tmp_path):
-    model = conditioned_model("ghostnet_100")
-    x = sample_images(3)
-    eager, reference = eager_and_reference(model, x)
-    broken = fuse(model, example_input=x[:1])
-    corrupt_one_weight(broken)
-    path = export_openvino(broken, tmp_path / "b.xml", x[:1])
-    assert not float32_parity(load_exported(path)(x), eager, reference).ok
+    assert_corrupted_weight_caught(export_openvino, tmp_path / "b.xml", "ghostnet_100", batch=3)
 
 
 def test_inference_is_float32_whatever_the_cpu_default():
@@ -79,10 +73,4 @@ def test_failed_or_misnamed_export_leaves_nothing(tmp_path):
 
 
 def test_bench_openvino_backend():
-    from ghostnet.deploy.bench import BenchConfig, run_benchmark
-
-    cfg = BenchConfig(models=["ghostnet_050"], peers=[], backends=["openvino"], threads=[1], image_size=32,
-                      rounds=1, reps=2, warmup=1)
-    rows = run_benchmark(cfg).rows
-    assert [(r.model, r.backend, r.runtime) for r in rows] == [("ghostnet_050", "openvino", "openvino")]
-    assert rows[0].median_ms > 0
+    assert_bench_backend_times("openvino")
