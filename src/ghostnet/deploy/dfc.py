@@ -37,7 +37,8 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from ..layers.tracing import is_symbolic_tracing
 
-__all__ = ["DeployDFC", "TrainingFormDFC", "dfc_pool_kernel", "upsample_factor", "use_training_form_dfc"]
+__all__ = ["DeployDFC", "TrainingFormDFC", "dfc_pool_kernel", "nearest_source_indices", "upsample_factor",
+           "use_training_form_dfc"]
 
 
 def _nearest(source: torch.Tensor, out_size: int, factor: Optional[int]) -> torch.Tensor:
@@ -58,11 +59,20 @@ def upsample_factor(in_size: int, out_size: int) -> Optional[int]:
     factor = out_size // in_size
     if factor < 1 or factor * in_size != out_size:
         return None
+    with _disable_current_modes():  # see nearest_source_indices
+        source = torch.arange(in_size, dtype=torch.float64).view(1, 1, in_size, 1)
+        by_factor = _nearest(source, out_size, factor).flatten().long()
+    return factor if torch.equal(by_factor, nearest_source_indices(in_size, out_size)) else None
+
+
+def nearest_source_indices(in_size: int, out_size: int) -> torch.Tensor:
+    """The entries PyTorch's size-based nearest resize from `in_size` to `out_size` reads along one axis, one per
+    output entry (asked of PyTorch itself: its kernel rounds a float32 scale)."""
     # Real tensors even while a graph is captured (torch.export's fake tensors cannot answer torch.equal), and
     # nothing recorded into that graph: the answer is a constant of it.
     with _disable_current_modes():
         source = torch.arange(in_size, dtype=torch.float64).view(1, 1, in_size, 1)
-        return factor if torch.equal(_nearest(source, out_size, factor), _nearest(source, out_size, None)) else None
+        return _nearest(source, out_size, None).flatten().long()
 
 
 def dfc_pool_kernel(height: int, width: int) -> tuple[int, int]:

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ...utils import PathLike, atomic_write
+from ..dfc import nearest_source_indices
 from ..graph_capture import batch_capture, check_eval
 from .base import MissingRuntime, Output, Runtime, Session, as_output, register_runtime
 
@@ -74,13 +75,6 @@ def _check_path(path: PathLike) -> Path:
 _NEAREST = (torch.ops.aten.upsample_nearest2d.vec, torch.ops.aten.upsample_nearest2d.default)
 
 
-def _source_indices(in_size: int, out_size: int) -> torch.Tensor:
-    """The input rows PyTorch's size-based nearest resize reads for each output row (asked of PyTorch itself: its
-    kernel rounds a float32 scale)."""
-    source = torch.arange(in_size, dtype=torch.float64).view(1, 1, in_size, 1)
-    return torch.nn.functional.interpolate(source, size=(out_size, 1), mode="nearest").flatten().long()
-
-
 def exact_nearest_resizes(graph: torch.fx.GraphModule) -> int:
     """Rewrite, in a torch.export graph, each size-based nearest resize to a size that is no integer multiple as
     index_selects of the rows and columns PyTorch reads; return how many.
@@ -101,7 +95,7 @@ def exact_nearest_resizes(graph: torch.fx.GraphModule) -> int:
             for dim, (size, out) in zip((2, 3), sizes):
                 if size != out:
                     name = f"_exact_nearest_{count}_{dim}"
-                    graph.register_buffer(name, _source_indices(size, out))
+                    graph.register_buffer(name, nearest_source_indices(size, out))
                     result = graph.graph.call_function(torch.ops.aten.index_select.default,
                                                        (result, dim, graph.graph.get_attr(name)))
         node.replace_all_uses_with(result)
