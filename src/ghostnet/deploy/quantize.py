@@ -25,8 +25,9 @@ ACTIVATION_TYPES = ("uint8", "int8")
 #: little time on CPU and each one adds a requantization error.
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
-__all__ = ["ACTIVATION_TYPES", "CALIBRATION_METHODS", "DEFAULT_OP_TYPES", "calibration_batches", "depthwise_conv_nodes",
-           "load_calibration_images", "load_images", "onnx_accuracy", "quantize_onnx"]
+__all__ = ["ACTIVATION_TYPES", "CALIBRATION_METHODS", "DEFAULT_OP_TYPES", "batches_of_input_shape",
+           "calibration_batches", "depthwise_conv_nodes", "load_calibration_images", "load_images", "onnx_accuracy",
+           "quantize_onnx"]
 
 
 def depthwise_conv_nodes(model) -> list[str]:
@@ -127,6 +128,19 @@ def calibration_batches(images: torch.Tensor, batch_size: int = 32) -> list[torc
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"calibration images must be a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
     return list(images.split(batch_size))
+
+
+def batches_of_input_shape(calibration: Iterable[torch.Tensor], example_input: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The calibration batches split to a static export's batch size, those of its input shape; ValueError (after
+    the last) where none has it. For int8 exports that take one input shape (ExecuTorch, LiteRT)."""
+    seen = 0
+    for batch in calibration:
+        for images in batch.split(example_input.shape[0]):
+            if images.shape == example_input.shape:
+                seen += 1
+                yield images
+    if not seen:
+        raise ValueError(f"no calibration batch of shape {tuple(example_input.shape)} (the export's input shape)")
 
 
 def load_calibration_images(data: PathLike, data_config: dict, num_images: int = 512, split: str = "train",

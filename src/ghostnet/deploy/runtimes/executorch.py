@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ...utils import PathLike, atomic_write
 from ..graph_capture import check_eval
+from ..quantize import batches_of_input_shape
 from .base import MissingRuntime, Output, Runtime, Session, register_runtime
 
 __all__ = ["ExecuTorchSession", "executorch_method", "export_executorch", "quantize_for_xnnpack",
@@ -38,14 +39,8 @@ def quantize_for_xnnpack(model: nn.Module, example_input: torch.Tensor,
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with torch.no_grad():
         prepared = prepare_pt2e(torch.export.export(model, (example_input,)).module(), quantizer)
-        seen = 0
-        for batch in calibration:
-            for image in batch.split(example_input.shape[0]):  # the program's static batch size
-                if image.shape == example_input.shape:
-                    prepared(image)
-                    seen += 1
-    if not seen:
-        raise ValueError(f"no calibration batch of shape {tuple(example_input.shape)} (the export's input shape)")
+        for images in batches_of_input_shape(calibration, example_input):  # the program's static batch size
+            prepared(images)
     return convert_pt2e(prepared)
 
 

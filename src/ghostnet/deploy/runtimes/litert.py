@@ -31,6 +31,7 @@ import torch.nn as nn
 from ...utils import PathLike, atomic_write
 from ..dfc import nearest_source_indices
 from ..graph_capture import batch_capture, check_eval
+from ..quantize import batches_of_input_shape
 from .base import MissingRuntime, Output, Runtime, Session, as_output, register_runtime
 
 __all__ = ["INT8_METHODS", "LiteRtConversionError", "LiteRtSession", "exact_nearest_resizes", "export_litert",
@@ -150,18 +151,6 @@ def export_litert(model: nn.Module, path: PathLike, example_input: torch.Tensor,
     return _write(_convert(model, example_input), path)
 
 
-def _calibration_images(calibration: Iterable[torch.Tensor], example_input: torch.Tensor) -> Iterator[torch.Tensor]:
-    """The calibration batches split to the export's static batch; ValueError where none has its shape."""
-    seen = 0
-    for batch in calibration:
-        for images in batch.split(example_input.shape[0]):
-            if images.shape == example_input.shape:
-                seen += 1
-                yield images
-    if not seen:
-        raise ValueError(f"no calibration batch of shape {tuple(example_input.shape)} (the export's input shape)")
-
-
 def quantize_tflite(content: bytes, calibration: Iterable[torch.Tensor], example_input: torch.Tensor, *,
                     quantize_depthwise: bool = True) -> bytes:
     """A float .tflite flatbuffer quantized by ai-edge-quantizer: every op it supports in int8 (per-channel
@@ -178,7 +167,7 @@ def quantize_tflite(content: bytes, calibration: Iterable[torch.Tensor], example
     engine = quantizer.Quantizer(bytearray(content))
     engine.load_quantization_recipe(manager.get_quantization_recipe())
     key, name = _signature_input(content)
-    samples = [{name: images.float().numpy()} for images in _calibration_images(calibration, example_input)]
+    samples = [{name: images.float().numpy()} for images in batches_of_input_shape(calibration, example_input)]
     with _quiet_conversion():
         result = engine.calibrate({key: samples}, num_threads=os.cpu_count() or 1)
         return bytes(engine.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model)
@@ -205,7 +194,7 @@ def quantize_with_pt2e(model: nn.Module, example_input: torch.Tensor,
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with torch.no_grad(), _quiet_conversion(), batch_capture(False):
         prepared = prepare_pt2e(_captured(model, example_input), quantizer)
-        for images in _calibration_images(calibration, example_input):
+        for images in batches_of_input_shape(calibration, example_input):
             prepared(images)
         return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
 
