@@ -1,13 +1,28 @@
-"""What the runtime benchmarks (bench_ncnn.py, bench_litert.py) share: timm's models as timm users deploy them,
-and writing a table as OUT.md and OUT.json."""
+"""What the runtime benchmarks (bench_ncnn.py, bench_litert.py) share: their command line, timm's models as timm
+users deploy them, and writing a table as OUT.md and OUT.json."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import torch
 
 from ghostnet.utils import atomic_write
+
+
+def runtime_bench_arguments(description: str, models: tuple[str, ...], rounds: int,
+                            out: str) -> argparse.ArgumentParser:
+    """The options every runtime benchmark takes: models, timing, output, and the int8 study instead."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", default=",".join(models))
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--int8-run", type=Path, help="instead: the int8 study of this CIFAR-10 `ghostnet train` run "
+                        "folder (its last.safetensors), on --data")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10"))
+    return parser
 
 
 def timm_model(name: str) -> torch.nn.Module:

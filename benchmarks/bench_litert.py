@@ -18,7 +18,6 @@ on 512 training images: top-1 on the 10,000 test images and batch-1 latency at 3
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import tempfile
@@ -34,7 +33,7 @@ from ghostnet.deploy.exactness import eager_and_reference, float32_parity
 from ghostnet.deploy.forms import Form, build_form
 from ghostnet.deploy.machine import environment, load_average
 from ghostnet.deploy.runtimes.litert import LiteRtSession, export_litert, export_litert_int8
-from bench_common import timm_model, write
+from bench_common import runtime_bench_arguments, timm_model, write
 
 MODELS = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100", "repghostnet_100")
 SCALE = "mobilenetv3_large_100"
@@ -149,15 +148,7 @@ def int8_markdown(study: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("results/litert"))
-    parser.add_argument("--int8-run", type=Path, help="instead: the int8 study of this CIFAR-10 `ghostnet train` run "
-                        "folder (its last.safetensors), on --data")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10"))
-    args = parser.parse_args()
+    args = runtime_bench_arguments(__doc__.splitlines()[0], MODELS, rounds=7, out="results/litert").parse_args()
     torch.set_num_threads(1)
     env = environment()
     versions = f"litert-torch {_version('litert-torch')}, ai-edge-litert {_version('ai-edge-litert')}"

@@ -20,7 +20,6 @@ mobilenetv3_large_100 at 224x224, float32 and int8, interleaved.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import tempfile
@@ -36,7 +35,7 @@ from ghostnet.deploy.exactness import eager_and_reference, float32_parity
 from ghostnet.deploy.forms import Form, build_form
 from ghostnet.deploy.machine import environment, load_average
 from ghostnet.deploy.runtimes.ncnn import NcnnSession, export_ncnn
-from bench_common import timm_model, write
+from bench_common import runtime_bench_arguments, timm_model, write
 
 MODELS = ("ghostnet_100", "ghostnetv2_100", "ghostnetv3_100", "repghostnet_100")
 SCALE = "mobilenetv3_large_100"
@@ -227,16 +226,9 @@ def int8_markdown(study: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("results/ncnn"))
+    parser = runtime_bench_arguments(__doc__.splitlines()[0], MODELS, rounds=9, out="results/ncnn")
     parser.add_argument("--profile", action="store_true", help="also profile ours (plain, fastest) and the peers "
                         "per layer type")
-    parser.add_argument("--int8-run", type=Path, help="instead: the int8 study of this CIFAR-10 `ghostnet train` run "
-                        "folder (its last.safetensors), on --data")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     env = environment()
