@@ -185,11 +185,12 @@ def _search(trial: _Trial, structures: list[Form], runtimes: list[Runtime], dyna
     winner with its other batch forms and each other value of its runtime's options."""
     stage1 = []
     for runtime in runtimes:
-        if not _batch_forms(runtime, dynamic_batch):
+        batch_forms = _batch_forms(runtime, dynamic_batch)
+        if not batch_forms:
             if progress:
                 progress(f"  {runtime.name}: its files take no {'dynamic' if dynamic_batch else 'static'} batch")
             continue
-        preferred = _batch_forms(runtime, dynamic_batch)[0]
+        preferred = batch_forms[0]
         defaults = tuple(sorted((key, values[0]) for key, values in runtime.options.items()))
         stage1 += [Candidate(runtime.name, dataclasses.replace(s, dynamic_batch=preferred, options=defaults))
                    for s in structures]
