@@ -66,9 +66,10 @@ def test_auto_picks_the_faster_layout(slow, fast):
 
 def test_the_batch_fold_is_a_candidate_and_a_slow_fold_loses(monkeypatch):
     model = ghostnet.create_model("ghost_resnet20_cifar", num_classes=4)
-    assert [layout.name for layout in candidate_layouts(model)] == ["nchw", "nchw-nofold", "channels-last"]
+    assert [layout.name for layout in candidate_layouts(model)] == [
+        "nchw", "nchw-nofold", "channels-last", "channels-last-fused"]
     assert [layout.name for layout in candidate_layouts(ghostnet.create_model("resnet20_cifar"))] == [
-        "nchw", "channels-last"]
+        "nchw", "channels-last"]  # no Ghost module to fuse
     real, calls = folded_conv.batch_folded_conv, []
 
     def slow_fold(conv, x):
@@ -180,7 +181,8 @@ def test_a_run_records_its_choice_and_resume_keeps_it(data, tmp_path, cache, mon
     with pytest.raises(Killed):
         train(cfg, on_step=stop_after_epoch_1)
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["layout"]
-    assert record["source"] == "measured" and set(record["timings_ms"]) == {"nchw", "nchw-nofold", "channels-last"}
+    assert record["source"] == "measured" and set(record["timings_ms"]) == {"nchw", "nchw-nofold", "channels-last",
+                                                                         "channels-last-fused"}
     assert record["layout"] == min(record["timings_ms"], key=record["timings_ms"].get)
     assert record["key"]["model"] == "ghostnet_050" and record["key"]["input"] == [8, 3, 16, 16]
     assert read_training_state(out / "last.pt")["layout"] == record

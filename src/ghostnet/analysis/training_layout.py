@@ -5,7 +5,9 @@ before its BatchNorms were folded (`ghostnet.layers.folded_norm`), Ghost-ResNet-
 of small convolutions (`ghostnet.layers.folded_conv`, NCHW only) won on an AMD EPYC and loses to channels-last on
 an Intel Xeon with AVX-512, and to plain NCHW there with PyTorch held to AVX2. So
 `choose_training_layout` times each candidate (NCHW or channels-last; for a model with foldable convolutions, NCHW
-with and without the fold): a copy of the model and its own optimizer per candidate, so that the caller's model,
+with and without the fold; for a model with Ghost modules, channels-last with each Ghost module trained as one
+autograd function, `ghostnet.layers.ghost_training`, which made Ghost-ResNet-56's step 5% faster and GhostNet-1.0's
+4% slower on the same Xeon): a copy of the model and its own optimizer per candidate, so that the caller's model,
 optimizer and RNG streams are untouched; one warm-up step each, then rounds in which every candidate takes one step
 in a rotating order (so load from other processes hits all alike); the median step of each is compared. Every
 candidate computes the same function; only the speed differs.
@@ -36,6 +38,7 @@ from .._version import __version__
 from ..hardware import cpu_name
 from ..layers.folded_conv import has_folded_convs, set_batch_fold
 from ..layers.folded_norm import set_norm_fold
+from ..layers.ghost_training import has_fusable_ghost_modules, set_ghost_fusion
 
 CACHE_KIND = "train-layout"
 #: Timed steps per candidate after the warm-up (the median is compared), and warm-up steps.
@@ -48,11 +51,13 @@ __all__ = ["CACHE_KIND", "Layout", "LayoutChoice", "candidate_layouts", "choose_
 
 @dataclass(frozen=True)
 class Layout:
-    """How a model's training steps lay out their maps: channels-last or NCHW, and whether the batch fold of its
-    small convolutions is on (it only ever applies to NCHW maps, on CPU)."""
+    """How a model's training steps lay out their maps: channels-last or NCHW, whether the batch fold of its
+    small convolutions is on (it only ever applies to NCHW maps, on CPU), and whether its Ghost modules train as
+    one autograd function each (`ghostnet.layers.ghost_training`; channels-last CPU maps only)."""
 
     channels_last: bool = False
     batch_fold: bool = True
+    fused_ghost: bool = False
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -61,19 +66,23 @@ class Layout:
 
     @property
     def name(self) -> str:
-        """"channels-last", "nchw" or "nchw-nofold"."""
-        return "channels-last" if self.channels_last else "nchw" if self.batch_fold else "nchw-nofold"
+        """"channels-last", "channels-last-fused", "nchw" or "nchw-nofold"."""
+        if self.channels_last:
+            return "channels-last-fused" if self.fused_ghost else "channels-last"
+        return "nchw" if self.batch_fold else "nchw-nofold"
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Put `model` (in place) in this layout; returns it. Channels-last also folds the channels of its
         BatchNorms where ATen's channels-last kernel is slow (`ghostnet.layers.folded_norm`)."""
         model = set_norm_fold(model.to(memory_format=self.memory_format), self.channels_last)
+        set_ghost_fusion(model, self.channels_last and self.fused_ghost)
         return set_batch_fold(model, self.batch_fold)
 
     @classmethod
     def from_name(cls, name: str) -> "Layout":
         """The layout called `name` (see `name`)."""
-        layouts = {layout.name: layout for layout in (cls(True), cls(False, True), cls(False, False))}
+        layouts = {layout.name: layout
+                   for layout in (cls(True), cls(True, True, True), cls(False, True), cls(False, False))}
         if name not in layouts:
             raise ValueError(f"unknown training layout {name!r}; expected one of {', '.join(layouts)}")
         return layouts[name]
@@ -93,13 +102,14 @@ class LayoutChoice:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (for metrics.jsonl, the checkpoint and the cache)."""
         return {"layout": self.layout.name, "channels_last": self.layout.channels_last,
-                "batch_fold": self.layout.batch_fold, "source": self.source, "reason": self.reason,
+                "batch_fold": self.layout.batch_fold, "fused_ghost": self.layout.fused_ghost, "source": self.source,
+                "reason": self.reason,
                 "timings_ms": dict(self.timings_ms), "key": dict(self.key)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Optional[str] = None) -> "LayoutChoice":
         """The choice `to_dict` wrote (with another `source` where given)."""
-        layout = Layout(bool(data["channels_last"]), bool(data["batch_fold"]))
+        layout = Layout(bool(data["channels_last"]), bool(data["batch_fold"]), bool(data.get("fused_ghost", False)))
         timings = {str(k): float(v) for k, v in dict(data.get("timings_ms") or {}).items()}
         return cls(layout, source or str(data["source"]), str(data.get("reason", "")), timings,
                    dict(data.get("key") or {}))
@@ -112,12 +122,16 @@ class LayoutChoice:
 
 
 def candidate_layouts(model: nn.Module) -> list[Layout]:
-    """The layouts worth timing for `model` on its device: NCHW and channels-last, and NCHW without the batch fold
-    where the model has foldable convolutions (on CPU)."""
+    """The layouts worth timing for `model` on its device: NCHW and channels-last, NCHW without the batch fold
+    where the model has foldable convolutions, and channels-last with fused Ghost modules where it has Ghost modules
+    that fuse (on CPU)."""
     layouts = [Layout(False, True)]
     if has_folded_convs(model):
         layouts.append(Layout(False, False))
-    return layouts + [Layout(True, True)]
+    layouts.append(Layout(True, True))
+    if has_fusable_ghost_modules(model):
+        layouts.append(Layout(True, True, True))
+    return layouts
 
 
 def layout_key(model_name: str, example: torch.Tensor, amp: str, layouts: Sequence[Layout],

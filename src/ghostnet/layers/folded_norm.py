@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Optional
+
 import torch
 import torch.nn as nn
+
 
 @functools.lru_cache(maxsize=None)
 def norm_block() -> int:
@@ -45,14 +48,110 @@ def norm_fold_factor(bn: nn.Module, x: torch.Tensor) -> int:
 
 
 def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The channels-last map `x` as the (N*H*W/k, kC) view of its memory (channel j: channel j % C)."""
+    """The channels-last map `x` as the (N*H*W/k, kC) view of its memory (channel j: channel j % C). One call
+    (`as_strided`): this runs a few times per BatchNorm, where each call's overhead counts."""
     n, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).reshape(n * h * w // k, k * c)
+    return x.as_strided((n * h * w // k, k * c), (k * c, 1))
+
+
+def _rows4d(x: torch.Tensor, k: int) -> torch.Tensor:
+    """`_rows` as the (N*H*W/k, kC, 1, 1) map ATen's BatchNorm kernels take (channels-last and NCHW at once)."""
+    n, c, h, w = x.shape
+    return x.as_strided((n * h * w // k, k * c, 1, 1), (k * c, 1, 1, 1))
 
 
 def _per_row(k: int, *vectors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-channel vectors repeated k times, for the folded view's kC channels (one `repeat` for all)."""
+    if k == 1:
+        return vectors
     return tuple(torch.stack(vectors).repeat(1, k).unbind(0))
+
+
+def batch_stats(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of the channels-last map `x`, by ATen's channels-last statistics kernel on
+    its k-folded view (torch.var_mean over the rows is 15x slower)."""
+    mean_k, var_k = torch.batch_norm_update_stats(_rows4d(x, k), None, None, 0.0)
+    if k == 1:
+        return mean_k, var_k
+    c = x.shape[1]
+    # Equal counts in each folded channel: the variance is the mean of theirs plus that of their means.
+    var_of_means, mean = torch.var_mean(mean_k.view(k, c), 0, correction=0)
+    return mean, var_k.view(k, c).mean(0) + var_of_means
+
+
+#: Rows at least this wide for the elementwise passes: a per-channel vector broadcast over narrow rows runs ATen's
+#: loop a row at a time (8 or 16 floats), 1.5-2x slower than over rows of a few hundred.
+ELEMENTWISE_ROW = 256
+
+
+def _wide_fold(x: torch.Tensor, k: int) -> int:
+    """A multiple of the fold k whose rows are about `ELEMENTWISE_ROW` floats wide and still split the positions."""
+    positions = x.numel() // x.shape[1]
+    while 2 * k * x.shape[1] <= ELEMENTWISE_ROW and positions % (2 * k) == 0:
+        k *= 2
+    return k
+
+
+def normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x * scale + shift per channel (as ATen's inference kernel computes it) of the channels-last map `x`, written to
+    a new channels-last map (no view: in-place activations follow)."""
+    k = _wide_fold(x, 1)
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    scale_k, shift_k = _per_row(k, scale, shift)
+    torch.addcmul(shift_k, _rows(x, k), scale_k, out=_rows(y, k))
+    return y
+
+
+def batch_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                        invstd: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients (input, weight, bias) of a training BatchNorm of the channels-last map `x` (batch `mean` and
+    `invstd`), on its k-folded view: ATen's channels-last training backward itself where k is 1."""
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    if k == 1:
+        return torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True, 0.0,
+                                                         [True, True, True])
+    c = x.shape[1]
+    weight_k, mean_k, invstd_k = _per_row(k, weight, mean, invstd)
+    # sum(g * xhat) and sum(g) of each folded channel, by ATen's channels-last training backward.
+    _, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
+        _rows4d(grad, k), _rows4d(x, k), weight_k, None, None, mean_k, invstd_k, True, 0.0, [False, True, True])
+    sum_gx, sum_g = sum_gx.view(k, c).sum(0), sum_g.view(k, c).sum(0)
+    count = x.numel() // c
+    # dx = w * invstd * (g - sum_g / count - (x - mean) * invstd * sum_gx / count), as ATen computes it
+    scale = weight * invstd
+    xscale = (scale * invstd).mul_(sum_gx).mul_(-1.0 / count)
+    shift = (scale * sum_g).mul_(-1.0 / count)
+    k = _wide_fold(x, k)
+    scale_k, xscale_k, shift_k, mean_k = _per_row(k, scale, xscale, shift, mean)
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+    grad_x_rows = torch.sub(_rows(x, k), mean_k, out=_rows(grad_x, k))
+    torch.addcmul(shift_k, grad_x_rows, xscale_k, out=grad_x_rows).addcmul_(_rows(grad, k), scale_k)
+    return grad_x, sum_gx, sum_g
+
+
+def affine_params(bn: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`bn`'s weight and bias, or ones and zeros where it has none (affine=False)."""
+    weight = bn.weight if bn.weight is not None else like.new_ones(bn.num_features)
+    bias = bn.bias if bn.bias is not None else like.new_zeros(bn.num_features)
+    return weight, bias
+
+
+def running_factor(bn: nn.BatchNorm2d) -> Optional[float]:
+    """Count this training batch and return the weight of its statistics in `bn`'s running ones, as
+    `nn.BatchNorm2d` does (momentum, or 1/batches for momentum=None); None where `bn` keeps no running statistics."""
+    if not bn.track_running_stats or bn.running_mean is None:
+        return None
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """Fold a training batch's `mean` and biased `var` (over `count` values per channel; tensors without gradient)
+    into `bn`'s running statistics, as `nn.BatchNorm2d` does (the running variance is unbiased)."""
+    factor = running_factor(bn)
+    if factor is not None:
+        bn.running_mean.lerp_(mean, factor)
+        bn.running_var.lerp_(var * (count / max(count - 1, 1)), factor)
 
 
 class _FoldedBatchNorm(torch.autograd.Function):
@@ -61,19 +160,10 @@ class _FoldedBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, k: int):
-        c = x.shape[1]
-        rows = _rows(x, k)
-        # ATen's channels-last statistics kernel on the folded channels (torch.var_mean over the rows is 15x slower)
-        mean_k, var_k = torch.batch_norm_update_stats(rows.view(*rows.shape, 1, 1), None, None, 0.0)
-        mean_k, var_k = mean_k.view(k, c), var_k.view(k, c)
-        mean = mean_k.mean(0)
-        # Equal counts in each folded channel: the variance is the mean of theirs plus that of their means.
-        var = (var_k + (mean_k - mean) ** 2).mean(0)
+        mean, var = batch_stats(x, k)
         invstd = torch.rsqrt(var + eps)
         scale = weight * invstd
-        scale_k, shift_k = _per_row(k, scale, bias - mean * scale)
-        y = torch.empty_like(x, memory_format=torch.channels_last)  # no view: in-place activations follow
-        torch.addcmul(shift_k, rows, scale_k, out=_rows(y, k))  # as ATen's inference kernel: x * scale + shift
+        y = normalize(x, scale, bias - mean * scale)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.k = k
         ctx.mark_non_differentiable(mean, var)
@@ -82,38 +172,14 @@ class _FoldedBatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _mean_grad, _var_grad):
         x, weight, mean, invstd = ctx.saved_tensors
-        k, c = ctx.k, x.shape[1]
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        rows, grad_rows = _rows(x, k), _rows(grad, k)
-        weight_k, mean_k, invstd_k = _per_row(k, weight, mean, invstd)
-        # sum(g * xhat) and sum(g) of each folded channel, by ATen's channels-last training backward.
-        _, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
-            grad_rows.view(*rows.shape, 1, 1), rows.view(*rows.shape, 1, 1), weight_k, None, None, mean_k, invstd_k,
-            True, 0.0, [False, True, True])
-        sum_gx, sum_g = sum_gx.view(k, c).sum(0), sum_g.view(k, c).sum(0)
-        count = x.numel() // c
-        # dx = w * invstd * (g - sum_g / count - (x - mean) * invstd * sum_gx / count), as ATen computes it
-        scale = weight * invstd
-        scale_k, xscale_k, shift_k = _per_row(k, scale, -scale * invstd * sum_gx / count, -scale * sum_g / count)
-        grad_x = torch.empty_like(x, memory_format=torch.channels_last)
-        grad_x_rows = torch.sub(rows, mean_k, out=_rows(grad_x, k))
-        torch.addcmul(shift_k, grad_x_rows, xscale_k, out=grad_x_rows).addcmul_(grad_rows, scale_k)
-        return grad_x, sum_gx, sum_g, None, None
+        return (*batch_norm_backward(grad, x, weight, mean, invstd, ctx.k), None, None)
 
 
 def folded_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, k: int) -> torch.Tensor:
     """`bn(x)` in training mode, computed channel-folded by k (`norm_fold_factor`), running statistics updated as
     `nn.BatchNorm2d` updates them."""
-    weight = bn.weight if bn.weight is not None else x.new_ones(x.shape[1])
-    bias = bn.bias if bn.bias is not None else x.new_zeros(x.shape[1])
-    y, mean, var = _FoldedBatchNorm.apply(x, weight, bias, bn.eps, k)
-    if bn.track_running_stats and bn.running_mean is not None:
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            count = x.numel() // x.shape[1]
-            bn.running_mean.lerp_(mean, factor)
-            bn.running_var.lerp_(var * (count / max(count - 1, 1)), factor)
+    y, mean, var = _FoldedBatchNorm.apply(x, *affine_params(bn, x), bn.eps, k)
+    update_running_stats(bn, mean, var, x.numel() // x.shape[1])
     return y
 
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .folded_conv import folded_forward
+from .ghost_training import ghost_training_forward, ghost_training_spec
 from .helpers import LayerFactory, conv_bn, make_act, same_conv
 from .tracing import is_graph_capture
 
@@ -172,6 +173,9 @@ class GhostModule(nn.Module):
         dfc: add GhostNetV2's DFC attention (`short_conv`) that gates the output.
     """
 
+    #: Train as one autograd function where that applies (`ghostnet.layers.ghost_training.set_ghost_fusion`).
+    fused_training = False
+
     def __init__(
         self,
         in_chs: int,
@@ -195,6 +199,9 @@ class GhostModule(nn.Module):
         self.short_conv = make_short_conv(in_chs, out_chs, kernel_size, stride) if dfc else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = ghost_training_spec(self, x)
+        if spec is not None:  # channels-last CPU training: the same function in fewer passes
+            return ghost_training_forward(self, x, spec)
         x1 = folded_forward(self.primary_conv, x)
         return merge_ghost_maps(self, x, x1, folded_forward(self.cheap_operation, x1))
 
