@@ -6,11 +6,11 @@ of small convolutions (`ghostnet.layers.folded_conv`, NCHW only) won on an AMD E
 an Intel Xeon with AVX-512, and to plain NCHW there with PyTorch held to AVX2. So
 `choose_training_layout` times each candidate (NCHW or channels-last; for a model with foldable convolutions, NCHW
 with and without the fold; for a model with Ghost modules, channels-last with each Ghost module trained as one
-autograd function, `ghostnet.layers.ghost_training`, which made Ghost-ResNet-56's step 5% faster and GhostNet-1.0's
-4% slower on the same Xeon): a copy of the model and its own optimizer per candidate, so that the caller's model,
-optimizer and RNG streams are untouched; one warm-up step each, then rounds in which every candidate takes one step
-in a rotating order (so load from other processes hits all alike); the median step of each is compared. Every
-candidate computes the same function; only the speed differs.
+autograd function, `ghostnet.layers.ghost_training`, about 5% faster for Ghost-ResNet-56 on the same Xeon and
+level to 4% slower for GhostNet-1.0): a copy of the model and its own optimizer per candidate, so that the caller's
+model, optimizer and RNG streams are untouched; one warm-up step each, then rounds in which every candidate takes
+one step in a rotating order (so load from other processes hits all alike); the median step of each is compared.
+Every candidate computes the same function; only the speed differs.
 
 The choice is cached per CPU model, ATen ISA, torch and ghostnet versions, model, batch, input size, threads,
 device and mixed precision (`ghostnet.tuning`, kind "train-layout"), so a second run does not measure again. On

@@ -8,7 +8,8 @@ same function with fewer passes over memory: the second BatchNorm writes straigh
 the backward reads the output gradient's halves where they lie, adds the concat's share into the cheap operation's
 input gradient in place; BatchNorms run on ATen's channels-last kernels, channel-folded where the count is no
 multiple of the vector (`ghostnet.layers.folded_norm`). Ghost-ResNet-56's step (batch 128, 2 threads, Intel Xeon
-AVX-512) is about 8% faster; docs/training.md has the figures.
+AVX-512) ran about 5% faster in an interleaved run, not everywhere (docs/benchmarks.md), so the trainer measures it
+(the `channels-last-fused` training layout).
 
 The primary convolution's weight gradient is, for a stride-1 convolution, also the weight gradient of the transposed
 problem (a convolution from its output channels to its input channels, the roles of input and output gradient
@@ -273,8 +274,9 @@ def has_fusable_ghost_modules(model: nn.Module) -> bool:
 
 def set_ghost_fusion(model: nn.Module, enabled: bool) -> nn.Module:
     """Train `model`'s Ghost modules as one function each where it applies (`ghost_training_spec`), or as written.
-    Off unless set: `ghostnet.analysis.training_layout` measures whether it pays for a model on this machine (it
-    made Ghost-ResNet-56's step 5% faster and GhostNet-1.0's 4% slower on an AVX-512 Xeon). Returns `model`."""
+    Off unless set: `ghostnet.analysis.training_layout` measures whether it pays for a model on this machine (on an
+    AVX-512 Xeon it made Ghost-ResNet-56's step about 5% faster and GhostNet-1.0's 4% slower to level, run to run).
+    Returns `model`."""
     for module in model.modules():
         if hasattr(module, "fused_training"):
             module.fused_training = enabled
