@@ -117,6 +117,25 @@ def test_a_cached_choice_is_reused_without_timing(cache):
         choose_training_layout(small_net(torch.channels_last), x, num_classes=4, model_name="net", timer=no_timing)
 
 
+def test_a_close_call_is_timed_again():
+    """Candidates whose medians are within CLOSE_CALL take as many rounds again; a clear winner does not."""
+    from ghostnet.analysis import training_layout
+
+    readings = []
+
+    def level() -> float:  # every step takes one second: a close call
+        readings.append(1)
+        return float(len(readings) // 2)
+
+    x = torch.randn(4, 3, 8, 8)
+    choice = choose_training_layout(small_net(torch.channels_last), x, num_classes=4, steps=3, use_cache=False,
+                                    timer=level)
+    assert "median of 6 steps" in choice.reason and len(readings) == 2 * (2 * 3) * 2  # 2 candidates, 3 rounds, twice
+    clear = choose_training_layout(small_net(torch.channels_last), x, num_classes=4, steps=3, use_cache=False)
+    assert "median of 3 steps" in clear.reason  # the sleeping layout loses by far
+    assert 0 < training_layout.CLOSE_CALL < 0.2
+
+
 def test_rules_where_nothing_is_measured():
     model = ghostnet.create_model("ghost_resnet20_cifar", num_classes=4)
     compiled = choose_training_layout(model, torch.randn(4, 3, 16, 16), compiled=True, timer=None)
