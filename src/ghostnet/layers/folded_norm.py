@@ -43,8 +43,15 @@ def norm_fold_factor(bn: nn.Module, x: torch.Tensor) -> int:
             or any(t is not None and t.dtype != x.dtype for t in (bn.weight, bn.running_mean))
             or torch.compiler.is_compiling()):
         return 0
-    k = norm_block() // math.gcd(x.shape[1], norm_block())
-    return k if (x.shape[0] * x.shape[2] * x.shape[3]) % k == 0 else 0
+    k = channel_fold(x.shape[1], x.shape[0] * x.shape[2] * x.shape[3])
+    return k if k > 1 else 0
+
+
+def channel_fold(channels: int, positions: int) -> int:
+    """The least k with k * `channels` a multiple of `norm_block()` that divides `positions` (N*H*W), or 1 (no fold:
+    the channels already are a multiple, or the positions do not split)."""
+    k = norm_block() // math.gcd(channels, norm_block())
+    return k if positions % k == 0 else 1
 
 
 def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -90,6 +97,16 @@ def _wide_fold(x: torch.Tensor, k: int) -> int:
     while 2 * k * x.shape[1] <= ELEMENTWISE_ROW and positions % (2 * k) == 0:
         k *= 2
     return k
+
+
+def batch_affine(x: torch.Tensor, k: int, weight: torch.Tensor, bias: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training BatchNorm of the channels-last map `x` as a per-channel affine map: the batch mean and biased
+    variance (`batch_stats` on the k-folded view), the inverse std, and the scale and shift that `normalize` applies."""
+    mean, var = batch_stats(x, k)
+    invstd = torch.rsqrt(var + eps)
+    scale = weight * invstd
+    return mean, var, invstd, scale, torch.addcmul(bias, mean, scale, value=-1)
 
 
 def normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -160,10 +177,8 @@ class _FoldedBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, k: int):
-        mean, var = batch_stats(x, k)
-        invstd = torch.rsqrt(var + eps)
-        scale = weight * invstd
-        y = normalize(x, scale, bias - mean * scale)
+        mean, var, invstd, scale, shift = batch_affine(x, k, weight, bias, eps)
+        y = normalize(x, scale, shift)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.k = k
         ctx.mark_non_differentiable(mean, var)

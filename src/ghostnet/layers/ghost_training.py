@@ -24,7 +24,6 @@ Outputs, gradients and running statistics equal the modules' (float64 checks in 
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -33,12 +32,13 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as module_state
 
 from .. import tuning
 from .._version import __version__
 from ..hardware import cpu_name
-from .folded_norm import (FoldingBatchNorm2d, affine_params, batch_norm_backward, batch_stats, norm_block, normalize,
-                          running_factor, update_running_stats)
+from .folded_norm import (FoldingBatchNorm2d, affine_params, batch_affine, batch_norm_backward, channel_fold,
+                          norm_block, normalize, running_factor, update_running_stats)
 from .tracing import is_graph_capture
 
 CL = torch.channels_last
@@ -136,13 +136,6 @@ def weight_grad_method(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     return _METHODS[seen]
 
 
-def _fold(channels: int, positions: int) -> int:
-    """The channel fold for a BatchNorm of `channels` maps over `positions` places: least k with k*channels a multiple
-    of the vector that divides the positions, or 1 (ATen's kernel on the map as it is)."""
-    k = norm_block() // math.gcd(channels, norm_block())
-    return k if positions % k == 0 else 1
-
-
 @dataclass(frozen=True)
 class _Spec:
     """What the autograd function needs of the module besides tensors."""
@@ -159,17 +152,16 @@ def _norm_train(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias:
                 relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Training BatchNorm (then ReLU, in place) of the channels-last map `x` into a new channels-last map; returns
     it, the batch mean and inverse std, and the fold the backward uses. Updates `bn`'s running statistics."""
-    k = _fold(x.shape[1], x.numel() // x.shape[1])
+    positions = x.numel() // x.shape[1]
+    k = channel_fold(x.shape[1], positions)
     if k == 1:  # ATen's own channels-last kernel: statistics, output and running statistics in one call
         factor = running_factor(bn)
         running = (bn.running_mean, bn.running_var) if factor is not None else (None, None)
         y, mean, invstd = torch.native_batch_norm(x, weight, bias, *running, True, factor or 0.0, bn.eps)
     else:
-        mean, var = batch_stats(x, k)
-        update_running_stats(bn, mean, var, x.numel() // x.shape[1])
-        invstd = var.add(bn.eps).rsqrt_()
-        scale = weight * invstd
-        y = normalize(x, scale, torch.addcmul(bias, mean, scale, value=-1))
+        mean, var, invstd, scale, shift = batch_affine(x, k, weight, bias, bn.eps)
+        update_running_stats(bn, mean, var, positions)
+        y = normalize(x, scale, shift)
     if relu:
         y.clamp_min_(0)
     return y, mean, invstd, k
@@ -194,12 +186,11 @@ class _GhostModuleTraining(torch.autograd.Function):
             y2 = y2 if spec.relu2 else None  # the ReLU's backward reads it (the output may change in place later)
         else:  # the second BatchNorm written straight into the output's slice
             y2 = None
-            k2 = _fold(z.shape[1], z.numel() // z.shape[1])
-            mean2, var2 = batch_stats(z, k2)
-            update_running_stats(spec.bn2, mean2, var2, z.numel() // z.shape[1])
-            invstd2 = torch.rsqrt(var2 + spec.bn2.eps)
-            scale2 = w2 * invstd2
-            torch.addcmul(b2 - mean2 * scale2, z.permute(0, 2, 3, 1), scale2, out=out_nhwc[..., init:])
+            positions = z.numel() // z.shape[1]
+            k2 = channel_fold(z.shape[1], positions)
+            mean2, var2, invstd2, scale2, shift2 = batch_affine(z, k2, w2, b2, spec.bn2.eps)
+            update_running_stats(spec.bn2, mean2, var2, positions)
+            torch.addcmul(shift2, z.permute(0, 2, 3, 1), scale2, out=out_nhwc[..., init:])
             out_nhwc[..., :init].copy_(y1.permute(0, 2, 3, 1))
         ctx.save_for_backward(x, w_primary, x1, w1, mean1, invstd1, y1, w_cheap, z, w2, mean2, invstd2, y2)
         ctx.spec, ctx.folds = spec, (k1, k2)
@@ -245,8 +236,6 @@ def _conv_bn_act(part: nn.Module) -> Optional[tuple[nn.Conv2d, nn.BatchNorm2d, b
 
 
 def _has_hooks(*modules: nn.Module) -> bool:
-    from torch.nn.modules import module as module_state
-
     if module_state._global_forward_hooks or module_state._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
