@@ -1,7 +1,6 @@
 """A Ghost module trained as one autograd function (ghostnet.layers.ghost_training) is the module: output, input and
 parameter gradients and running statistics in float64 against the modules as written, over two steps; it runs
-only where it applies; the primary convolution's transposed weight gradient is the weight gradient, and which of
-the two runs is measured once and then read from the cache."""
+only where it applies, with every backward plan of its convolutions (tests/test_conv_backward.py)."""
 from __future__ import annotations
 
 import copy
@@ -12,8 +11,8 @@ import torch.nn as nn
 
 from ghostnet.layers import GhostModule
 from ghostnet.layers import ghost_training
-from ghostnet.layers.ghost_training import (_ConvGeometry, _transposed_weight_grad, ghost_training_spec,
-                                            has_fusable_ghost_modules, set_ghost_fusion, weight_grad_method)
+from ghostnet.layers import conv_backward
+from ghostnet.layers.ghost_training import ghost_training_spec, has_fusable_ghost_modules, set_ghost_fusion
 from ghostnet.analysis.training_layout import Layout, LayoutChoice
 from support.numerics import assert_float64_close
 
@@ -64,6 +63,10 @@ def test_the_fused_module_is_the_module_in_float64(case, norm):
             elif norm == "no running stats":
                 bn.track_running_stats = False
                 bn.running_mean = bn.running_var = bn.num_batches_tracked = None
+    _assert_fused_is_plain(plain)
+
+
+def _assert_fused_is_plain(plain: nn.Module) -> None:
     fused = set_ghost_fusion(copy.deepcopy(plain).to(memory_format=CL), True)
     for step in range(2):  # the second step starts from running statistics the first one updated
         x = _batch((4, plain.in_chs, 10, 12), seed=step)
@@ -81,6 +84,23 @@ def test_the_fused_module_is_the_module_in_float64(case, norm):
             assert_float64_close(b.double(), a.double(), what=name)
         plain.zero_grad()
         fused.zero_grad()
+
+
+@pytest.mark.parametrize("plan", [str(p) for p in conv_backward.candidate_plans(
+    torch.empty(8, 16, 3, 3), conv_backward.ConvGeometry((1, 1), (1, 1), (1, 1), 1))])
+@pytest.mark.parametrize("case", ["Ghost-ResNet stage 1 (16 -> 16, linear)", "ratio 3, d = 5"])
+def test_the_fused_module_is_the_module_with_every_backward_plan(case, plan, monkeypatch):
+    """Each convolution's backward as each exact plan would run it (where the plan applies to it)."""
+    forced = []
+
+    def force(grad, x, weight, geometry):
+        plans = {str(p): p for p in conv_backward.candidate_plans(weight, geometry)}
+        forced.append(plan in plans)
+        return plans.get(plan, conv_backward.DIRECT)
+
+    monkeypatch.setattr(ghost_training, "backward_plan", force)
+    _assert_fused_is_plain(_randomize(GhostModule(**CASES[case]).double().train()))
+    assert any(forced) and len(forced) == 4  # two convolutions, two steps
 
 
 def test_an_in_place_activation_after_the_output_is_allowed():
@@ -135,51 +155,6 @@ def test_fx_tracing_runs_the_modules():
     assert {node.target for node in traced.graph.nodes if node.op == "call_module"} >= {"primary_conv.1",
                                                                                          "cheap_operation.1"}
     assert not any("ghost_training" in str(node.target) for node in traced.graph.nodes)
-
-
-@pytest.mark.parametrize("kernel, padding", [(3, 1), (3, 0), (3, 2), (1, 0), (5, 2)])
-def test_the_transposed_weight_gradient_is_the_weight_gradient(kernel, padding):
-    torch.manual_seed(0)
-    x = torch.randn(3, 6, 9, 11, dtype=torch.float64).contiguous(memory_format=CL)
-    weight = torch.randn(4, 6, kernel, kernel, dtype=torch.float64).contiguous(memory_format=CL)
-    geometry = _ConvGeometry((1, 1), (padding, padding), (1, 1), 1)
-    grad = torch.randn_like(geometry.conv(x, weight)).contiguous(memory_format=CL)
-    direct = geometry.backward(grad, x, weight, (False, True))[1]
-    got = _transposed_weight_grad(grad, x, weight, geometry)
-    assert_float64_close(got, direct)
-    # ... and the flip is what makes it so: without it the sums land on the mirrored taps.
-    if kernel > 1:
-        assert float((got.flip(2, 3) - direct).abs().max()) > 1e-3 * float(direct.abs().max())
-
-
-def test_the_weight_gradient_method_is_measured_once_then_cached(private_tuning_cache, monkeypatch):
-    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=CL)
-    weight = torch.randn(8, 16, 3, 3).contiguous(memory_format=CL)
-    geometry = _ConvGeometry((1, 1), (1, 1), (1, 1), 1)
-    grad = torch.randn(2, 8, 8, 8).contiguous(memory_format=CL)
-    monkeypatch.setattr(ghost_training, "_METHODS", {})
-    timed = []
-    monkeypatch.setattr(ghost_training, "_time_methods",
-                        lambda *args: timed.append(1) or {"direct": 1.0, "transposed": 0.5})
-    assert weight_grad_method(grad, x, weight, geometry) == "transposed" and timed == [1]
-    assert weight_grad_method(grad, x, weight, geometry) == "transposed" and timed == [1]  # this process: memory
-    monkeypatch.setattr(ghost_training, "_METHODS", {})  # a new process: the tuning cache
-    monkeypatch.setattr(ghost_training, "_time_methods", lambda *args: pytest.fail("measured again"))
-    assert weight_grad_method(grad, x, weight, geometry) == "transposed"
-    assert (private_tuning_cache / f"{ghost_training.WEIGHT_GRAD_CACHE_KIND}.json").is_file()
-    strided = _ConvGeometry((2, 2), (1, 1), (1, 1), 1)  # no transposed form: nothing to measure
-    assert weight_grad_method(grad, x, weight, strided) == "direct"
-
-
-def test_a_slower_transposed_form_is_not_chosen(monkeypatch):
-    monkeypatch.setattr(ghost_training, "_METHODS", {})
-    monkeypatch.setattr(ghost_training.tuning, "load_choice", lambda *args: None)
-    monkeypatch.setattr(ghost_training.tuning, "store_choice", lambda *args: None)
-    monkeypatch.setattr(ghost_training, "_time_methods", lambda *args: {"direct": 1.0, "transposed": 0.95})
-    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=CL)
-    weight = torch.randn(8, 16, 3, 3).contiguous(memory_format=CL)
-    grad = torch.randn(2, 8, 8, 8).contiguous(memory_format=CL)
-    assert weight_grad_method(grad, x, weight, _ConvGeometry((1, 1), (1, 1), (1, 1), 1)) == "direct"
 
 
 def test_the_training_layout_offers_and_records_the_fused_form():

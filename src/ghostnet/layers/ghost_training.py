@@ -11,11 +11,9 @@ multiple of the vector (`ghostnet.layers.folded_norm`). Ghost-ResNet-56's step (
 AVX-512) ran about 5% faster in an interleaved run, not everywhere (docs/benchmarks.md), so the trainer measures it
 (the `channels-last-fused` training layout).
 
-The primary convolution's weight gradient is, for a stride-1 convolution, also the weight gradient of the transposed
-problem (a convolution from its output channels to its input channels, the roles of input and output gradient
-swapped): oneDNN's kernels are 1.5-3x faster there for some shapes (16 -> 8 channels at 32x32, 12 -> 6, 40 -> 20) and
-slower for others (24 -> 12, 32 -> 16), on AVX-512 and under AVX2 alike, so which one runs is measured once per
-shape on this machine (`weight_grad_method`) and cached with the other measured choices (`ghostnet.tuning`).
+Each convolution's backward runs in the fastest of its exact forms for the shape (the weight gradient of the
+transposed problem, the input gradient as a forward convolution, or oneDNN's own), measured once per shape on this
+machine and cached (`ghostnet.layers.conv_backward`).
 
 `GhostModule.forward` takes this path by itself when it applies (`ghost_training_spec`): training with gradients,
 a channels-last CPU map, a module made of Conv2d + BatchNorm2d (+ ReLU) halves with a depthwise cheap operation and
@@ -24,124 +22,31 @@ Outputs, gradients and running statistics equal the modules' (float64 checks in 
 """
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.modules import module as module_state
 
-from .. import tuning
-from .._version import __version__
-from ..hardware import cpu_name
+from .conv_backward import ConvGeometry, backward_plan, conv_backward
 from .folded_norm import (FoldingBatchNorm2d, affine_params, batch_affine, batch_norm_backward, channel_fold,
                           norm_block, normalize, running_factor, update_running_stats)
 from .tracing import is_graph_capture
 
 CL = torch.channels_last
-WEIGHT_GRAD_CACHE_KIND = "conv-weight-grad"
-#: The transposed weight gradient is kept only where it is at least this much faster (timing noise aside).
-TRANSPOSED_MIN_GAIN = 0.9
 _BATCH_NORMS = (nn.BatchNorm2d, FoldingBatchNorm2d)
 _ACTIVATIONS = (nn.Identity, nn.ReLU)
 
-__all__ = ["ghost_training_forward", "ghost_training_spec", "has_fusable_ghost_modules", "set_ghost_fusion",
-           "weight_grad_method"]
-
-
-@dataclass(frozen=True)
-class _ConvGeometry:
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-
-    @classmethod
-    def of(cls, conv: nn.Conv2d) -> "_ConvGeometry":
-        return cls(tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), conv.groups)
-
-    def conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
-
-    def backward(self, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                 mask: tuple[bool, bool]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, list(self.stride), list(self.padding), list(self.dilation), False, [0, 0],
-            self.groups, [mask[0], mask[1], False])
-        return grad_x, grad_w
-
-    def transposable(self) -> bool:
-        """Whether the weight gradient equals that of the transposed problem (`_transposed_weight_grad`)."""
-        return self.groups == 1 and self.stride == (1, 1) and self.dilation == (1, 1)
-
-
-def _transposed_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                            geometry: _ConvGeometry) -> torch.Tensor:
-    """dW of the stride-1 convolution y = conv(x, W, padding p) as the weight gradient of the convolution from y's
-    channels to x's with weight flip(W^T) and padding k - 1 - p, whose input is `grad` and whose output gradient
-    is `x`: dW[o, i, a, b] = sum g[o, h, w] x[i, h + a - p, w + b - p] is the same sum either way."""
-    kh, kw = weight.shape[-2:]
-    padding = [kh - 1 - geometry.padding[0], kw - 1 - geometry.padding[1]]
-    flipped = weight.transpose(0, 1).flip(2, 3).contiguous(memory_format=CL)
-    grad_v = torch.ops.aten.convolution_backward(x, grad, flipped, None, [1, 1], padding, [1, 1], False, [0, 0], 1,
-                                                 [False, True, False])[1]
-    return grad_v.transpose(0, 1).flip(2, 3).contiguous(memory_format=CL)
-
-
-_METHODS: dict[tuple, str] = {}
-
-
-def _weight_grad_key(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: _ConvGeometry) -> str:
-    return tuning.cache_key({
-        "device": cpu_name(), "aten_isa": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-        "ghostnet": __version__, "threads": torch.get_num_threads(), "dtype": str(x.dtype), "input": list(x.shape),
-        "weight": list(weight.shape), "output": list(grad.shape), "padding": list(geometry.padding)})
-
-
-def _time_methods(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: _ConvGeometry,
-                  rounds: int = 3) -> dict[str, float]:
-    """Median seconds of each weight-gradient method on these tensors: a warm-up each, then `rounds` interleaved."""
-    calls = {"direct": lambda: geometry.backward(grad, x, weight, (False, True)),
-             "transposed": lambda: _transposed_weight_grad(grad, x, weight, geometry)}
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for round_ in range(rounds + 1):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def weight_grad_method(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: _ConvGeometry) -> str:
-    """"direct" or "transposed": how a Ghost module's primary convolution computes its weight gradient for these
-    shapes on this machine. Measured on the first backward of a shape (a few milliseconds), then read from this
-    process's memory or the tuning cache, so that every step and every later run computes the same sums."""
-    if not geometry.transposable():
-        return "direct"
-    # What can change within a process, looked up first (the full key, with the machine, only on a miss).
-    seen = (x.dtype, tuple(x.shape), tuple(weight.shape), tuple(grad.shape), geometry.padding,
-            torch.get_num_threads(), torch.backends.cpu.get_cpu_capability())
-    if seen not in _METHODS:
-        key = _weight_grad_key(grad, x, weight, geometry)
-        cached = tuning.load_choice(WEIGHT_GRAD_CACHE_KIND, key)
-        if cached not in ("direct", "transposed"):
-            times = _time_methods(grad, x, weight, geometry)
-            cached = "transposed" if times["transposed"] < TRANSPOSED_MIN_GAIN * times["direct"] else "direct"
-            tuning.store_choice(WEIGHT_GRAD_CACHE_KIND, key, cached)
-        _METHODS[seen] = cached
-    return _METHODS[seen]
+__all__ = ["ghost_training_forward", "ghost_training_spec", "has_fusable_ghost_modules", "set_ghost_fusion"]
 
 
 @dataclass(frozen=True)
 class _Spec:
     """What the autograd function needs of the module besides tensors."""
 
-    primary: _ConvGeometry
-    cheap: _ConvGeometry
+    primary: ConvGeometry
+    cheap: ConvGeometry
     relu1: bool
     relu2: bool
     bn1: nn.BatchNorm2d
@@ -207,19 +112,17 @@ class _GhostModuleTraining(torch.autograd.Function):
         if y2 is not None:
             grad2 = torch.ops.aten.threshold_backward(grad2, y2, 0)
         grad_z, grad_w2, grad_b2 = batch_norm_backward(grad2, z, w2, mean2, invstd2, k2)
-        grad_y1, grad_w_cheap = spec.cheap.backward(grad_z, y1, w_cheap, (True, ctx.needs_input_grad[4]))
+        grad_y1, grad_w_cheap = conv_backward(backward_plan(grad_z, y1, w_cheap, spec.cheap), grad_z, y1, w_cheap,
+                                              spec.cheap, (True, ctx.needs_input_grad[4]))
         grad_y1 = grad_y1.contiguous(memory_format=CL)
         grad_y1.permute(0, 2, 3, 1).add_(grad_nhwc[..., :init])  # the concat's share, read where it lies
         if spec.relu1:
             grad_y1 = torch.ops.aten.threshold_backward(grad_y1, y1, 0)
         grad_x1, grad_w1, grad_b1 = batch_norm_backward(grad_y1, x1, w1, mean1, invstd1, k1)
         grad_x = grad_w_primary = None
-        if ctx.needs_input_grad[1] and weight_grad_method(grad_x1, x, w_primary, spec.primary) == "transposed":
-            grad_w_primary = _transposed_weight_grad(grad_x1, x, w_primary, spec.primary)
-            if ctx.needs_input_grad[0]:
-                grad_x = spec.primary.backward(grad_x1, x, w_primary, (True, False))[0]
-        elif ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_x, grad_w_primary = spec.primary.backward(grad_x1, x, w_primary, ctx.needs_input_grad[:2])
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_x, grad_w_primary = conv_backward(backward_plan(grad_x1, x, w_primary, spec.primary), grad_x1, x,
+                                                   w_primary, spec.primary, ctx.needs_input_grad[:2])
         return grad_x, grad_w_primary, grad_w1, grad_b1, grad_w_cheap, grad_w2, grad_b2, None
 
 
@@ -293,7 +196,7 @@ def ghost_training_spec(module: nn.Module, x: torch.Tensor) -> Optional[_Spec]:
         return None
     if not (x.requires_grad or any(t.requires_grad for t in tensors)):
         return None
-    return _Spec(_ConvGeometry.of(conv1), _ConvGeometry.of(conv2), relu1, relu2, bn1, bn2)
+    return _Spec(ConvGeometry.of(conv1), ConvGeometry.of(conv2), relu1, relu2, bn1, bn2)
 
 
 def ghost_training_forward(module: nn.Module, x: torch.Tensor, spec: _Spec) -> torch.Tensor:
