@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ghostnet
+from ghostnet.allocator import tune_allocator
 from ghostnet.cli import main as cli_main
 from ghostnet.deploy.bench import BenchConfig, build_model, count_macs, run_benchmark, to_markdown, write_report
 from ghostnet.deploy.bench_backends import _alignment, _exported_file
@@ -73,8 +74,13 @@ def test_run_benchmark_rows_and_reports(tmp_path):
 def test_train_mode_measures_steps():
     cfg = BenchConfig(models=["resnet20_cifar"], peers=[], backends=["eager"], threads=[1], image_size=32,
                       batch_size=4, rounds=1, reps=1, warmup=1, mode="train")
-    (row,) = run_benchmark(cfg).rows
+    result = run_benchmark(cfg)
+    (row,) = result.rows
     assert row.mode == "train" and row.images_per_s > 0
+    # Run as the trainer runs (ghostnet.allocator), and the report says so.
+    assert result.environment["allocator"] == tune_allocator()
+    assert f"Allocator: {'glibc thresholds raised' if tune_allocator()['applied'] else 'unchanged'}" in to_markdown(
+        result)
 
 
 def test_bfloat16_train_step_runs_under_autocast():

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 import ghostnet
 import ghostnet.layers.folded_conv as folded_conv
+from ghostnet.allocator import tune_allocator
 from ghostnet.analysis.training_layout import Layout, LayoutChoice, candidate_layouts, choose_training_layout
 from ghostnet.train import make_config, read_training_state, train
 from ghostnet.train.config import ConfigError
@@ -199,7 +200,9 @@ def test_a_run_records_its_choice_and_resume_keeps_it(data, tmp_path, cache, mon
 
     with pytest.raises(Killed):
         train(cfg, on_step=stop_after_epoch_1)
-    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["layout"]
+    first_row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first_row["allocator"] == tune_allocator() and "applied" in first_row["allocator"]  # ghostnet.allocator
+    record = first_row["layout"]
     assert record["source"] == "measured" and set(record["timings_ms"]) == {"nchw", "nchw-nofold", "channels-last",
                                                                          "channels-last-fused"}
     assert record["layout"] == min(record["timings_ms"], key=record["timings_ms"].get)

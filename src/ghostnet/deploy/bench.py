@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..allocator import tune_allocator
 from ..analysis.macs import count_macs as _count_macs
 from ..models.registry import input_size_of
 from .bench_backends import _alignment, best_candidates, make_runner
@@ -124,6 +125,8 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
     if cfg.device == "cuda":
         torch.backends.cudnn.benchmark = True
     result = BenchResult(config=asdict(cfg), environment=environment(cfg.device))
+    if cfg.mode == "train":  # as the trainer runs: freed step memory kept for the next step (ghostnet.allocator)
+        result.environment["allocator"] = tune_allocator()
     # What "auto" (or a number) came to on this CPU: the alignment every export of our GhostNets used.
     result.config["align_channels_used"] = _alignment(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -38,6 +38,10 @@ def to_markdown(result: BenchResult, reference: Optional[str] = DEFAULT_REFERENC
              + f"; {env['date']}; load average before "
              f"{_fmt_load(env.get('load_average'))}, after {_fmt_load(env.get('load_average_after'))}.",
              _isa_line(result), ""]
+    if env.get("allocator"):  # train mode: the allocator as the trainer sets it (ghostnet.allocator)
+        allocator = env["allocator"]
+        lines[-1:-1] = [f"Allocator: {'glibc thresholds raised' if allocator['applied'] else 'unchanged'} "
+                        f"({allocator['reason']})."]
     refs = _reference(result.rows, reference)
     groups: dict[tuple[int, int], list[BenchRow]] = {}
     for row in result.rows:

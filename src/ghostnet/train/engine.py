@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..allocator import tune_allocator
 from ..layers.folded_conv import compile_settings
 from ..utils import PathLike, atomic_write
 from .build import (RunData, RunModel, RunState, build_data, build_model, check_run, new_state, resolve_weights,
@@ -72,6 +73,7 @@ def train(cfg: TrainConfig, resume: Optional[PathLike] = None,
 
     Raises TrainingDiverged when the loss, gradient norm or weights become NaN/inf (see guard.py) and RunLockedError
     when another run holds the output folder (see lock.py)."""
+    tune_allocator()  # before the first large tensor: freed step memory is kept for the next step (allocator.py)
     dist = init_distributed(cfg.device)
     try:
         with hold_run_lock(cfg.output, dist, lambda line: warn_main(dist, line)):
@@ -260,6 +262,7 @@ def _end_epoch(run: _Run, epoch: int, lr: float, seen: int, epoch_time: float) -
                            "steps": state.step_log}
     if not state.history:  # how the layout was chosen, and every candidate's step time: once, in the first row
         row["layout"] = run.parts.layout.to_dict()
+        row["allocator"] = tune_allocator()
     warnings = [point["warning"] for point in state.step_log if "warning" in point]
     if warnings:
         row["loss_warning"] = warnings[0]
