@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ghostnet"
 #: The layers, bottom first; a module belongs to the layer of its longest matching prefix.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("ghostnet.constants", "ghostnet.errors", "ghostnet.utils", "ghostnet._version", "ghostnet.hardware",
-                "ghostnet.tuning")),
+                "ghostnet.tuning", "ghostnet.allocator")),
     ("layers", ("ghostnet.layers",)),
     ("models", ("ghostnet.models",)),
     ("checkpoint I/O, weights, hub", ("ghostnet.convert", "ghostnet.download", "ghostnet.weights", "ghostnet.hub",
