@@ -53,19 +53,26 @@ class _Spec:
     bn2: nn.BatchNorm2d
 
 
+def _train_affine(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch mean, inverse std, scale and shift of `bn` in training on the channels-last map `x` (statistics on
+    its k-folded view); updates `bn`'s running statistics."""
+    mean, var, invstd, scale, shift = batch_affine(x, k, weight, bias, bn.eps)
+    update_running_stats(bn, mean, var, x.numel() // x.shape[1])
+    return mean, invstd, scale, shift
+
+
 def _norm_train(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Training BatchNorm (then ReLU, in place) of the channels-last map `x` into a new channels-last map; returns
     it, the batch mean and inverse std, and the fold the backward uses. Updates `bn`'s running statistics."""
-    positions = x.numel() // x.shape[1]
-    k = channel_fold(x.shape[1], positions)
+    k = channel_fold(x.shape[1], x.numel() // x.shape[1])
     if k == 1:  # ATen's own channels-last kernel: statistics, output and running statistics in one call
         factor = running_factor(bn)
         running = (bn.running_mean, bn.running_var) if factor is not None else (None, None)
         y, mean, invstd = torch.native_batch_norm(x, weight, bias, *running, True, factor or 0.0, bn.eps)
     else:
-        mean, var, invstd, scale, shift = batch_affine(x, k, weight, bias, bn.eps)
-        update_running_stats(bn, mean, var, positions)
+        mean, invstd, scale, shift = _train_affine(bn, x, weight, bias, k)
         y = normalize(x, scale, shift)
     if relu:
         y.clamp_min_(0)
@@ -91,10 +98,8 @@ class _GhostModuleTraining(torch.autograd.Function):
             y2 = y2 if spec.relu2 else None  # the ReLU's backward reads it (the output may change in place later)
         else:  # the second BatchNorm written straight into the output's slice
             y2 = None
-            positions = z.numel() // z.shape[1]
-            k2 = channel_fold(z.shape[1], positions)
-            mean2, var2, invstd2, scale2, shift2 = batch_affine(z, k2, w2, b2, spec.bn2.eps)
-            update_running_stats(spec.bn2, mean2, var2, positions)
+            k2 = channel_fold(z.shape[1], z.numel() // z.shape[1])
+            mean2, invstd2, scale2, shift2 = _train_affine(spec.bn2, z, w2, b2, k2)
             torch.addcmul(shift2, z.permute(0, 2, 3, 1), scale2, out=out_nhwc[..., init:])
             out_nhwc[..., :init].copy_(y1.permute(0, 2, 3, 1))
         ctx.save_for_backward(x, w_primary, x1, w1, mean1, invstd1, y1, w_cheap, z, w2, mean2, invstd2, y2)
