@@ -405,3 +405,29 @@ def test_eval_takes_trains_subset_flag(tmp_path):
     assert "(3 images)" in result.stdout
     result = run_cli(*args, "--subset", "3")
     assert result.returncode == 2 and "unrecognized arguments: --subset" in result.stderr
+
+
+class _Writes:
+    """A stderr that records each write, as the pipe a process shares with others receives them."""
+
+    def __init__(self):
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_an_error_line_reaches_stderr_in_one_write(monkeypatch):
+    """torchrun's ranks share one stderr and each reports the same stop: a line written as text and newline
+    separately ran two ranks' lines together (the DDP divergence test then counted one stop instead of two)."""
+    from ghostnet.cli import main as cli_main
+
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert cli_main(["info", "no_such_model"]) == 2
+    assert len(stderr.writes) == 1, stderr.writes
+    assert stderr.writes[0].startswith("ghostnet info: error: ") and stderr.writes[0].endswith("\n")

@@ -13,6 +13,8 @@ import signal
 import sys
 from typing import Optional, Sequence
 
+from .utils import print_error
+
 #: Modules that contribute subcommands.
 COMMAND_MODULES = ("ghostnet.commands.models", "ghostnet.commands.train", "ghostnet.commands.analysis",
                    "ghostnet.commands.deploy", "ghostnet.commands.data")
@@ -53,13 +55,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"ghostnet {args.command}: interrupted", file=sys.stderr)
+        print_error(f"ghostnet {args.command}: interrupted")
         return 128 + signal.SIGINT
     except USER_ERRORS as exc:
         # Bad input, an unreadable or unwritable file, a missing optional dependency: one line, no traceback.
         if debug:
             raise
-        print(f"ghostnet {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        print_error(f"ghostnet {args.command}: error: {user_message(exc)}")
         return 2
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
@@ -10,6 +11,13 @@ from typing import Iterator, Union
 from .errors import OutputError
 
 PathLike = Union[str, os.PathLike]
+
+
+def print_error(line: str) -> None:
+    """`line` on stderr in one write. print() writes the text and its newline separately, and Python's stderr
+    passes each write straight through, so two processes sharing stderr (torchrun's ranks, each reporting the same
+    stop) could run their lines together."""
+    sys.stderr.write(line + "\n")
 
 
 def current_umask() -> int:

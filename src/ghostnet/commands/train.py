@@ -8,12 +8,11 @@ import argparse
 import json
 import shlex
 import signal
-import sys
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from ..utils import check_folder_writable, ensure_writable
+from ..utils import check_folder_writable, ensure_writable, print_error
 
 if TYPE_CHECKING:
     from ..train.config import TrainConfig
@@ -163,10 +162,10 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"best top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}; outputs in "
                   f"{result['output']}")
     except KeyboardInterrupt:  # in any phase, to the last line: the answer is always how to go on
-        print(interrupted_message(Path(cfg.output)), file=sys.stderr)
+        print_error(interrupted_message(Path(cfg.output)))
         return 128 + signal.SIGINT
     except TrainingDiverged as exc:
-        print(f"ghostnet train: error: {exc}", file=sys.stderr)
+        print_error(f"ghostnet train: error: {exc}")
         return DIVERGED_STATUS
     return 0
 
@@ -227,7 +226,7 @@ def run_predict(args: argparse.Namespace) -> int:
     results = predict(trained, args.images, topk=args.topk, labels=args.labels, device=args.device)
     for item in results:
         if "warning" in item:
-            print(f"ghostnet predict: warning: {item['warning']}", file=sys.stderr)
+            print_error(f"ghostnet predict: warning: {item['warning']}")
     if args.json:
         print(json.dumps(results, indent=1))
         return 0

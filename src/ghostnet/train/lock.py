@@ -13,14 +13,13 @@ import contextlib
 import json
 import os
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from ..utils import PathLike
+from ..utils import PathLike, print_error
 from .distributed import DistInfo, all_gather_objects
 
 LOCK_NAME = ".lock"
@@ -48,11 +47,7 @@ class RunLock:
                 self.path.parent.rmdir()  # only when empty: a run refused before writing leaves nothing behind
 
 
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def acquire_run_lock(folder: PathLike, log: Callable[[str], None] = _warn) -> RunLock:
+def acquire_run_lock(folder: PathLike, log: Callable[[str], None] = print_error) -> RunLock:
     """Take `folder`'s lock (making the folder if needed); RunLockedError if another live run holds it."""
     folder = Path(folder)
     created = not folder.exists()
@@ -140,7 +135,7 @@ def _held_message(path: Path, holder: Optional[dict[str, Any]]) -> str:
 
 
 @contextlib.contextmanager
-def hold_run_lock(folder: PathLike, dist: DistInfo, log: Callable[[str], None] = _warn
+def hold_run_lock(folder: PathLike, dist: DistInfo, log: Callable[[str], None] = print_error
                   ) -> Iterator[Optional[RunLock]]:
     """Hold `folder`'s lock for the block: rank 0 takes it, every rank learns whether it got it (a refused run stops
     on every rank at once), rank 0 releases it at the end, on an error and on Ctrl-C."""
