@@ -144,6 +144,18 @@ def test_a_cached_choice_that_fails_now_is_measured_again(tmp_path, monkeypatch)
                for m in messages)
 
 
+def test_when_every_candidate_fails_the_error_says_why(tmp_path, monkeypatch):
+    """No candidate exported (a full disk, say): one clear error with the candidates' reasons, and no file."""
+    def export_fails(self, candidate, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(autotune._Trial, "export", export_fails)
+    with pytest.raises(ValueError, match=r"no candidate form of ghostnet_050 exported and passed its check here "
+                                         r"\(onnxruntime .*: OSError: \[Errno 28\] No space left on device"):
+        autotune.export_fastest("ghostnet_050", tmp_path / "g", runtimes=["onnxruntime"], **FAST)
+    assert not (tmp_path / "g.onnx").exists() and not (tmp_path / "g.json").exists()
+
+
 def test_cli_format_auto(tmp_path, capsys):
     assert cli_main(["export", "ghostnet_050", "--format", "auto", "--image-size", "32", "--runtimes", "onnxruntime",
                      "-o", str(tmp_path / "g")]) == 0

@@ -66,7 +66,9 @@ Samples = tuple[list[list[float]], list[float]]
 def time_interleaved(calls: Sequence[Callable[[], Any]], rounds: int, reps: int, warmup: int, device: str = "cpu",
                      after_round: Optional[Callable[[int], None]] = None) -> list[Samples]:
     """Warm every call up, then time them in `rounds` rounds of `reps` calls each, rotating who goes first; per call:
-    (per-round lists of call milliseconds, per-round CPU milliseconds per call)."""
+    (per-round lists of call milliseconds, per-round CPU milliseconds per call). No calls: nothing to time, []."""
+    if not calls:
+        return []
     for fn in calls:
         for _ in range(warmup):
             fn()
