@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 import ghostnet
 from ghostnet.allocator import tune_allocator
 from ghostnet.analysis.training_layout import choose_training_layout
+from ghostnet.deploy.bench_timing import median_ms, time_interleaved
 from ghostnet.hardware import cpu_name
 
 from bench_common import write
@@ -102,27 +101,18 @@ def main() -> None:
         example = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
         layouts[name] = choose_training_layout(model, example, num_classes=10, model_name=name).layout
         models[name] = layouts[name].apply(model)
-    full = {n: sgd_step(models[n], args.batch_size, args.image_size, layouts[n].memory_format) for n in names}
-    tiny = {n: sgd_step(models[n], 2, 8, layouts[n].memory_format) for n in names}
-    times: dict[tuple[str, str], list[float]] = {(n, kind): [] for n in names for kind in ("full", "tiny")}
-    for step in [*full.values(), *tiny.values()]:
-        step()  # warm-up: layouts, backward plans, oneDNN's primitive cache
-    for round_index in range(args.rounds):
-        order = names[round_index % len(names):] + names[:round_index % len(names)]
-        for name in order:
-            for kind, steps in (("full", full), ("tiny", tiny)):
-                reps = 1 if kind == "full" else 5
-                start = time.perf_counter()
-                for _ in range(reps):
-                    steps[name]()
-                times[(name, kind)].append((time.perf_counter() - start) / reps)
+    full = [sgd_step(models[n], args.batch_size, args.image_size, layouts[n].memory_format) for n in names]
+    tiny = [sgd_step(models[n], 2, 8, layouts[n].memory_format) for n in names]
+    # The models take turns in every round; the warm-up settles the backward plans and oneDNN's primitive cache.
+    full_samples = time_interleaved(full, args.rounds, reps=1, warmup=1)
+    tiny_samples = time_interleaved(tiny, args.rounds, reps=5, warmup=1)
     rows = {}
-    for name in names:
-        execs = onednn_exec_ms(full[name])
+    for i, name in enumerate(names):
+        execs = onednn_exec_ms(full[i])
         rows[name] = {
             "layout": layouts[name].name,
-            "step_ms": 1e3 * statistics.median(times[(name, "full")]),
-            "fixed_step_ms": 1e3 * statistics.median(times[(name, "tiny")]),
+            "step_ms": median_ms(full_samples[i][0]),
+            "fixed_step_ms": median_ms(tiny_samples[i][0]),
             "onednn_conv_ms": execs.get("convolution", 0.0),
             "onednn_other_ms": sum(v for k, v in execs.items() if k != "convolution"),
             "conv_layers": sum(isinstance(m, torch.nn.Conv2d) for m in models[name].modules()),
